@@ -1,0 +1,134 @@
+//! Registry-style documentation (`docs/index.md`, `docs/resources/*.md`,
+//! `docs/functions/*.md`) written from the schemas themselves, so the docs
+//! cannot say something the provider does not do.
+
+use std::fmt::Write;
+use std::path::PathBuf;
+use std::sync::Arc;
+
+use crate::framework::Provider;
+use crate::framework::service::Catalog;
+use crate::schema::{Attribute, Block, Nesting, Presence};
+
+/// One file of the docs tree, relative to the docs directory.
+#[derive(Debug, PartialEq, Eq)]
+pub struct Page {
+    pub path: PathBuf,
+    pub content: String,
+}
+
+/// Renders every page. `source_address` is e.g. `trellis/kube`.
+pub fn render(provider: Arc<dyn Provider>, source_address: &str) -> Vec<Page> {
+    let catalog = Catalog::new(provider);
+    let type_name = catalog.provider().type_name();
+    let mut pages = Vec::new();
+
+    let mut index = front_matter(&format!("{type_name} Provider"), &catalog.provider_schema().block.description);
+    let _ = writeln!(index, "# {type_name} Provider\n\n{}\n", catalog.provider_schema().block.description);
+    let _ = writeln!(
+        index,
+        "## Example Usage\n\n```terraform\nterraform {{\n  required_providers {{\n    {type_name} = {{\n      source = \"{source_address}\"\n    }}\n  }}\n}}\n\nprovider \"{type_name}\" {{}}\n```\n"
+    );
+    index.push_str(&block_section(&catalog.provider_schema().block, "Schema"));
+    pages.push(Page { path: "index.md".into(), content: index });
+
+    let mut resources: Vec<_> = catalog.resource_schemas().collect();
+    resources.sort_by_key(|(n, _)| *n);
+    for (name, schema) in resources {
+        let mut page = front_matter(&format!("{name} Resource - {source_address}"), &schema.block.description);
+        let _ = writeln!(page, "# {name} (Resource)\n\n{}\n", schema.block.description);
+        page.push_str(&block_section(&schema.block, "Schema"));
+        let file = name.strip_prefix(&format!("{type_name}_")).unwrap_or(name);
+        pages.push(Page { path: format!("resources/{file}.md").into(), content: page });
+    }
+
+    let mut data_sources: Vec<_> = catalog.data_source_schemas().collect();
+    data_sources.sort_by_key(|(n, _)| *n);
+    for (name, schema) in data_sources {
+        let mut page = front_matter(&format!("{name} Data Source - {source_address}"), &schema.block.description);
+        let _ = writeln!(page, "# {name} (Data Source)\n\n{}\n", schema.block.description);
+        page.push_str(&block_section(&schema.block, "Schema"));
+        let file = name.strip_prefix(&format!("{type_name}_")).unwrap_or(name);
+        pages.push(Page { path: format!("data-sources/{file}.md").into(), content: page });
+    }
+
+    let mut functions: Vec<_> = catalog.functions().collect();
+    functions.sort_by_key(|f| f.name());
+    for f in functions {
+        let def = f.definition();
+        let name = f.name();
+        let mut page = front_matter(&format!("{name} function - {source_address}"), &def.summary);
+        let params: Vec<&str> = def.parameters.iter().map(|p| p.name.as_str()).collect();
+        let _ = writeln!(page, "# function: {name}\n\n{}\n\n{}\n", def.summary, def.description);
+        let _ = writeln!(page, "## Signature\n\n```text\n{name}({}) {}\n```\n", signature(&def.parameters), def.return_type.to_json());
+        let _ = writeln!(page, "## Example Usage\n\n```terraform\noutput \"example\" {{\n  value = provider::{type_name}::{name}({})\n}}\n```\n", params.join(", "));
+        let _ = writeln!(page, "## Arguments\n");
+        for (i, p) in def.parameters.iter().enumerate() {
+            let _ = writeln!(page, "{}. `{}` ({}) {}", i + 1, p.name, p.ty.to_json(), p.description);
+        }
+        pages.push(Page { path: format!("functions/{name}.md").into(), content: page });
+    }
+    pages
+}
+
+fn signature(params: &[crate::framework::Parameter]) -> String {
+    params.iter().map(|p| format!("{} {}", p.name, p.ty.to_json())).collect::<Vec<_>>().join(", ")
+}
+
+fn front_matter(title: &str, description: &str) -> String {
+    let first_line = description.lines().next().unwrap_or_default();
+    format!("---\npage_title: \"{title}\"\nsubcategory: \"\"\ndescription: |-\n  {first_line}\n---\n\n")
+}
+
+fn block_section(block: &Block, heading: &str) -> String {
+    let mut out = format!("## {heading}\n\n");
+    let groups: [(&str, fn(&Attribute) -> bool); 3] = [
+        ("Required", |a| a.presence == Presence::Required),
+        ("Optional", |a| matches!(a.presence, Presence::Optional | Presence::OptionalComputed)),
+        ("Read-Only", |a| a.presence == Presence::Computed),
+    ];
+    for (title, member) in groups {
+        let attrs: Vec<&Attribute> = block.attributes.iter().filter(|a| member(a)).collect();
+        let blocks: Vec<_> = if title == "Optional" { block.blocks.iter().collect() } else { Vec::new() };
+        if attrs.is_empty() && blocks.is_empty() {
+            continue;
+        }
+        let _ = writeln!(out, "### {title}\n");
+        for a in attrs {
+            let sensitive = if a.sensitive { ", Sensitive" } else { "" };
+            let _ = writeln!(out, "- `{}` ({}{sensitive}) {}", a.name, type_label(&a.ty), a.full_description());
+        }
+        for b in blocks {
+            let _ = writeln!(out, "- `{}` (Block {}) {}", b.name, nesting_label(b.nesting), b.block.description);
+        }
+        out.push('\n');
+    }
+    for b in &block.blocks {
+        out.push_str(&block_section(&b.block, &format!("Nested Schema for `{}`", b.name)));
+    }
+    out
+}
+
+fn type_label(ty: &crate::value::Type) -> String {
+    use crate::value::Type;
+    match ty {
+        Type::Bool => "Boolean".into(),
+        Type::Number => "Number".into(),
+        Type::String => "String".into(),
+        Type::Dynamic => "Dynamic".into(),
+        Type::List(e) => format!("List of {}", type_label(e)),
+        Type::Set(e) => format!("Set of {}", type_label(e)),
+        Type::Map(e) => format!("Map of {}", type_label(e)),
+        Type::Object(_) => "Object".into(),
+        Type::Tuple(_) => "Tuple".into(),
+    }
+}
+
+fn nesting_label(n: Nesting) -> &'static str {
+    match n {
+        Nesting::Single | Nesting::Group => "",
+        Nesting::List => "List",
+        Nesting::Set => "Set",
+        Nesting::Map => "Map",
+    }
+}

@@ -1,0 +1,427 @@
+//! The `tfplugin5.Provider` gRPC service: decodes Terraform's requests,
+//! dispatches to the provider's resources, data sources and functions,
+//! and encodes their answers.
+
+use std::collections::HashMap;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+
+use tonic::{Request, Response, Status};
+
+use super::plan::{ApplyOutcome, ErasedDataSource, ErasedResource};
+use super::{Config, Function, Provider};
+use crate::diag::{AttributePath, Diagnostic, Diagnostics};
+use crate::proto::tfplugin5 as pb;
+use crate::proto::tfplugin5::provider_server::Provider as ProviderRpc;
+use crate::schema::Schema;
+use crate::value::{Type, Value, decode_msgpack, encode_msgpack, value_from_json};
+
+struct Entry<T: ?Sized> {
+    schema: Schema,
+    ty: Type,
+    imp: Arc<T>,
+}
+
+/// Everything the provider offers, with schemas computed once per process:
+/// Terraform asks for them in every process it starts.
+pub(crate) struct Catalog {
+    provider: Arc<dyn Provider>,
+    provider_schema: Schema,
+    provider_ty: Type,
+    resources: HashMap<&'static str, Entry<dyn ErasedResource>>,
+    data_sources: HashMap<&'static str, Entry<dyn ErasedDataSource>>,
+    functions: HashMap<&'static str, Arc<dyn Function>>,
+}
+
+impl Catalog {
+    pub(crate) fn new(provider: Arc<dyn Provider>) -> Self {
+        let provider_schema = provider.schema();
+        let provider_ty = provider_schema.block.implied_type();
+        let resources = provider
+            .resources()
+            .into_iter()
+            .map(|r| {
+                let schema = r.schema();
+                (r.type_name(), Entry { ty: schema.block.implied_type(), schema, imp: r })
+            })
+            .collect();
+        let data_sources = provider
+            .data_sources()
+            .into_iter()
+            .map(|d| {
+                let schema = d.schema();
+                (d.type_name(), Entry { ty: schema.block.implied_type(), schema, imp: d })
+            })
+            .collect();
+        let functions = provider.functions().into_iter().map(|f| (f.name(), f)).collect();
+        Catalog { provider, provider_schema, provider_ty, resources, data_sources, functions }
+    }
+
+    pub(crate) fn provider(&self) -> &dyn Provider {
+        self.provider.as_ref()
+    }
+    pub(crate) fn provider_schema(&self) -> &Schema {
+        &self.provider_schema
+    }
+    pub(crate) fn resource_schemas(&self) -> impl Iterator<Item = (&'static str, &Schema)> {
+        self.resources.iter().map(|(n, e)| (*n, &e.schema))
+    }
+    pub(crate) fn data_source_schemas(&self) -> impl Iterator<Item = (&'static str, &Schema)> {
+        self.data_sources.iter().map(|(n, e)| (*n, &e.schema))
+    }
+    pub(crate) fn functions(&self) -> impl Iterator<Item = &Arc<dyn Function>> {
+        self.functions.values()
+    }
+
+    fn resource(&self, name: &str) -> Result<&Entry<dyn ErasedResource>, Diagnostics> {
+        self.resources.get(name).ok_or_else(|| unknown_type("resource", name))
+    }
+    fn data_source(&self, name: &str) -> Result<&Entry<dyn ErasedDataSource>, Diagnostics> {
+        self.data_sources.get(name).ok_or_else(|| unknown_type("data source", name))
+    }
+}
+
+fn unknown_type(kind: &str, name: &str) -> Diagnostics {
+    Diagnostic::error(format!("Unknown {kind} type"), format!("this provider has no {kind} type {name:?}")).into()
+}
+
+pub(crate) struct ProviderService {
+    catalog: Arc<Catalog>,
+    stopped: AtomicBool,
+}
+
+impl ProviderService {
+    pub(crate) fn new(catalog: Arc<Catalog>) -> Self {
+        ProviderService { catalog, stopped: AtomicBool::new(false) }
+    }
+
+    /// Terraform promises no calls after Stop; if one comes anyway, it is
+    /// refused rather than started half-way through a shutdown.
+    fn refuse_if_stopped(&self) -> Result<(), Diagnostics> {
+        if self.stopped.load(Ordering::SeqCst) {
+            return Err(Diagnostic::error("Provider is stopping", "Terraform asked the provider to stop; no new operations start").into());
+        }
+        Ok(())
+    }
+}
+
+fn decode(dv: Option<&pb::DynamicValue>, ty: &Type) -> Result<Value, Diagnostics> {
+    let Some(dv) = dv else { return Ok(Value::Null) };
+    let result = if !dv.msgpack.is_empty() {
+        decode_msgpack(&dv.msgpack, ty).map_err(|e| e.to_string())
+    } else if !dv.json.is_empty() {
+        serde_json::from_slice(&dv.json)
+            .map_err(|e| e.to_string())
+            .and_then(|j| value_from_json(&j, ty).map_err(|e| e.to_string()))
+    } else {
+        Ok(Value::Null)
+    };
+    result.map_err(|e| Diagnostic::error("Undecodable value from Terraform", e).into())
+}
+
+fn encode(v: &Value, ty: &Type) -> Result<pb::DynamicValue, Diagnostics> {
+    let msgpack = encode_msgpack(v, ty).map_err(|e| Diagnostic::error("Provider bug: unencodable value", e.to_string()))?;
+    Ok(pb::DynamicValue { msgpack, json: Vec::new() })
+}
+
+/// Encodes `v`, folding an encoding failure into `diags`.
+fn encode_into(v: &Value, ty: &Type, diags: &mut Diagnostics) -> Option<pb::DynamicValue> {
+    match encode(v, ty) {
+        Ok(dv) => Some(dv),
+        Err(d) => {
+            diags.extend(d);
+            None
+        }
+    }
+}
+
+fn validate_config(schema: &Schema, value: Value, custom: impl FnOnce(&Config, &mut Diagnostics)) -> Diagnostics {
+    let mut diags = Diagnostics::default();
+    schema.block.validate(&value, &AttributePath::root(), &mut diags);
+    custom(&Config::new(value), &mut diags);
+    diags
+}
+
+type RpcResult<T> = Result<Response<T>, Status>;
+
+#[tonic::async_trait]
+impl ProviderRpc for ProviderService {
+    async fn get_metadata(&self, _: Request<pb::get_metadata::Request>) -> RpcResult<pb::get_metadata::Response> {
+        use pb::get_metadata as m;
+        let c = &self.catalog;
+        Ok(Response::new(m::Response {
+            server_capabilities: Some(pb::ServerCapabilities::default()),
+            diagnostics: Vec::new(),
+            data_sources: c.data_sources.keys().map(|n| m::DataSourceMetadata { type_name: (*n).into() }).collect(),
+            resources: c.resources.keys().map(|n| m::ResourceMetadata { type_name: (*n).into() }).collect(),
+            functions: c.functions.keys().map(|n| m::FunctionMetadata { name: (*n).into() }).collect(),
+            ephemeral_resources: Vec::new(),
+        }))
+    }
+
+    async fn get_schema(&self, _: Request<pb::get_provider_schema::Request>) -> RpcResult<pb::get_provider_schema::Response> {
+        let c = &self.catalog;
+        Ok(Response::new(pb::get_provider_schema::Response {
+            provider: Some(c.provider_schema.to_proto()),
+            resource_schemas: c.resources.iter().map(|(n, e)| ((*n).to_owned(), e.schema.to_proto())).collect(),
+            data_source_schemas: c.data_sources.iter().map(|(n, e)| ((*n).to_owned(), e.schema.to_proto())).collect(),
+            functions: c.functions.iter().map(|(n, f)| ((*n).to_owned(), function_to_proto(f.as_ref()))).collect(),
+            ephemeral_resource_schemas: HashMap::new(),
+            diagnostics: Vec::new(),
+            provider_meta: None,
+            server_capabilities: Some(pb::ServerCapabilities::default()),
+        }))
+    }
+
+    async fn prepare_provider_config(&self, r: Request<pb::prepare_provider_config::Request>) -> RpcResult<pb::prepare_provider_config::Response> {
+        let c = &self.catalog;
+        let diags = match decode(r.get_ref().config.as_ref(), &c.provider_ty) {
+            Ok(v) => validate_config(&c.provider_schema, v, |cfg, d| c.provider.validate(cfg, d)),
+            Err(d) => d,
+        };
+        Ok(Response::new(pb::prepare_provider_config::Response { prepared_config: None, diagnostics: diags.to_proto() }))
+    }
+
+    async fn validate_resource_type_config(&self, r: Request<pb::validate_resource_type_config::Request>) -> RpcResult<pb::validate_resource_type_config::Response> {
+        let req = r.get_ref();
+        let diags = match self.catalog.resource(&req.type_name) {
+            Ok(e) => match decode(req.config.as_ref(), &e.ty) {
+                Ok(v) => validate_config(&e.schema, v, |cfg, d| e.imp.validate(cfg, d)),
+                Err(d) => d,
+            },
+            Err(d) => d,
+        };
+        Ok(Response::new(pb::validate_resource_type_config::Response { diagnostics: diags.to_proto() }))
+    }
+
+    async fn validate_data_source_config(&self, r: Request<pb::validate_data_source_config::Request>) -> RpcResult<pb::validate_data_source_config::Response> {
+        let req = r.get_ref();
+        let diags = match self.catalog.data_source(&req.type_name) {
+            Ok(e) => match decode(req.config.as_ref(), &e.ty) {
+                Ok(v) => validate_config(&e.schema, v, |cfg, d| e.imp.validate(cfg, d)),
+                Err(d) => d,
+            },
+            Err(d) => d,
+        };
+        Ok(Response::new(pb::validate_data_source_config::Response { diagnostics: diags.to_proto() }))
+    }
+
+    async fn upgrade_resource_state(&self, r: Request<pb::upgrade_resource_state::Request>) -> RpcResult<pb::upgrade_resource_state::Response> {
+        let req = r.get_ref();
+        let result = self.catalog.resource(&req.type_name).and_then(|e| {
+            if req.version > e.schema.version {
+                return Err(Diagnostic::error(
+                    "State written by a newer provider",
+                    format!("{} state has schema version {}, this provider knows up to {}; upgrade the provider", req.type_name, req.version, e.schema.version),
+                )
+                .into());
+            }
+            let raw = req.raw_state.as_ref().map(|s| s.json.as_slice()).unwrap_or_default();
+            if raw.is_empty() {
+                return Err(Diagnostic::error("Unreadable state", "the stored state has no JSON form (pre-0.12 flatmap state is not supported)").into());
+            }
+            let json: serde_json::Value =
+                serde_json::from_slice(raw).map_err(|e| Diagnostic::error("Unreadable state", e.to_string()))?;
+            let value = value_from_json(&json, &e.ty).map_err(|err| Diagnostic::error("Unreadable state", err.to_string()))?;
+            encode(&value, &e.ty)
+        });
+        let (upgraded_state, diags) = match result {
+            Ok(v) => (Some(v), Diagnostics::default()),
+            Err(d) => (None, d),
+        };
+        Ok(Response::new(pb::upgrade_resource_state::Response { upgraded_state, diagnostics: diags.to_proto() }))
+    }
+
+    async fn configure(&self, r: Request<pb::configure::Request>) -> RpcResult<pb::configure::Response> {
+        let req = r.get_ref();
+        let c = &self.catalog;
+        let diags = match decode(req.config.as_ref(), &c.provider_ty) {
+            Ok(v) => c.provider.configure(&Config::new(v), &req.terraform_version).await,
+            Err(d) => d,
+        };
+        Ok(Response::new(pb::configure::Response { diagnostics: diags.to_proto() }))
+    }
+
+    async fn read_resource(&self, r: Request<pb::read_resource::Request>) -> RpcResult<pb::read_resource::Response> {
+        let req = r.get_ref();
+        let mut diags = Diagnostics::default();
+        let mut response = pb::read_resource::Response { private: req.private.clone(), ..Default::default() };
+        match self.catalog.resource(&req.type_name).and_then(|e| Ok((e, decode(req.current_state.as_ref(), &e.ty)?))) {
+            Ok((_, Value::Null)) => {}
+            Ok((e, current)) => {
+                let ApplyOutcome { new_state, private, diagnostics } = e.imp.read(&e.ty, &current, &req.private).await;
+                diags.extend(diagnostics);
+                response.new_state = encode_into(&new_state, &e.ty, &mut diags);
+                response.private = private;
+            }
+            Err(d) => diags.extend(d),
+        }
+        response.diagnostics = diags.to_proto();
+        Ok(Response::new(response))
+    }
+
+    async fn plan_resource_change(&self, r: Request<pb::plan_resource_change::Request>) -> RpcResult<pb::plan_resource_change::Response> {
+        let req = r.get_ref();
+        let mut diags = Diagnostics::default();
+        let mut response = pb::plan_resource_change::Response::default();
+        let decoded = self.refuse_if_stopped().and_then(|()| {
+            let e = self.catalog.resource(&req.type_name)?;
+            let prior = decode(req.prior_state.as_ref(), &e.ty)?;
+            let proposed = decode(req.proposed_new_state.as_ref(), &e.ty)?;
+            let config = decode(req.config.as_ref(), &e.ty)?;
+            Ok((e, prior, proposed, config))
+        });
+        match decoded {
+            // Destroy: Terraform plans it itself (no plan_destroy capability).
+            Ok((e, _, Value::Null, _)) => response.planned_state = encode_into(&Value::Null, &e.ty, &mut diags),
+            Ok((e, prior, proposed, config)) => {
+                let prior = (!prior.is_null()).then_some(&prior);
+                let outcome = e.imp.plan(&e.schema, &Config::new(config), prior, &proposed, &req.prior_private).await;
+                diags.extend(outcome.diagnostics);
+                response.planned_state = encode_into(&outcome.planned, &e.ty, &mut diags);
+                response.requires_replace = outcome.requires_replace.iter().map(AttributePath::to_proto).collect();
+                response.planned_private = outcome.planned_private;
+            }
+            Err(d) => diags.extend(d),
+        }
+        response.diagnostics = diags.to_proto();
+        Ok(Response::new(response))
+    }
+
+    async fn apply_resource_change(&self, r: Request<pb::apply_resource_change::Request>) -> RpcResult<pb::apply_resource_change::Response> {
+        let req = r.get_ref();
+        let mut diags = Diagnostics::default();
+        let mut response = pb::apply_resource_change::Response::default();
+        let decoded = self.refuse_if_stopped().and_then(|()| {
+            let e = self.catalog.resource(&req.type_name)?;
+            let prior = decode(req.prior_state.as_ref(), &e.ty)?;
+            let planned = decode(req.planned_state.as_ref(), &e.ty)?;
+            Ok((e, prior, planned))
+        });
+        match decoded {
+            Ok((e, prior, planned)) => {
+                let prior_ref = (!prior.is_null()).then_some(&prior);
+                let planned_ref = (!planned.is_null()).then_some(&planned);
+                let outcome = e.imp.apply(&e.schema, &e.ty, prior_ref, planned_ref, &req.planned_private).await;
+                diags.extend(outcome.diagnostics);
+                response.new_state = encode_into(&outcome.new_state, &e.ty, &mut diags);
+                response.private = outcome.private;
+            }
+            Err(d) => diags.extend(d),
+        }
+        response.diagnostics = diags.to_proto();
+        Ok(Response::new(response))
+    }
+
+    async fn import_resource_state(&self, r: Request<pb::import_resource_state::Request>) -> RpcResult<pb::import_resource_state::Response> {
+        let req = r.get_ref();
+        let mut diags = Diagnostics::default();
+        let mut response = pb::import_resource_state::Response::default();
+        match self.catalog.resource(&req.type_name) {
+            Ok(e) => {
+                let ApplyOutcome { new_state, private, diagnostics } = e.imp.import(&e.ty, &req.id).await;
+                diags.extend(diagnostics);
+                if !diags.has_errors() {
+                    if let Some(state) = encode_into(&new_state, &e.ty, &mut diags) {
+                        response.imported_resources.push(pb::import_resource_state::ImportedResource {
+                            type_name: req.type_name.clone(),
+                            state: Some(state),
+                            private,
+                        });
+                    }
+                }
+            }
+            Err(d) => diags.extend(d),
+        }
+        response.diagnostics = diags.to_proto();
+        Ok(Response::new(response))
+    }
+
+    async fn read_data_source(&self, r: Request<pb::read_data_source::Request>) -> RpcResult<pb::read_data_source::Response> {
+        let req = r.get_ref();
+        let mut diags = Diagnostics::default();
+        let mut response = pb::read_data_source::Response::default();
+        let decoded = self.refuse_if_stopped().and_then(|()| {
+            let e = self.catalog.data_source(&req.type_name)?;
+            Ok((e, decode(req.config.as_ref(), &e.ty)?))
+        });
+        match decoded {
+            Ok((e, config)) => {
+                let outcome = e.imp.read(&e.schema, &e.ty, &config).await;
+                diags.extend(outcome.diagnostics);
+                response.state = encode_into(&outcome.new_state, &e.ty, &mut diags);
+            }
+            Err(d) => diags.extend(d),
+        }
+        response.diagnostics = diags.to_proto();
+        Ok(Response::new(response))
+    }
+
+    async fn get_functions(&self, _: Request<pb::get_functions::Request>) -> RpcResult<pb::get_functions::Response> {
+        Ok(Response::new(pb::get_functions::Response {
+            functions: self.catalog.functions.iter().map(|(n, f)| ((*n).to_owned(), function_to_proto(f.as_ref()))).collect(),
+            diagnostics: Vec::new(),
+        }))
+    }
+
+    async fn call_function(&self, r: Request<pb::call_function::Request>) -> RpcResult<pb::call_function::Response> {
+        let req = r.get_ref();
+        let fail = |text: String, argument: Option<usize>| pb::call_function::Response {
+            result: None,
+            error: Some(pb::FunctionError { text, function_argument: argument.map(|i| i as i64) }),
+        };
+        let Some(f) = self.catalog.functions.get(req.name.as_str()) else {
+            return Ok(Response::new(fail(format!("this provider has no function {:?}", req.name), None)));
+        };
+        let def = f.definition();
+        if req.arguments.len() != def.parameters.len() {
+            let text = format!("{} takes {} arguments, got {}", req.name, def.parameters.len(), req.arguments.len());
+            return Ok(Response::new(fail(text, None)));
+        }
+        let mut arguments = Vec::with_capacity(def.parameters.len());
+        for (i, (arg, param)) in req.arguments.iter().zip(&def.parameters).enumerate() {
+            match decode(Some(arg), &param.ty) {
+                Ok(v) => arguments.push(v),
+                Err(d) => return Ok(Response::new(fail(d.to_string(), Some(i)))),
+            }
+        }
+        let response = match f.call(&arguments) {
+            Ok(v) => match encode(&v, &def.return_type) {
+                Ok(result) => pb::call_function::Response { result: Some(result), error: None },
+                Err(d) => fail(d.to_string(), None),
+            },
+            Err(e) => fail(e.text, e.argument),
+        };
+        Ok(Response::new(response))
+    }
+
+    async fn stop(&self, _: Request<pb::stop::Request>) -> RpcResult<pb::stop::Response> {
+        tracing::info!("Terraform asked the provider to stop");
+        self.stopped.store(true, Ordering::SeqCst);
+        Ok(Response::new(pb::stop::Response { error: String::new() }))
+    }
+}
+
+fn function_to_proto(f: &dyn Function) -> pb::Function {
+    let def = f.definition();
+    pb::Function {
+        parameters: def
+            .parameters
+            .iter()
+            .map(|p| pb::function::Parameter {
+                name: p.name.clone(),
+                r#type: p.ty.to_json_bytes(),
+                allow_null_value: p.allow_null,
+                allow_unknown_values: false,
+                description: p.description.clone(),
+                description_kind: pb::StringKind::Markdown as i32,
+            })
+            .collect(),
+        variadic_parameter: None,
+        r#return: Some(pb::function::Return { r#type: def.return_type.to_json_bytes() }),
+        summary: def.summary.clone(),
+        description: def.description.clone(),
+        description_kind: pb::StringKind::Markdown as i32,
+        deprecation_message: String::new(),
+    }
+}
