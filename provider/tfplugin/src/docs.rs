@@ -132,3 +132,41 @@ fn nesting_label(n: Nesting) -> &'static str {
         Nesting::Map => "Map",
     }
 }
+
+/// Writes `pages` under `dir`, or with `check` only compares them. Returns
+/// the pages that differ from what is on disk (all written ones when not
+/// checking are up to date afterwards, so the list is then empty) and any
+/// stray `.md` files the provider no longer renders.
+pub fn sync(pages: &[Page], dir: &std::path::Path, check: bool) -> std::io::Result<Vec<PathBuf>> {
+    let mut stale = Vec::new();
+    for page in pages {
+        let path = dir.join(&page.path);
+        let current = std::fs::read_to_string(&path).ok();
+        if current.as_deref() == Some(page.content.as_str()) {
+            continue;
+        }
+        if check {
+            stale.push(path);
+        } else {
+            if let Some(parent) = path.parent() {
+                std::fs::create_dir_all(parent)?;
+            }
+            std::fs::write(&path, &page.content)?;
+        }
+    }
+    let rendered: std::collections::HashSet<PathBuf> = pages.iter().map(|p| dir.join(&p.path)).collect();
+    for sub in ["", "resources", "data-sources", "functions"] {
+        let Ok(entries) = std::fs::read_dir(dir.join(sub)) else { continue };
+        for entry in entries.flatten() {
+            let path = entry.path();
+            if path.extension().is_some_and(|e| e == "md") && !rendered.contains(&path) {
+                if check {
+                    stale.push(path);
+                } else {
+                    std::fs::remove_file(&path)?;
+                }
+            }
+        }
+    }
+    Ok(stale)
+}

@@ -1,0 +1,5 @@
+//! Provider-defined functions.
+
+mod max_pods;
+
+pub use max_pods::MaxPods;

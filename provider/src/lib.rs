@@ -1,0 +1,17 @@
+//! Trellis's Terraform provider (`trellis/kube`): the provider block, its
+//! resources and its functions. The protocol lives in the `tfplugin` crate.
+
+mod config;
+mod functions;
+mod resources;
+
+use std::sync::Arc;
+
+pub use config::KubeProvider;
+
+/// The provider's registry source address.
+pub const SOURCE_ADDRESS: &str = "trellis/kube";
+
+pub fn provider() -> Arc<dyn tfplugin::Provider> {
+    Arc::new(KubeProvider)
+}
