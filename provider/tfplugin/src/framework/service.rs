@@ -105,6 +105,20 @@ impl ProviderService {
     }
 }
 
+/// With `TFPLUGIN_CAPTURE_DIR` set, keeps each planned configuration's raw
+/// msgpack there: how the codec's fixtures are captured from real
+/// Terraform, and a way to see exactly what Terraform sent when debugging.
+/// Configurations can hold secrets, so it is never on by default.
+fn capture(dv: Option<&pb::DynamicValue>) {
+    let (Some(dir), Some(dv)) = (std::env::var_os("TFPLUGIN_CAPTURE_DIR"), dv) else { return };
+    let digest = aws_lc_rs::digest::digest(&aws_lc_rs::digest::SHA256, &dv.msgpack);
+    let name: String = digest.as_ref()[..8].iter().map(|b| format!("{b:02x}")).collect();
+    let path = std::path::Path::new(&dir).join(format!("{name}.msgpack"));
+    if let Err(e) = std::fs::write(&path, &dv.msgpack) {
+        tracing::warn!(path = %path.display(), error = %e, "cannot capture the configuration");
+    }
+}
+
 fn decode(dv: Option<&pb::DynamicValue>, ty: &Type) -> Result<Value, Diagnostics> {
     let Some(dv) = dv else { return Ok(Value::Null) };
     let result = if !dv.msgpack.is_empty() {
@@ -264,6 +278,7 @@ impl ProviderRpc for ProviderService {
         let req = r.get_ref();
         let mut diags = Diagnostics::default();
         let mut response = pb::plan_resource_change::Response::default();
+        capture(req.config.as_ref());
         let decoded = self.refuse_if_stopped().and_then(|()| {
             let e = self.catalog.resource(&req.type_name)?;
             let prior = decode(req.prior_state.as_ref(), &e.ty)?;
