@@ -434,3 +434,97 @@ impl<D: DataSource> ErasedDataSource for Typed<D> {
         ApplyOutcome { new_state, private: Vec::new(), diagnostics }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::schema::{Attribute, NestedBlock};
+
+    fn block() -> Block {
+        Block {
+            attributes: vec![
+                Attribute::required("name", Type::String),
+                Attribute::with_default("size", Type::Number, 3).replaces(),
+                Attribute::optional("note", Type::String),
+                Attribute::computed("id", Type::String),
+            ],
+            blocks: vec![NestedBlock {
+                name: "rule".into(),
+                nesting: Nesting::List,
+                block: Block { attributes: vec![Attribute::required("port", Type::Number)], ..Block::default() },
+                min_items: 0,
+                max_items: 0,
+            }],
+            ..Block::default()
+        }
+    }
+
+    fn object<const N: usize>(entries: [(&str, Value); N]) -> Value {
+        Value::Object(entries.into_iter().map(|(k, v)| (k.to_owned(), v)).collect())
+    }
+
+    fn config(size: Value) -> Value {
+        object([("name", "a".into()), ("size", size), ("note", Value::Null), ("id", Value::Null), ("rule", Value::Null)])
+    }
+
+    #[test]
+    fn create_plans_defaults_unknown_computed_and_empty_blocks() {
+        let c = config(Value::Null);
+        let planned = draw(&block(), &c, None, &c);
+        assert_eq!(planned.get("size"), Some(&Value::int(3)));
+        assert_eq!(planned.get("note"), Some(&Value::Null));
+        assert!(planned.get("id").is_some_and(Value::is_unknown));
+        assert_eq!(planned.get("rule"), Some(&Value::List(vec![])));
+    }
+
+    #[test]
+    fn update_keeps_prior_computed_values_and_marks_replacement() {
+        let prior = object([("name", "a".into()), ("size", Value::int(3)), ("note", Value::Null), ("id", "x1".into()), ("rule", Value::List(vec![]))]);
+        let c = config(Value::int(4));
+        let planned = draw(&block(), &c, Some(&prior), &c);
+        assert_eq!(planned.get("id"), Some(&Value::string("x1")));
+        let mut paths = Vec::new();
+        replacement_paths(&block(), &prior, &planned, &AttributePath::root(), &mut paths);
+        assert_eq!(paths, [AttributePath::attribute("size")]);
+    }
+
+    #[test]
+    fn reconcile_keeps_configured_values_and_names_inconsistent_computed_ones() {
+        let planned = object([("name", "a".into()), ("size", Value::int(3)), ("note", Value::Null), ("id", "x1".into()), ("rule", Value::List(vec![]))]);
+        let actual = object([("name", "A".into()), ("size", Value::int(3)), ("note", Value::Null), ("id", "x2".into()), ("rule", Value::List(vec![]))]);
+        let mut diags = Diagnostics::default();
+        let out = reconcile(&block(), &planned, &actual, &AttributePath::root(), &mut diags);
+        assert_eq!(out.get("name"), Some(&Value::string("a")), "the user's spelling stays");
+        assert_eq!(diags.0.len(), 1);
+        assert_eq!(diags.0[0].path, Some(AttributePath::attribute("id")));
+    }
+
+    #[test]
+    fn reconcile_refuses_values_left_unknown() {
+        let planned = object([("name", "a".into()), ("size", Value::int(3)), ("note", Value::Null), ("id", Value::unknown()), ("rule", Value::List(vec![]))]);
+        let mut diags = Diagnostics::default();
+        let out = reconcile(&block(), &planned, &planned, &AttributePath::root(), &mut diags);
+        assert!(out.is_wholly_known());
+        assert_eq!(diags.0[0].path, Some(AttributePath::attribute("id")));
+    }
+
+    #[test]
+    fn a_resource_cannot_plan_over_its_configuration() {
+        let c = Config::new(config(Value::int(5)));
+        let schema_block = block();
+        let mut plan = Plan {
+            block: &schema_block,
+            config: &c,
+            prior: None,
+            planned: draw(&schema_block, c.value(), None, c.value()),
+            requires_replace: Vec::new(),
+            diagnostics: Diagnostics::default(),
+        };
+        plan.set("size", Value::int(9));
+        plan.set("id", "known-early".into());
+        assert_eq!(plan.planned("size"), &Value::int(5));
+        assert_eq!(plan.planned("id"), &Value::string("known-early"));
+        assert_eq!(plan.diagnostics.0.len(), 1);
+        assert_eq!(plan.diagnostics.0[0].path, Some(AttributePath::attribute("size")));
+    }
+}
