@@ -5,8 +5,8 @@
 use async_trait::async_trait;
 use std::sync::Arc;
 use tfplugin::{
-    AttributePath, Attribute, Block, Config, Diagnostic, Diagnostics, ErasedResource, Function, Provider,
-    Schema, Type, Validator, Value,
+    Attribute, AttributePath, Block, Config, Diagnostic, Diagnostics, ErasedResource, Function, Provider, Schema, Type,
+    Validator, Value,
 };
 
 use crate::functions::MaxPods;
@@ -25,13 +25,22 @@ pub(crate) fn schema() -> Schema {
                 engine, and an mTLS service mesh."
                 .into(),
             attributes: vec![
-                optional("region", "AWS region of the cluster, e.g. `eu-west-1`.")
-                    .validate(Validator::Custom { description: "an AWS region name such as `eu-west-1`", check: check_region }),
-                optional("aws_endpoint", "Endpoint URL that overrides the EC2 and EKS endpoints (for a VPC endpoint or a local emulator).")
-                    .validate(Validator::Custom { description: "an http:// or https:// URL", check: check_url }),
-                optional("eks_cluster_name", "Name of the EKS cluster; when set, the Kubernetes endpoint and CA are read from EKS.")
+                optional("region", "AWS region of the cluster, e.g. `eu-west-1`.").validate(Validator::Custom {
+                    description: "an AWS region name such as `eu-west-1`",
+                    check: check_region,
+                }),
+                optional(
+                    "aws_endpoint",
+                    "Endpoint URL that overrides the EC2 and EKS endpoints (for a VPC endpoint or a local emulator).",
+                )
+                .validate(Validator::Custom { description: "an http:// or https:// URL", check: check_url }),
+                optional(
+                    "eks_cluster_name",
+                    "Name of the EKS cluster; when set, the Kubernetes endpoint and CA are read from EKS.",
+                )
+                .validate(Validator::NotEmpty),
+                optional("kubeconfig_path", "Path to a kubeconfig file. Conflicts with `host`.")
                     .validate(Validator::NotEmpty),
-                optional("kubeconfig_path", "Path to a kubeconfig file. Conflicts with `host`.").validate(Validator::NotEmpty),
                 optional("kubeconfig_context", "Context to use from the kubeconfig; defaults to its current context.")
                     .validate(Validator::NotEmpty),
                 optional("host", "Kubernetes API server URL. Conflicts with `kubeconfig_path`.")
@@ -102,8 +111,11 @@ impl Provider for KubeProvider {
         for needs_host in ["cluster_ca_certificate", "token"] {
             if set(needs_host) && !set("host") {
                 diags.push(
-                    Diagnostic::error("Incomplete Kubernetes settings", format!("{needs_host} is used only together with host"))
-                        .at(AttributePath::attribute(needs_host)),
+                    Diagnostic::error(
+                        "Incomplete Kubernetes settings",
+                        format!("{needs_host} is used only together with host"),
+                    )
+                    .at(AttributePath::attribute(needs_host)),
                 );
             }
         }

@@ -45,7 +45,10 @@ impl Drop for Plugin {
 
 fn launch(client_cert_pem: Option<&str>) -> Plugin {
     let mut cmd = Command::new(BIN);
-    cmd.env("TF_PLUGIN_MAGIC_COOKIE", COOKIE).env("PLUGIN_PROTOCOL_VERSIONS", "6,5").stdout(Stdio::piped()).stderr(Stdio::null());
+    cmd.env("TF_PLUGIN_MAGIC_COOKIE", COOKIE)
+        .env("PLUGIN_PROTOCOL_VERSIONS", "6,5")
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null());
     match client_cert_pem {
         Some(pem) => cmd.env("PLUGIN_CLIENT_CERT", pem),
         None => cmd.env_remove("PLUGIN_CLIENT_CERT"),
@@ -62,14 +65,35 @@ fn launch(client_cert_pem: Option<&str>) -> Plugin {
 struct Pinned(Vec<u8>, Arc<rustls::crypto::CryptoProvider>);
 
 impl ServerCertVerifier for Pinned {
-    fn verify_server_cert(&self, ee: &CertificateDer<'_>, _: &[CertificateDer<'_>], name: &ServerName<'_>, _: &[u8], _: UnixTime) -> Result<ServerCertVerified, rustls::Error> {
+    fn verify_server_cert(
+        &self,
+        ee: &CertificateDer<'_>,
+        _: &[CertificateDer<'_>],
+        name: &ServerName<'_>,
+        _: &[u8],
+        _: UnixTime,
+    ) -> Result<ServerCertVerified, rustls::Error> {
         assert_eq!(name.to_str(), "localhost");
-        if ee.as_ref() == self.0.as_slice() { Ok(ServerCertVerified::assertion()) } else { Err(rustls::Error::General("unexpected server certificate".into())) }
+        if ee.as_ref() == self.0.as_slice() {
+            Ok(ServerCertVerified::assertion())
+        } else {
+            Err(rustls::Error::General("unexpected server certificate".into()))
+        }
     }
-    fn verify_tls12_signature(&self, m: &[u8], c: &CertificateDer<'_>, d: &DigitallySignedStruct) -> Result<HandshakeSignatureValid, rustls::Error> {
+    fn verify_tls12_signature(
+        &self,
+        m: &[u8],
+        c: &CertificateDer<'_>,
+        d: &DigitallySignedStruct,
+    ) -> Result<HandshakeSignatureValid, rustls::Error> {
         rustls::crypto::verify_tls12_signature(m, c, d, &self.1.signature_verification_algorithms)
     }
-    fn verify_tls13_signature(&self, m: &[u8], c: &CertificateDer<'_>, d: &DigitallySignedStruct) -> Result<HandshakeSignatureValid, rustls::Error> {
+    fn verify_tls13_signature(
+        &self,
+        m: &[u8],
+        c: &CertificateDer<'_>,
+        d: &DigitallySignedStruct,
+    ) -> Result<HandshakeSignatureValid, rustls::Error> {
         rustls::crypto::verify_tls13_signature(m, c, d, &self.1.signature_verification_algorithms)
     }
     fn supported_verify_schemes(&self) -> Vec<SignatureScheme> {
@@ -81,7 +105,11 @@ fn fields(line: &str) -> Vec<&str> {
     line.split('|').collect()
 }
 
-async fn mtls_channel(line: &str, cert: CertificateDer<'static>, key: PrivateKeyDer<'static>) -> Result<(Channel, Option<Vec<u8>>), String> {
+async fn mtls_channel(
+    line: &str,
+    cert: CertificateDer<'static>,
+    key: PrivateKeyDer<'static>,
+) -> Result<(Channel, Option<Vec<u8>>), String> {
     let f = fields(line);
     let server_der = base64::engine::general_purpose::STANDARD_NO_PAD.decode(f[5]).map_err(|e| e.to_string())?;
     let provider = Arc::new(rustls::crypto::aws_lc_rs::default_provider());
@@ -96,7 +124,8 @@ async fn mtls_channel(line: &str, cert: CertificateDer<'static>, key: PrivateKey
     let connector = tokio_rustls::TlsConnector::from(Arc::new(config));
     let addr = f[3].to_owned();
     let tcp = tokio::net::TcpStream::connect(&addr).await.map_err(|e| e.to_string())?;
-    let tls = connector.connect(ServerName::try_from("localhost").expect("name"), tcp).await.map_err(|e| e.to_string())?;
+    let tls =
+        connector.connect(ServerName::try_from("localhost").expect("name"), tcp).await.map_err(|e| e.to_string())?;
     let alpn = tls.get_ref().1.alpn_protocol().map(<[u8]>::to_vec);
     let mut slot = Some(tls);
     let channel = Endpoint::from_static("http://localhost")
@@ -147,7 +176,11 @@ fn run_by_hand_it_says_what_it_is_and_exits_1() {
 
 #[test]
 fn a_client_without_protocol_5_is_refused_clearly() {
-    let out = Command::new(BIN).env("TF_PLUGIN_MAGIC_COOKIE", COOKIE).env("PLUGIN_PROTOCOL_VERSIONS", "6").output().expect("run");
+    let out = Command::new(BIN)
+        .env("TF_PLUGIN_MAGIC_COOKIE", COOKIE)
+        .env("PLUGIN_PROTOCOL_VERSIONS", "6")
+        .output()
+        .expect("run");
     assert_eq!(out.status.code(), Some(1));
     assert!(String::from_utf8_lossy(&out.stderr).contains("protocol 5"));
 }
@@ -194,6 +227,7 @@ async fn without_a_client_certificate_it_serves_plaintext() {
     let plugin = launch(None);
     let f = fields(&plugin.line);
     assert_eq!(f[5], "", "no certificate field when plaintext");
-    let channel = Endpoint::from_shared(format!("http://{}", f[3])).expect("endpoint").connect().await.expect("connect");
+    let channel =
+        Endpoint::from_shared(format!("http://{}", f[3])).expect("endpoint").connect().await.expect("connect");
     assert_eq!(plugin_health(channel).await.expect("health"), 1);
 }

@@ -93,7 +93,8 @@ impl Function for MaxPods {
                 Parameter {
                     name: "prefix_delegation".into(),
                     ty: Type::Bool,
-                    description: "Whether ENIs get /28 prefixes (prefix delegation) instead of single addresses.".into(),
+                    description: "Whether ENIs get /28 prefixes (prefix delegation) instead of single addresses."
+                        .into(),
                     allow_null: false,
                 },
             ],

@@ -10,8 +10,8 @@ use time::OffsetDateTime;
 use time::format_description::well_known::Rfc3339;
 
 use tfplugin::{
-    Attribute, AttributePath, Block, Config, Diagnostic, Diagnostics, Failure, Plan, Resource, Schema, Type,
-    Validator, Value,
+    Attribute, AttributePath, Block, Config, Diagnostic, Diagnostics, Failure, Plan, Resource, Schema, Type, Validator,
+    Value,
 };
 
 /// How far ahead plan warns about an expiring anchor.
@@ -76,7 +76,9 @@ fn check_trust_domain(v: &Value) -> Result<(), String> {
     if valid && !s.starts_with('.') && !s.ends_with('.') {
         Ok(())
     } else {
-        Err(format!("{s:?} is not a SPIFFE trust domain (lowercase letters, digits, '.', '-', '_'), e.g. \"cluster.local\""))
+        Err(format!(
+            "{s:?} is not a SPIFFE trust domain (lowercase letters, digits, '.', '-', '_'), e.g. \"cluster.local\""
+        ))
     }
 }
 
@@ -105,7 +107,9 @@ impl Resource for TrustAnchor {
                         .validate(Validator::OneOf(Algorithm::NAMES))
                         .replaces(),
                     Attribute::with_default("trust_domain", Type::String, "cluster.local")
-                        .describe("SPIFFE trust domain of the mesh identities (`spiffe://<trust_domain>/ns/<ns>/sa/<sa>`).")
+                        .describe(
+                            "SPIFFE trust domain of the mesh identities (`spiffe://<trust_domain>/ns/<ns>/sa/<sa>`).",
+                        )
                         .validate(Validator::NotEmpty)
                         .validate(Validator::Custom { description: "a SPIFFE trust domain", check: check_trust_domain })
                         .replaces(),
@@ -119,8 +123,16 @@ impl Resource for TrustAnchor {
                     computed("cert_pem", Type::String, "The trust anchor certificate, PEM."),
                     computed("private_key_pem", Type::String, "The private key, PKCS#8 PEM.").sensitive(),
                     computed("not_after", Type::String, "Expiry time, RFC 3339."),
-                    computed("fingerprint_sha256", Type::String, "SHA-256 fingerprint of the DER certificate, lowercase hex."),
-                    computed("ready_for_renewal", Type::Bool, "True once the certificate is inside its early-renewal window; plan then replaces it."),
+                    computed(
+                        "fingerprint_sha256",
+                        Type::String,
+                        "SHA-256 fingerprint of the DER certificate, lowercase hex.",
+                    ),
+                    computed(
+                        "ready_for_renewal",
+                        Type::Bool,
+                        "True once the certificate is inside its early-renewal window; plan then replaces it.",
+                    ),
                 ],
                 blocks: Vec::new(),
                 deprecated: false,
@@ -148,10 +160,13 @@ impl Resource for TrustAnchor {
             plan.set("ready_for_renewal", Value::Bool(false));
             return;
         };
-        let Some(not_after) = prior.get("not_after").and_then(Value::as_str).and_then(|s| OffsetDateTime::parse(s, &Rfc3339).ok()) else {
+        let Some(not_after) =
+            prior.get("not_after").and_then(Value::as_str).and_then(|s| OffsetDateTime::parse(s, &Rfc3339).ok())
+        else {
             return;
         };
-        let early_hours = plan.planned("early_renewal_hours").as_number().and_then(tfplugin::Number::as_i64).unwrap_or(0);
+        let early_hours =
+            plan.planned("early_renewal_hours").as_number().and_then(tfplugin::Number::as_i64).unwrap_or(0);
         let now = OffsetDateTime::now_utc();
         if now >= not_after - time::Duration::hours(early_hours) {
             plan.set("ready_for_renewal", Value::Bool(true));
@@ -163,7 +178,11 @@ impl Resource for TrustAnchor {
         let left = not_after - now;
         if left <= time::Duration::days(EXPIRY_WARNING_DAYS) {
             let date = not_after.format(&Rfc3339).unwrap_or_default();
-            let when = if left.is_negative() { format!("expired on {date}") } else { format!("expires on {date}, in {} days", left.whole_days()) };
+            let when = if left.is_negative() {
+                format!("expired on {date}")
+            } else {
+                format!("expires on {date}, in {} days", left.whole_days())
+            };
             plan.diagnostics.push(
                 Diagnostic::warning(
                     "Mesh trust anchor expires soon",
@@ -178,13 +197,16 @@ impl Resource for TrustAnchor {
         }
     }
 
-    async fn create(&self, planned: TrustAnchorState, _: &mut ()) -> Result<TrustAnchorState, Failure<TrustAnchorState>> {
+    async fn create(
+        &self,
+        planned: TrustAnchorState,
+        _: &mut (),
+    ) -> Result<TrustAnchorState, Failure<TrustAnchorState>> {
         let algorithm = planned.algorithm.as_deref().and_then(Algorithm::parse).ok_or_else(|| invalid("algorithm"))?;
         let trust_domain = planned.trust_domain.clone().ok_or_else(|| invalid("trust_domain"))?;
         let validity_hours = planned.validity_hours.ok_or_else(|| invalid("validity_hours"))?;
-        let generated = generate(algorithm, &trust_domain, validity_hours).map_err(|e| {
-            Diagnostic::error("Cannot generate the trust anchor", e.to_string())
-        })?;
+        let generated = generate(algorithm, &trust_domain, validity_hours)
+            .map_err(|e| Diagnostic::error("Cannot generate the trust anchor", e.to_string()))?;
         let mut state = planned;
         state.ready_for_renewal = Some(false);
         describe_certificate(&mut state, &generated.cert_pem).map_err(Failure::from)?;
@@ -200,7 +222,12 @@ impl Resource for TrustAnchor {
         Ok(Some(state))
     }
 
-    async fn update(&self, prior: TrustAnchorState, planned: TrustAnchorState, _: &mut ()) -> Result<TrustAnchorState, Failure<TrustAnchorState>> {
+    async fn update(
+        &self,
+        prior: TrustAnchorState,
+        planned: TrustAnchorState,
+        _: &mut (),
+    ) -> Result<TrustAnchorState, Failure<TrustAnchorState>> {
         // Only early_renewal_hours updates in place; everything else replaces.
         Ok(TrustAnchorState { early_renewal_hours: planned.early_renewal_hours, ..prior })
     }
@@ -212,13 +239,26 @@ impl Resource for TrustAnchor {
 
     async fn import(&self, id: &str) -> Result<(TrustAnchorState, ()), Diagnostics> {
         let at = |e: String| Diagnostics::from(Diagnostic::error("Cannot import the trust anchor", e));
-        let bundle = std::fs::read_to_string(id).map_err(|e| at(format!("the import ID must be the path of a PEM file with the certificate and private key; reading {id:?}: {e}")))?;
-        let cert_pem = pem_blocks(&bundle, "CERTIFICATE").into_iter().next().ok_or_else(|| at(format!("{id} holds no PEM certificate")))?;
-        let key_pem = pem_blocks(&bundle, "PRIVATE KEY").into_iter().next().ok_or_else(|| at(format!("{id} holds no PKCS#8 private key (-----BEGIN PRIVATE KEY-----)")))?;
-        let key = KeyPair::from_pem(&key_pem).map_err(|e| at(format!("the private key in {id} does not parse: {e}")))?;
-        let algorithm = Algorithm::of_key(&key).ok_or_else(|| at(format!("the key in {id} is neither ECDSA P-256 nor Ed25519")))?;
+        let bundle = std::fs::read_to_string(id).map_err(|e| {
+            at(format!(
+                "the import ID must be the path of a PEM file with the certificate and private key; reading {id:?}: {e}"
+            ))
+        })?;
+        let cert_pem = pem_blocks(&bundle, "CERTIFICATE")
+            .into_iter()
+            .next()
+            .ok_or_else(|| at(format!("{id} holds no PEM certificate")))?;
+        let key_pem = pem_blocks(&bundle, "PRIVATE KEY")
+            .into_iter()
+            .next()
+            .ok_or_else(|| at(format!("{id} holds no PKCS#8 private key (-----BEGIN PRIVATE KEY-----)")))?;
+        let key =
+            KeyPair::from_pem(&key_pem).map_err(|e| at(format!("the private key in {id} does not parse: {e}")))?;
+        let algorithm =
+            Algorithm::of_key(&key).ok_or_else(|| at(format!("the key in {id} is neither ECDSA P-256 nor Ed25519")))?;
         let der = certificate_der(&cert_pem)?;
-        let (_, cert) = x509_parser::parse_x509_certificate(&der).map_err(|e| at(format!("the certificate in {id} does not parse: {e}")))?;
+        let (_, cert) = x509_parser::parse_x509_certificate(&der)
+            .map_err(|e| at(format!("the certificate in {id} does not parse: {e}")))?;
         if cert.public_key().raw != key.subject_public_key_info().as_slice() {
             return Err(at(format!("the private key in {id} does not belong to its certificate")));
         }
@@ -227,7 +267,11 @@ impl Resource for TrustAnchor {
         let mut state = TrustAnchorState {
             id: None,
             algorithm: Some(algorithm.name().to_owned()),
-            trust_domain: Some(trust_domain_of(&cert).ok_or_else(|| at(format!("the certificate in {id} names no trust domain (no spiffe:// URI SAN or root.<domain> common name)")))?),
+            trust_domain: Some(trust_domain_of(&cert).ok_or_else(|| {
+                at(format!(
+                    "the certificate in {id} names no trust domain (no spiffe:// URI SAN or root.<domain> common name)"
+                ))
+            })?),
             validity_hours: Some(validity_hours),
             early_renewal_hours: Some(0),
             cert_pem: None,
@@ -243,7 +287,9 @@ impl Resource for TrustAnchor {
 }
 
 fn invalid(attribute: &str) -> Failure<TrustAnchorState> {
-    Diagnostic::error("Missing value", format!("{attribute} has no value")).at(AttributePath::attribute(attribute)).into()
+    Diagnostic::error("Missing value", format!("{attribute} has no value"))
+        .at(AttributePath::attribute(attribute))
+        .into()
 }
 
 struct Generated {
@@ -380,7 +426,8 @@ mod tests {
         let state = created("ED25519");
         let dir = tempfile::tempdir().expect("tempdir");
         let bundle = dir.path().join("anchor.pem");
-        let text = format!("{}{}", state.cert_pem.as_deref().expect("cert"), state.private_key_pem.as_deref().expect("key"));
+        let text =
+            format!("{}{}", state.cert_pem.as_deref().expect("cert"), state.private_key_pem.as_deref().expect("key"));
         std::fs::write(&bundle, text).expect("write");
         let rt = tokio::runtime::Builder::new_current_thread().build().expect("runtime");
         let (imported, ()) = rt.block_on(TrustAnchor.import(bundle.to_str().expect("path"))).expect("import");

@@ -60,11 +60,20 @@ pub fn render(provider: Arc<dyn Provider>, source_address: &str) -> Vec<Page> {
         let mut page = front_matter(&format!("{name} function - {source_address}"), &def.summary);
         let params: Vec<&str> = def.parameters.iter().map(|p| p.name.as_str()).collect();
         let _ = writeln!(page, "# function: {name}\n\n{}\n\n{}\n", def.summary, def.description);
-        let _ = writeln!(page, "## Signature\n\n```text\n{name}({}) {}\n```\n", signature(&def.parameters), def.return_type.to_json());
-        let _ = writeln!(page, "## Example Usage\n\n```terraform\noutput \"example\" {{\n  value = provider::{type_name}::{name}({})\n}}\n```\n", params.join(", "));
+        let _ = writeln!(
+            page,
+            "## Signature\n\n```text\n{name}({}) {}\n```\n",
+            signature(&def.parameters),
+            def.return_type
+        );
+        let _ = writeln!(
+            page,
+            "## Example Usage\n\n```terraform\noutput \"example\" {{\n  value = provider::{type_name}::{name}({})\n}}\n```\n",
+            params.join(", ")
+        );
         let _ = writeln!(page, "## Arguments\n");
         for (i, p) in def.parameters.iter().enumerate() {
-            let _ = writeln!(page, "{}. `{}` ({}) {}", i + 1, p.name, p.ty.to_json(), p.description);
+            let _ = writeln!(page, "{}. `{}` ({}) {}", i + 1, p.name, p.ty, p.description);
         }
         pages.push(Page { path: format!("functions/{name}.md").into(), content: page });
     }
@@ -72,7 +81,7 @@ pub fn render(provider: Arc<dyn Provider>, source_address: &str) -> Vec<Page> {
 }
 
 fn signature(params: &[crate::framework::Parameter]) -> String {
-    params.iter().map(|p| format!("{} {}", p.name, p.ty.to_json())).collect::<Vec<_>>().join(", ")
+    params.iter().map(|p| format!("{} {}", p.name, p.ty)).collect::<Vec<_>>().join(", ")
 }
 
 fn front_matter(title: &str, description: &str) -> String {
@@ -82,7 +91,8 @@ fn front_matter(title: &str, description: &str) -> String {
 
 fn block_section(block: &Block, heading: &str) -> String {
     let mut out = format!("## {heading}\n\n");
-    let groups: [(&str, fn(&Attribute) -> bool); 3] = [
+    type Member = fn(&Attribute) -> bool;
+    let groups: [(&str, Member); 3] = [
         ("Required", |a| a.presence == Presence::Required),
         ("Optional", |a| matches!(a.presence, Presence::Optional | Presence::OptionalComputed)),
         ("Read-Only", |a| a.presence == Presence::Computed),

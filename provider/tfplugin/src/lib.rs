@@ -24,8 +24,7 @@ pub use framework::{
     Config, DataSource, Failure, Function, FunctionDefinition, FunctionError, Parameter, Plan, Provider, Resource,
     data_source, from_value, resource, to_value,
 };
-pub use framework::{ErasedDataSource, ErasedResource,
-};
+pub use framework::{ErasedDataSource, ErasedResource};
 pub use schema::{Attribute, Block, NestedBlock, Nesting, Presence, Schema, Validator};
 pub use server::{Mode, ServeError, serve};
 pub use value::{Number, Type, Value};

@@ -140,7 +140,7 @@ impl Validator {
                 let quoted: Vec<String> = options.iter().map(|o| format!("`{o}`")).collect();
                 format!("one of {}", quoted.join(", "))
             }
-            Validator::NotEmpty => "not empty".to_owned(),
+            Validator::NotEmpty => "non-empty".to_owned(),
             Validator::IntegerBetween(lo, hi) => format!("a whole number from {lo} to {hi}"),
             Validator::Custom { description, .. } => (*description).to_owned(),
         }
@@ -211,7 +211,8 @@ impl Block {
                 }
                 Some(Value::List(items)) | Some(Value::Set(items)) => {
                     for (i, item) in items.iter().enumerate() {
-                        let step = if nb.nesting == Nesting::List { at.then(PathStep::Index(i as i64)) } else { at.clone() };
+                        let step =
+                            if nb.nesting == Nesting::List { at.then(PathStep::Index(i as i64)) } else { at.clone() };
                         nb.block.validate(item, &step, diags);
                     }
                 }
@@ -335,10 +336,7 @@ mod tests {
             [
                 ("algorithm".to_owned(), Value::string("RSA")),
                 ("hours".to_owned(), Value::unknown()),
-                (
-                    "rule".to_owned(),
-                    Value::List(vec![Value::Object([("name".to_owned(), Value::string(" "))].into())]),
-                ),
+                ("rule".to_owned(), Value::List(vec![Value::Object([("name".to_owned(), Value::string(" "))].into())])),
             ]
             .into(),
         );

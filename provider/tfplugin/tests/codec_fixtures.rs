@@ -68,7 +68,11 @@ fn expected(name: &str) -> Value {
         }
         "unknowns" => {
             let not_null = Refinements { nullable: Some(false), ..Refinements::default() };
-            let length = Refinements { nullable: Some(false), number_lower: Some((Number::from(0i64), true)), ..Refinements::default() };
+            let length = Refinements {
+                nullable: Some(false),
+                number_lower: Some((Number::from(0i64), true)),
+                ..Refinements::default()
+            };
             set(&mut attrs, "s", refined(not_null));
             set(&mut attrs, "n", refined(length.clone()));
             set(&mut attrs, "l", Value::List(vec![num("1"), refined(length)]));

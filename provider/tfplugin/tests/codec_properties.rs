@@ -38,13 +38,18 @@ fn arb_value(ty: Type, known: bool) -> BoxedStrategy<Value> {
         Type::String => "\\PC{0,12}".prop_map(Value::String).boxed(),
         Type::Dynamic => arb_type()
             .prop_filter("concrete", |t| *t != Type::Dynamic)
-            .prop_flat_map(move |t| arb_value(t.clone(), known).prop_map(move |v| Value::Dynamic(Box::new(t.clone()), Box::new(v))))
+            .prop_flat_map(move |t| {
+                arb_value(t.clone(), known).prop_map(move |v| Value::Dynamic(Box::new(t.clone()), Box::new(v)))
+            })
             .boxed(),
         Type::List(e) => prop::collection::vec(arb_value(*e, known), 0..3).prop_map(Value::List).boxed(),
         Type::Set(e) => prop::collection::vec(arb_value(*e, known), 0..3).prop_map(Value::Set).boxed(),
-        Type::Map(e) => prop::collection::btree_map("\\PC{0,5}", arb_value(*e, known), 0..3).prop_map(Value::Map).boxed(),
+        Type::Map(e) => {
+            prop::collection::btree_map("\\PC{0,5}", arb_value(*e, known), 0..3).prop_map(Value::Map).boxed()
+        }
         Type::Object(attrs) => {
-            let fields: Vec<_> = attrs.into_iter().map(|(k, t)| arb_value(t, known).prop_map(move |v| (k.clone(), v))).collect();
+            let fields: Vec<_> =
+                attrs.into_iter().map(|(k, t)| arb_value(t, known).prop_map(move |v| (k.clone(), v))).collect();
             fields.prop_map(|kv| Value::Object(kv.into_iter().collect::<BTreeMap<_, _>>())).boxed()
         }
         Type::Tuple(types) => {
@@ -57,16 +62,17 @@ fn arb_value(ty: Type, known: bool) -> BoxedStrategy<Value> {
     if !known {
         options.push((1, Just(Value::unknown()).boxed()));
         if refinable {
-            let refined = (proptest::option::of(Just(false)), proptest::option::of("[a-z]{0,4}"), proptest::option::of(0i64..5))
-                .prop_map(move |(nullable, prefix, len)| {
-                    let mut r = Refinements { nullable, ..Refinements::default() };
-                    match ty {
-                        Type::String => r.string_prefix = prefix,
-                        Type::Number => r.number_lower = len.map(|l| (Number::from(l), true)),
-                        _ => r.length_min = len,
-                    }
-                    Value::Unknown(Box::new(r))
-                });
+            let refined =
+                (proptest::option::of(Just(false)), proptest::option::of("[a-z]{0,4}"), proptest::option::of(0i64..5))
+                    .prop_map(move |(nullable, prefix, len)| {
+                        let mut r = Refinements { nullable, ..Refinements::default() };
+                        match ty {
+                            Type::String => r.string_prefix = prefix,
+                            Type::Number => r.number_lower = len.map(|l| (Number::from(l), true)),
+                            _ => r.length_min = len,
+                        }
+                        Value::Unknown(Box::new(r))
+                    });
             options.push((1, refined.boxed()));
         }
     }

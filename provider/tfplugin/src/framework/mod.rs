@@ -73,8 +73,9 @@ fn attribute_path_of(path: &serde_path_to_error::Path) -> AttributePath {
 pub fn to_value<T: Serialize>(typed: &T, ty: &Type) -> Result<Value, Diagnostics> {
     let json = serde_json::to_value(typed)
         .map_err(|e| Diagnostic::error("Provider produced an unencodable value", e.to_string()))?;
-    value_from_json(&json, ty)
-        .map_err(|e| Diagnostics::from(Diagnostic::error("Provider produced a value that does not fit its schema", e.to_string())))
+    value_from_json(&json, ty).map_err(|e| {
+        Diagnostics::from(Diagnostic::error("Provider produced a value that does not fit its schema", e.to_string()))
+    })
 }
 
 /// A failed create or update: the diagnostics, and whatever part of the
@@ -119,10 +120,15 @@ pub trait Resource: Send + Sync + 'static {
 
     async fn modify_plan(&self, _plan: &mut Plan<'_>) {}
 
-    async fn create(&self, planned: Self::State, private: &mut Self::Private) -> Result<Self::State, Failure<Self::State>>;
+    async fn create(
+        &self,
+        planned: Self::State,
+        private: &mut Self::Private,
+    ) -> Result<Self::State, Failure<Self::State>>;
 
     /// `Ok(None)` means the object is gone and Terraform should plan to create it again.
-    async fn read(&self, current: Self::State, private: &mut Self::Private) -> Result<Option<Self::State>, Diagnostics>;
+    async fn read(&self, current: Self::State, private: &mut Self::Private)
+    -> Result<Option<Self::State>, Diagnostics>;
 
     async fn update(
         &self,
@@ -135,11 +141,7 @@ pub trait Resource: Send + Sync + 'static {
 
     /// Builds the state for `terraform import`; Terraform then reads it.
     async fn import(&self, _id: &str) -> Result<(Self::State, Self::Private), Diagnostics> {
-        Err(Diagnostic::error(
-            "Import not supported",
-            format!("{} cannot be imported", self.type_name()),
-        )
-        .into())
+        Err(Diagnostic::error("Import not supported", format!("{} cannot be imported", self.type_name())).into())
     }
 }
 

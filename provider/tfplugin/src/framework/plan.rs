@@ -43,8 +43,8 @@ impl<'a> Plan<'a> {
     /// else is a provider bug, reported as an error rather than sent to
     /// Terraform as an invalid plan.
     pub fn set(&mut self, attribute: &str, value: Value) {
-        let open = self.block.attribute(attribute).is_some_and(|a| a.is_computed())
-            && self.config.get(attribute).is_null();
+        let open =
+            self.block.attribute(attribute).is_some_and(|a| a.is_computed()) && self.config.get(attribute).is_null();
         if !open {
             self.diagnostics.push(
                 Diagnostic::error(
@@ -119,13 +119,14 @@ pub(crate) fn draw(block: &Block, config: &Value, prior: Option<&Value>, propose
         let value = match (nb.nesting, cfg) {
             (Nesting::Single, Value::Null) => Value::Null,
             (Nesting::Single | Nesting::Group, c) => draw(&nb.block, c, pri, prop),
-            (Nesting::List, Value::List(items)) => Value::List(items.iter().enumerate().map(|(i, c)| item(i, c)).collect()),
-            (Nesting::Set, Value::Set(items)) => Value::Set(items.iter().map(|c| draw(&nb.block, c, None, c)).collect()),
+            (Nesting::List, Value::List(items)) => {
+                Value::List(items.iter().enumerate().map(|(i, c)| item(i, c)).collect())
+            }
+            (Nesting::Set, Value::Set(items)) => {
+                Value::Set(items.iter().map(|c| draw(&nb.block, c, None, c)).collect())
+            }
             (Nesting::Map, Value::Map(items)) => Value::Map(
-                items
-                    .iter()
-                    .map(|(k, c)| (k.clone(), draw(&nb.block, c, pri.and_then(|p| p.get(k)), c)))
-                    .collect(),
+                items.iter().map(|(k, c)| (k.clone(), draw(&nb.block, c, pri.and_then(|p| p.get(k)), c))).collect(),
             ),
             // Terraform wants empty collections, never null, for absent blocks.
             (Nesting::List, _) => Value::List(Vec::new()),
@@ -173,7 +174,13 @@ fn check_planned(block: &Block, config: &Value, planned: &Value, diags: &mut Dia
 /// keep the user's values verbatim; a computed attribute planned known
 /// must come back the same, and nothing may stay unknown. Violations are
 /// reported on the attribute, so Terraform never sees a silent mismatch.
-pub(crate) fn reconcile(block: &Block, planned: &Value, actual: &Value, at: &AttributePath, diags: &mut Diagnostics) -> Value {
+pub(crate) fn reconcile(
+    block: &Block,
+    planned: &Value,
+    actual: &Value,
+    at: &AttributePath,
+    diags: &mut Diagnostics,
+) -> Value {
     let mut out = BTreeMap::new();
     for attr in &block.attributes {
         let p = planned.get(&attr.name).unwrap_or(&Value::Null);
@@ -183,10 +190,13 @@ pub(crate) fn reconcile(block: &Block, planned: &Value, actual: &Value, at: &Att
             p.clone()
         } else if p.is_wholly_known() {
             if !p.same_as(a) {
-                diags.push(Diagnostic::error(
-                    "Provider bug: apply result differs from the plan",
-                    format!("{path} was planned as {p:?} but the provider produced {a:?}"),
-                ).at(path.clone()));
+                diags.push(
+                    Diagnostic::error(
+                        "Provider bug: apply result differs from the plan",
+                        format!("{path} was planned as {p:?} but the provider produced {a:?}"),
+                    )
+                    .at(path.clone()),
+                );
             }
             p.clone()
         } else if a.is_wholly_known() {
@@ -225,7 +235,8 @@ pub(crate) fn reconcile(block: &Block, planned: &Value, actual: &Value, at: &Att
 }
 
 fn encode_private<P: serde::Serialize>(private: &P) -> Result<Vec<u8>, Diagnostics> {
-    let json = serde_json::to_value(private).map_err(|e| Diagnostic::error("Provider bug: private state", e.to_string()))?;
+    let json =
+        serde_json::to_value(private).map_err(|e| Diagnostic::error("Provider bug: private state", e.to_string()))?;
     if json.is_null() {
         return Ok(Vec::new());
     }
@@ -237,7 +248,11 @@ fn decode_private<P: DeserializeOwned + Default>(bytes: &[u8]) -> Result<P, Diag
         return Ok(P::default());
     }
     serde_json::from_slice(bytes).map_err(|e| {
-        Diagnostic::error("Unreadable private state", format!("the provider's private data in state does not parse: {e}")).into()
+        Diagnostic::error(
+            "Unreadable private state",
+            format!("the provider's private data in state does not parse: {e}"),
+        )
+        .into()
     })
 }
 
@@ -264,8 +279,22 @@ pub trait ErasedResource: Send + Sync {
     fn type_name(&self) -> &'static str;
     fn schema(&self) -> Schema;
     fn validate(&self, config: &Config, diags: &mut Diagnostics);
-    async fn plan(&self, schema: &Schema, config: &Config, prior: Option<&Value>, proposed: &Value, prior_private: &[u8]) -> PlanOutcome;
-    async fn apply(&self, schema: &Schema, ty: &Type, prior: Option<&Value>, planned: Option<&Value>, planned_private: &[u8]) -> ApplyOutcome;
+    async fn plan(
+        &self,
+        schema: &Schema,
+        config: &Config,
+        prior: Option<&Value>,
+        proposed: &Value,
+        prior_private: &[u8],
+    ) -> PlanOutcome;
+    async fn apply(
+        &self,
+        schema: &Schema,
+        ty: &Type,
+        prior: Option<&Value>,
+        planned: Option<&Value>,
+        planned_private: &[u8],
+    ) -> ApplyOutcome;
     async fn read(&self, ty: &Type, current: &Value, private: &[u8]) -> ApplyOutcome;
     async fn import(&self, ty: &Type, id: &str) -> ApplyOutcome;
 }
@@ -284,7 +313,14 @@ impl<R: Resource> ErasedResource for Typed<R> {
         self.0.validate(config, diags);
     }
 
-    async fn plan(&self, schema: &Schema, config: &Config, prior: Option<&Value>, proposed: &Value, prior_private: &[u8]) -> PlanOutcome {
+    async fn plan(
+        &self,
+        schema: &Schema,
+        config: &Config,
+        prior: Option<&Value>,
+        proposed: &Value,
+        prior_private: &[u8],
+    ) -> PlanOutcome {
         let block = &schema.block;
         let mut plan = Plan {
             block,
@@ -307,7 +343,14 @@ impl<R: Resource> ErasedResource for Typed<R> {
         }
     }
 
-    async fn apply(&self, schema: &Schema, ty: &Type, prior: Option<&Value>, planned: Option<&Value>, planned_private: &[u8]) -> ApplyOutcome {
+    async fn apply(
+        &self,
+        schema: &Schema,
+        ty: &Type,
+        prior: Option<&Value>,
+        planned: Option<&Value>,
+        planned_private: &[u8],
+    ) -> ApplyOutcome {
         let mut diagnostics = Diagnostics::default();
         let fail = |prior: Option<&Value>, d: Diagnostics| ApplyOutcome {
             new_state: prior.cloned().unwrap_or(Value::Null),
@@ -367,7 +410,11 @@ impl<R: Resource> ErasedResource for Typed<R> {
     }
 
     async fn read(&self, ty: &Type, current: &Value, private_bytes: &[u8]) -> ApplyOutcome {
-        let unchanged = |d: Diagnostics| ApplyOutcome { new_state: current.clone(), private: private_bytes.to_vec(), diagnostics: d };
+        let unchanged = |d: Diagnostics| ApplyOutcome {
+            new_state: current.clone(),
+            private: private_bytes.to_vec(),
+            diagnostics: d,
+        };
         let mut private: R::Private = match decode_private(private_bytes) {
             Ok(p) => p,
             Err(d) => return unchanged(d),
@@ -377,7 +424,9 @@ impl<R: Resource> ErasedResource for Typed<R> {
             Err(d) => return unchanged(d),
         };
         match self.0.read(state, &mut private).await {
-            Ok(None) => ApplyOutcome { new_state: Value::Null, private: Vec::new(), diagnostics: Diagnostics::default() },
+            Ok(None) => {
+                ApplyOutcome { new_state: Value::Null, private: Vec::new(), diagnostics: Diagnostics::default() }
+            }
             Ok(Some(s)) => match (to_value(&s, ty), encode_private(&private)) {
                 (Ok(v), Ok(p)) => ApplyOutcome { new_state: v, private: p, diagnostics: Diagnostics::default() },
                 (Err(d), _) | (_, Err(d)) => unchanged(d),
@@ -464,7 +513,13 @@ mod tests {
     }
 
     fn config(size: Value) -> Value {
-        object([("name", "a".into()), ("size", size), ("note", Value::Null), ("id", Value::Null), ("rule", Value::Null)])
+        object([
+            ("name", "a".into()),
+            ("size", size),
+            ("note", Value::Null),
+            ("id", Value::Null),
+            ("rule", Value::Null),
+        ])
     }
 
     #[test]
@@ -479,7 +534,13 @@ mod tests {
 
     #[test]
     fn update_keeps_prior_computed_values_and_marks_replacement() {
-        let prior = object([("name", "a".into()), ("size", Value::int(3)), ("note", Value::Null), ("id", "x1".into()), ("rule", Value::List(vec![]))]);
+        let prior = object([
+            ("name", "a".into()),
+            ("size", Value::int(3)),
+            ("note", Value::Null),
+            ("id", "x1".into()),
+            ("rule", Value::List(vec![])),
+        ]);
         let c = config(Value::int(4));
         let planned = draw(&block(), &c, Some(&prior), &c);
         assert_eq!(planned.get("id"), Some(&Value::string("x1")));
@@ -490,8 +551,20 @@ mod tests {
 
     #[test]
     fn reconcile_keeps_configured_values_and_names_inconsistent_computed_ones() {
-        let planned = object([("name", "a".into()), ("size", Value::int(3)), ("note", Value::Null), ("id", "x1".into()), ("rule", Value::List(vec![]))]);
-        let actual = object([("name", "A".into()), ("size", Value::int(3)), ("note", Value::Null), ("id", "x2".into()), ("rule", Value::List(vec![]))]);
+        let planned = object([
+            ("name", "a".into()),
+            ("size", Value::int(3)),
+            ("note", Value::Null),
+            ("id", "x1".into()),
+            ("rule", Value::List(vec![])),
+        ]);
+        let actual = object([
+            ("name", "A".into()),
+            ("size", Value::int(3)),
+            ("note", Value::Null),
+            ("id", "x2".into()),
+            ("rule", Value::List(vec![])),
+        ]);
         let mut diags = Diagnostics::default();
         let out = reconcile(&block(), &planned, &actual, &AttributePath::root(), &mut diags);
         assert_eq!(out.get("name"), Some(&Value::string("a")), "the user's spelling stays");
@@ -501,7 +574,13 @@ mod tests {
 
     #[test]
     fn reconcile_refuses_values_left_unknown() {
-        let planned = object([("name", "a".into()), ("size", Value::int(3)), ("note", Value::Null), ("id", Value::unknown()), ("rule", Value::List(vec![]))]);
+        let planned = object([
+            ("name", "a".into()),
+            ("size", Value::int(3)),
+            ("note", Value::Null),
+            ("id", Value::unknown()),
+            ("rule", Value::List(vec![])),
+        ]);
         let mut diags = Diagnostics::default();
         let out = reconcile(&block(), &planned, &planned, &AttributePath::root(), &mut diags);
         assert!(out.is_wholly_known());

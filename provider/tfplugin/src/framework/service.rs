@@ -99,7 +99,11 @@ impl ProviderService {
     /// refused rather than started half-way through a shutdown.
     fn refuse_if_stopped(&self) -> Result<(), Diagnostics> {
         if self.stopped.load(Ordering::SeqCst) {
-            return Err(Diagnostic::error("Provider is stopping", "Terraform asked the provider to stop; no new operations start").into());
+            return Err(Diagnostic::error(
+                "Provider is stopping",
+                "Terraform asked the provider to stop; no new operations start",
+            )
+            .into());
         }
         Ok(())
     }
@@ -134,7 +138,8 @@ fn decode(dv: Option<&pb::DynamicValue>, ty: &Type) -> Result<Value, Diagnostics
 }
 
 fn encode(v: &Value, ty: &Type) -> Result<pb::DynamicValue, Diagnostics> {
-    let msgpack = encode_msgpack(v, ty).map_err(|e| Diagnostic::error("Provider bug: unencodable value", e.to_string()))?;
+    let msgpack =
+        encode_msgpack(v, ty).map_err(|e| Diagnostic::error("Provider bug: unencodable value", e.to_string()))?;
     Ok(pb::DynamicValue { msgpack, json: Vec::new() })
 }
 
@@ -173,7 +178,10 @@ impl ProviderRpc for ProviderService {
         }))
     }
 
-    async fn get_schema(&self, _: Request<pb::get_provider_schema::Request>) -> RpcResult<pb::get_provider_schema::Response> {
+    async fn get_schema(
+        &self,
+        _: Request<pb::get_provider_schema::Request>,
+    ) -> RpcResult<pb::get_provider_schema::Response> {
         let c = &self.catalog;
         Ok(Response::new(pb::get_provider_schema::Response {
             provider: Some(c.provider_schema.to_proto()),
@@ -187,16 +195,25 @@ impl ProviderRpc for ProviderService {
         }))
     }
 
-    async fn prepare_provider_config(&self, r: Request<pb::prepare_provider_config::Request>) -> RpcResult<pb::prepare_provider_config::Response> {
+    async fn prepare_provider_config(
+        &self,
+        r: Request<pb::prepare_provider_config::Request>,
+    ) -> RpcResult<pb::prepare_provider_config::Response> {
         let c = &self.catalog;
         let diags = match decode(r.get_ref().config.as_ref(), &c.provider_ty) {
             Ok(v) => validate_config(&c.provider_schema, v, |cfg, d| c.provider.validate(cfg, d)),
             Err(d) => d,
         };
-        Ok(Response::new(pb::prepare_provider_config::Response { prepared_config: None, diagnostics: diags.to_proto() }))
+        Ok(Response::new(pb::prepare_provider_config::Response {
+            prepared_config: None,
+            diagnostics: diags.to_proto(),
+        }))
     }
 
-    async fn validate_resource_type_config(&self, r: Request<pb::validate_resource_type_config::Request>) -> RpcResult<pb::validate_resource_type_config::Response> {
+    async fn validate_resource_type_config(
+        &self,
+        r: Request<pb::validate_resource_type_config::Request>,
+    ) -> RpcResult<pb::validate_resource_type_config::Response> {
         let req = r.get_ref();
         let diags = match self.catalog.resource(&req.type_name) {
             Ok(e) => match decode(req.config.as_ref(), &e.ty) {
@@ -208,7 +225,10 @@ impl ProviderRpc for ProviderService {
         Ok(Response::new(pb::validate_resource_type_config::Response { diagnostics: diags.to_proto() }))
     }
 
-    async fn validate_data_source_config(&self, r: Request<pb::validate_data_source_config::Request>) -> RpcResult<pb::validate_data_source_config::Response> {
+    async fn validate_data_source_config(
+        &self,
+        r: Request<pb::validate_data_source_config::Request>,
+    ) -> RpcResult<pb::validate_data_source_config::Response> {
         let req = r.get_ref();
         let diags = match self.catalog.data_source(&req.type_name) {
             Ok(e) => match decode(req.config.as_ref(), &e.ty) {
@@ -220,23 +240,34 @@ impl ProviderRpc for ProviderService {
         Ok(Response::new(pb::validate_data_source_config::Response { diagnostics: diags.to_proto() }))
     }
 
-    async fn upgrade_resource_state(&self, r: Request<pb::upgrade_resource_state::Request>) -> RpcResult<pb::upgrade_resource_state::Response> {
+    async fn upgrade_resource_state(
+        &self,
+        r: Request<pb::upgrade_resource_state::Request>,
+    ) -> RpcResult<pb::upgrade_resource_state::Response> {
         let req = r.get_ref();
         let result = self.catalog.resource(&req.type_name).and_then(|e| {
             if req.version > e.schema.version {
                 return Err(Diagnostic::error(
                     "State written by a newer provider",
-                    format!("{} state has schema version {}, this provider knows up to {}; upgrade the provider", req.type_name, req.version, e.schema.version),
+                    format!(
+                        "{} state has schema version {}, this provider knows up to {}; upgrade the provider",
+                        req.type_name, req.version, e.schema.version
+                    ),
                 )
                 .into());
             }
             let raw = req.raw_state.as_ref().map(|s| s.json.as_slice()).unwrap_or_default();
             if raw.is_empty() {
-                return Err(Diagnostic::error("Unreadable state", "the stored state has no JSON form (pre-0.12 flatmap state is not supported)").into());
+                return Err(Diagnostic::error(
+                    "Unreadable state",
+                    "the stored state has no JSON form (pre-0.12 flatmap state is not supported)",
+                )
+                .into());
             }
             let json: serde_json::Value =
                 serde_json::from_slice(raw).map_err(|e| Diagnostic::error("Unreadable state", e.to_string()))?;
-            let value = value_from_json(&json, &e.ty).map_err(|err| Diagnostic::error("Unreadable state", err.to_string()))?;
+            let value =
+                value_from_json(&json, &e.ty).map_err(|err| Diagnostic::error("Unreadable state", err.to_string()))?;
             encode(&value, &e.ty)
         });
         let (upgraded_state, diags) = match result {
@@ -274,7 +305,10 @@ impl ProviderRpc for ProviderService {
         Ok(Response::new(response))
     }
 
-    async fn plan_resource_change(&self, r: Request<pb::plan_resource_change::Request>) -> RpcResult<pb::plan_resource_change::Response> {
+    async fn plan_resource_change(
+        &self,
+        r: Request<pb::plan_resource_change::Request>,
+    ) -> RpcResult<pb::plan_resource_change::Response> {
         let req = r.get_ref();
         let mut diags = Diagnostics::default();
         let mut response = pb::plan_resource_change::Response::default();
@@ -303,7 +337,10 @@ impl ProviderRpc for ProviderService {
         Ok(Response::new(response))
     }
 
-    async fn apply_resource_change(&self, r: Request<pb::apply_resource_change::Request>) -> RpcResult<pb::apply_resource_change::Response> {
+    async fn apply_resource_change(
+        &self,
+        r: Request<pb::apply_resource_change::Request>,
+    ) -> RpcResult<pb::apply_resource_change::Response> {
         let req = r.get_ref();
         let mut diags = Diagnostics::default();
         let mut response = pb::apply_resource_change::Response::default();
@@ -328,7 +365,10 @@ impl ProviderRpc for ProviderService {
         Ok(Response::new(response))
     }
 
-    async fn import_resource_state(&self, r: Request<pb::import_resource_state::Request>) -> RpcResult<pb::import_resource_state::Response> {
+    async fn import_resource_state(
+        &self,
+        r: Request<pb::import_resource_state::Request>,
+    ) -> RpcResult<pb::import_resource_state::Response> {
         let req = r.get_ref();
         let mut diags = Diagnostics::default();
         let mut response = pb::import_resource_state::Response::default();
@@ -336,14 +376,14 @@ impl ProviderRpc for ProviderService {
             Ok(e) => {
                 let ApplyOutcome { new_state, private, diagnostics } = e.imp.import(&e.ty, &req.id).await;
                 diags.extend(diagnostics);
-                if !diags.has_errors() {
-                    if let Some(state) = encode_into(&new_state, &e.ty, &mut diags) {
-                        response.imported_resources.push(pb::import_resource_state::ImportedResource {
-                            type_name: req.type_name.clone(),
-                            state: Some(state),
-                            private,
-                        });
-                    }
+                if !diags.has_errors()
+                    && let Some(state) = encode_into(&new_state, &e.ty, &mut diags)
+                {
+                    response.imported_resources.push(pb::import_resource_state::ImportedResource {
+                        type_name: req.type_name.clone(),
+                        state: Some(state),
+                        private,
+                    });
                 }
             }
             Err(d) => diags.extend(d),
@@ -352,7 +392,10 @@ impl ProviderRpc for ProviderService {
         Ok(Response::new(response))
     }
 
-    async fn read_data_source(&self, r: Request<pb::read_data_source::Request>) -> RpcResult<pb::read_data_source::Response> {
+    async fn read_data_source(
+        &self,
+        r: Request<pb::read_data_source::Request>,
+    ) -> RpcResult<pb::read_data_source::Response> {
         let req = r.get_ref();
         let mut diags = Diagnostics::default();
         let mut response = pb::read_data_source::Response::default();
@@ -374,7 +417,12 @@ impl ProviderRpc for ProviderService {
 
     async fn get_functions(&self, _: Request<pb::get_functions::Request>) -> RpcResult<pb::get_functions::Response> {
         Ok(Response::new(pb::get_functions::Response {
-            functions: self.catalog.functions.iter().map(|(n, f)| ((*n).to_owned(), function_to_proto(f.as_ref()))).collect(),
+            functions: self
+                .catalog
+                .functions
+                .iter()
+                .map(|(n, f)| ((*n).to_owned(), function_to_proto(f.as_ref())))
+                .collect(),
             diagnostics: Vec::new(),
         }))
     }

@@ -43,7 +43,8 @@ pub(crate) fn negotiate(cookie: Option<&str>, offered: Option<&str>) -> Result<u
 /// `1|5|tcp|127.0.0.1:PORT|grpc|<server cert DER, base64 without padding>`,
 /// with an empty last field when serving plaintext.
 pub(crate) fn handshake_line(addr: std::net::SocketAddr, server_cert_der: Option<&[u8]>) -> String {
-    let cert = server_cert_der.map(|der| base64::engine::general_purpose::STANDARD_NO_PAD.encode(der)).unwrap_or_default();
+    let cert =
+        server_cert_der.map(|der| base64::engine::general_purpose::STANDARD_NO_PAD.encode(der)).unwrap_or_default();
     format!("{CORE_PROTOCOL_VERSION}|{PROTOCOL_VERSION}|tcp|{addr}|grpc|{cert}")
 }
 

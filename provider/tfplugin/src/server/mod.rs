@@ -17,8 +17,8 @@ use tokio_stream::wrappers::ReceiverStream;
 
 use crate::framework::Provider;
 use crate::framework::service::{Catalog, ProviderService};
-use crate::proto::plugin::grpc_controller_server::{GrpcController, GrpcControllerServer};
 use crate::proto::plugin::Empty;
+use crate::proto::plugin::grpc_controller_server::{GrpcController, GrpcControllerServer};
 use crate::proto::tfplugin5::provider_server::ProviderServer;
 
 pub use handshake::HandshakeError;
@@ -140,7 +140,11 @@ async fn watch_interrupts(mode: Mode, shutdown: Arc<Notify>) {
 
 /// Accepts connections, doing each TLS handshake in its own task so one
 /// stuck client cannot block the others.
-async fn accept_loop(listener: TcpListener, acceptor: Option<tokio_rustls::TlsAcceptor>, conns: mpsc::Sender<std::io::Result<Conn>>) {
+async fn accept_loop(
+    listener: TcpListener,
+    acceptor: Option<tokio_rustls::TlsAcceptor>,
+    conns: mpsc::Sender<std::io::Result<Conn>>,
+) {
     loop {
         let stream = match listener.accept().await {
             Ok((stream, _)) => stream,

@@ -115,9 +115,9 @@ fn to_json(value: &Value, path: &str) -> Result<J, JsonError> {
         Value::Bool(b) => J::Bool(*b),
         Value::String(s) => J::String(s.clone()),
         Value::Number(n) => match n {
-            Number::Finite(_) => J::Number(
-                serde_json::Number::from_str(&n.to_string()).map_err(|e| JsonError::at(path, e))?,
-            ),
+            Number::Finite(_) => {
+                J::Number(serde_json::Number::from_str(&n.to_string()).map_err(|e| JsonError::at(path, e))?)
+            }
             // JSON has no infinity; cty writes it as a string.
             _ => J::String(n.to_string()),
         },

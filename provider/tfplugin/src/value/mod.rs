@@ -60,10 +60,7 @@ impl Type {
                 "object".into(),
                 J::Object(attrs.iter().map(|(k, t)| (k.clone(), t.to_json())).collect()),
             ]),
-            Type::Tuple(elems) => J::Array(vec![
-                "tuple".into(),
-                J::Array(elems.iter().map(Type::to_json).collect()),
-            ]),
+            Type::Tuple(elems) => J::Array(vec!["tuple".into(), J::Array(elems.iter().map(Type::to_json).collect())]),
         }
     }
 
@@ -89,10 +86,11 @@ impl Type {
                     "map" => Ok(Type::map(Type::from_json(&parts[1])?)),
                     "object" => {
                         let attrs = parts[1].as_object().ok_or_else(bad)?;
-                        let attrs = attrs
-                            .iter()
-                            .map(|(k, v)| Ok((k.clone(), Type::from_json(v)?)))
-                            .collect::<Result<_, JsonError>>()?;
+                        let attrs = attrs.iter().map(|(k, v)| Ok((k.clone(), Type::from_json(v)?))).collect::<Result<
+                            _,
+                            JsonError,
+                        >>(
+                        )?;
                         Ok(Type::Object(attrs))
                     }
                     "tuple" => {
@@ -109,6 +107,29 @@ impl Type {
     /// Compact JSON bytes, the form the protocol's `type` fields hold.
     pub fn to_json_bytes(&self) -> Vec<u8> {
         self.to_json().to_string().into_bytes()
+    }
+}
+
+/// Terraform's own notation: `string`, `list(number)`, `object({a=bool})`.
+impl std::fmt::Display for Type {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Type::Bool => f.write_str("bool"),
+            Type::Number => f.write_str("number"),
+            Type::String => f.write_str("string"),
+            Type::Dynamic => f.write_str("any"),
+            Type::List(e) => write!(f, "list({e})"),
+            Type::Set(e) => write!(f, "set({e})"),
+            Type::Map(e) => write!(f, "map({e})"),
+            Type::Object(attrs) => {
+                let parts: Vec<String> = attrs.iter().map(|(k, t)| format!("{k}={t}")).collect();
+                write!(f, "object({{{}}})", parts.join(", "))
+            }
+            Type::Tuple(elems) => {
+                let parts: Vec<String> = elems.iter().map(ToString::to_string).collect();
+                write!(f, "tuple([{}])", parts.join(", "))
+            }
+        }
     }
 }
 

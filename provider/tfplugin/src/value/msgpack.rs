@@ -128,10 +128,7 @@ fn mp_number(raw: &Mp) -> Option<Number> {
 
 fn mp_map<'a>(raw: &'a Mp, path: &str) -> Result<BTreeMap<String, &'a Mp>, MsgpackError> {
     let entries = raw.as_map().ok_or_else(|| err(path, "expected a map"))?;
-    entries
-        .iter()
-        .map(|(k, v)| Ok((mp_str(k).ok_or_else(|| err(path, "map key must be a string"))?, v)))
-        .collect()
+    entries.iter().map(|(k, v)| Ok((mp_str(k).ok_or_else(|| err(path, "map key must be a string"))?, v))).collect()
 }
 
 /// Reads cty's refinement payload; anything unreadable or any other

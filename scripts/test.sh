@@ -1,0 +1,28 @@
+#!/usr/bin/env bash
+# Runs every test tier: unit and property tests, the plugin handshake
+# tests, the docs check, and the acceptance tests that drive the real
+# terraform binary. It installs what it needs; a tier that cannot run fails.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+export CARGO_TARGET_DIR=${CARGO_TARGET_DIR:-$HOME/.cache/trellis-target}
+export CARGO_TERM_COLOR=${CARGO_TERM_COLOR:-never}
+
+need() {
+  command -v "$1" >/dev/null 2>&1 || { echo "test.sh: $1 is required but not on PATH: $2" >&2; exit 1; }
+}
+need cargo "install Rust (rustup) first"
+need terraform "the acceptance tier drives the real terraform binary (1.8 or newer, for provider functions)"
+if ! rustup component list --installed 2>/dev/null | grep -q '^clippy'; then
+  rustup component add clippy rustfmt >/dev/null 2>&1 || true
+fi
+
+echo "== format and lints"
+cargo fmt --all --check
+cargo clippy --workspace --all-targets --locked -- -D warnings
+
+echo "== unit, property and handshake tests; acceptance tests against terraform $(terraform version -json | sed -n 's/.*"terraform_version": *"\([^"]*\)".*/\1/p')"
+cargo test --workspace --locked
+
+echo "== docs are current"
+cargo run --quiet --locked -p terraform-provider-kube -- docs --check docs
