@@ -39,7 +39,10 @@ pub enum Launch {
 pub struct TestCase {
     terraform: Terraform,
     work: PathBuf,
-    config: Option<String>,
+    /// The config of the last successful apply: what import steps use, and
+    /// what `main.tf` is reset to before destroying, since a later failing or
+    /// plan-only step may have left a config that cannot even plan.
+    applied_config: Option<String>,
     imports: usize,
     needs_destroy: bool,
     // Only held to be dropped: after `Drop::drop`, so the cleanup destroy can
@@ -91,7 +94,7 @@ impl TestCase {
         TestCase {
             terraform: Terraform::new(env, provider_log),
             work,
-            config: None,
+            applied_config: None,
             imports: 0,
             needs_destroy: false,
             _provider: provider,
@@ -107,6 +110,13 @@ impl TestCase {
             Kind::Config { hcl, plan_only } => self.config_step(&hcl, plan_only, expect),
             Kind::Import { address, id, verify_ignore } => self.import_step(&address, &id, &verify_ignore, expect),
         }
+    }
+
+    /// A scratch directory that lives as long as the case, outside the
+    /// working directory, for files a test hands to terraform (import
+    /// bundles and the like).
+    pub fn scratch_dir(&self) -> &Path {
+        self.root.path()
     }
 
     /// The current state (`terraform show -json`).
@@ -128,7 +138,10 @@ impl TestCase {
     /// the remote objects are gone.
     pub fn destroy_and_check(&mut self, check: impl FnOnce(&State)) {
         let before = self.state();
-        let run = self.terraform.run_ok(&self.work, "destroy", &["-auto-approve"]);
+        let run = self.destroy().unwrap_or_else(|message| panic!("{message}"));
+        if !run.succeeded() {
+            self.terraform.fail("terraform destroy failed", &run);
+        }
         self.needs_destroy = false;
         let after = self.state();
         if !after.is_empty() {
@@ -140,7 +153,6 @@ impl TestCase {
 
     fn config_step(&mut self, hcl: &str, plan_only: bool, expect: Expect) {
         write(&self.work.join("main.tf"), hcl);
-        self.config = Some(hcl.to_owned());
 
         let plan = self.terraform.run(&self.work, "plan", &["-out=tfplan"]);
         if !plan.succeeded() {
@@ -166,7 +178,8 @@ impl TestCase {
         }
         if plan_only {
             if !expect.errors.is_empty() {
-                self.terraform.fail(&format!("expected an error containing {:?}, but the plan succeeded", expect.errors), &plan);
+                self.terraform
+                    .fail(&format!("expected an error containing {:?}, but the plan succeeded", expect.errors), &plan);
             }
             return;
         }
@@ -177,8 +190,12 @@ impl TestCase {
         if !apply.succeeded() {
             return self.expect_failure(&expect.errors, &apply);
         }
+        self.applied_config = Some(hcl.to_owned());
         if !expect.errors.is_empty() {
-            self.terraform.fail(&format!("expected an error containing {:?}, but plan and apply succeeded", expect.errors), &apply);
+            self.terraform.fail(
+                &format!("expected an error containing {:?}, but plan and apply succeeded", expect.errors),
+                &apply,
+            );
         }
         let state = self.state();
         for check in expect.checks {
@@ -189,8 +206,8 @@ impl TestCase {
     }
 
     fn import_step(&mut self, address: &str, id: &str, ignore: &[String], expect: Expect) {
-        let Some(config) = &self.config else {
-            panic!("Step::import needs an earlier config step: it imports with the case's current config");
+        let Some(config) = &self.applied_config else {
+            panic!("Step::import needs an earlier applied config step: it imports with that config");
         };
         self.imports += 1;
         // A fresh directory, as terraform-plugin-testing does: importing must
@@ -204,7 +221,8 @@ impl TestCase {
             return self.expect_failure(&expect.errors, &import);
         }
         if !expect.errors.is_empty() {
-            self.terraform.fail(&format!("expected an error containing {:?}, but the import succeeded", expect.errors), &import);
+            self.terraform
+                .fail(&format!("expected an error containing {:?}, but the import succeeded", expect.errors), &import);
         }
 
         let original = self.state();
@@ -237,7 +255,8 @@ impl TestCase {
         }
         for error in errors {
             if !contains_text(&run.text(), error) {
-                self.terraform.fail(&format!("the step failed as expected, but not with an error containing {error:?}"), run);
+                self.terraform
+                    .fail(&format!("the step failed as expected, but not with an error containing {error:?}"), run);
             }
         }
     }
@@ -256,6 +275,16 @@ impl TestCase {
         }
     }
 
+    /// `terraform destroy` with the last applied config; `Err` only if it
+    /// could not be run.
+    fn destroy(&self) -> Result<Run, String> {
+        if let Some(config) = &self.applied_config {
+            let main = self.work.join("main.tf");
+            fs::write(&main, config).map_err(|e| format!("cannot write {}: {e}", main.display()))?;
+        }
+        self.terraform.try_run(&self.work, "destroy", &["-auto-approve"])
+    }
+
     fn state_in(&self, dir: &Path) -> State {
         let run = self.terraform.run_ok(dir, "show", &["-json"]);
         State::parse(&run.stdout).unwrap_or_else(|e| self.terraform.fail(&e, &run))
@@ -268,10 +297,12 @@ impl Drop for TestCase {
             return;
         }
         // Never panic here: this also runs while a failed test unwinds.
-        match self.terraform.try_run(&self.work, "destroy", &["-auto-approve"]) {
+        match self.destroy() {
             Ok(run) if run.succeeded() => {}
             Ok(run) => eprintln!("cleanup destroy failed, objects may be left behind:\n{run}"),
-            Err(message) => eprintln!("cleanup destroy failed, objects may be left behind: {message}"),
+            Err(message) => {
+                eprintln!("cleanup destroy failed, objects may be left behind: {message}")
+            }
         }
     }
 }
@@ -330,7 +361,10 @@ mod tests {
 
     #[test]
     fn text_match_ignores_rewrapping() {
-        assert!(contains_text("A managed resource has not been declared in the root\nmodule.", "declared in the root module"));
+        assert!(contains_text(
+            "A managed resource has not been declared in the root\nmodule.",
+            "declared in the root module"
+        ));
         assert!(!contains_text("declared in the root", "declared in the root module"));
     }
 

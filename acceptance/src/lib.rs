@@ -4,19 +4,39 @@
 //! ```no_run
 //! use trellis_acceptance::{Action, Launch, Step, TestCase};
 //!
+//! fn anchor(attributes: &str) -> String {
+//!     format!(
+//!         r#"
+//! terraform {{
+//!   required_providers {{
+//!     kube = {{ source = "trellis/kube" }}
+//!   }}
+//! }}
+//! resource "kube_trust_anchor" "a" {{
+//!   {attributes}
+//! }}
+//! "#
+//!     )
+//! }
+//!
 //! let mut case = TestCase::new(Launch::Reattach);
 //! case.step(
-//!     Step::config(r#"resource "kube_trust_anchor" "a" { validity_hours = 24 }"#)
+//!     Step::config(anchor("validity_hours = 48"))
 //!         .expect_actions("kube_trust_anchor.a", &[Action::Create])
-//!         .check(|state| assert_eq!(state.attr("kube_trust_anchor.a", "validity_hours"), 24)),
+//!         .check(|state| assert_eq!(state.attr("kube_trust_anchor.a", "validity_hours"), 48)),
 //! );
-//! case.step(Step::config(r#"resource "kube_trust_anchor" "a" { validity_hours = -1 }"#).expect_error("validity_hours"));
-//! case.destroy_and_check(|_| {});
+//! case.step(
+//!     Step::config(anchor("validity_hours = 10\n  early_renewal_hours = 20"))
+//!         .expect_error("early_renewal_hours"),
+//! );
+//! case.destroy_and_check(|before| assert_eq!(before.addresses().count(), 1));
 //! ```
 //!
 //! The provider binary is `$TRELLIS_PROVIDER_BIN`, or else built once per test
 //! process with `cargo build -p terraform-provider-kube`; tests panic when
-//! terraform or the provider is unavailable rather than skip.
+//! terraform or the provider is unavailable rather than skip. Configs may use
+//! only this provider and Terraform's built-in one, so no `terraform init` is
+//! needed.
 
 mod case;
 mod provider;

@@ -10,7 +10,7 @@ use std::sync::mpsc;
 use std::thread;
 use std::time::Duration;
 
-use serde_json::{Value, json};
+use serde_json::Value;
 
 /// Provider source address as Terraform spells it in `TF_REATTACH_PROVIDERS`.
 pub(crate) const SOURCE_ADDRESS: &str = "registry.terraform.io/trellis/kube";
@@ -21,7 +21,6 @@ pub(crate) const EXECUTABLE_NAME: &str = "terraform-provider-kube";
 
 const PACKAGE: &str = "terraform-provider-kube";
 const BIN_ENV: &str = "TRELLIS_PROVIDER_BIN";
-const MAGIC_COOKIE: &str = "d602bf8f470bc67ca7faa0386276bbdd4330efaf76d1a219cb4d6991ca9872b2";
 /// go-plugin clients give a plugin this long to print its handshake.
 const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(60);
 
@@ -39,11 +38,7 @@ pub(crate) fn binary() -> &'static Path {
 fn locate() -> Result<PathBuf, String> {
     if let Some(path) = std::env::var_os(BIN_ENV) {
         let path = PathBuf::from(path);
-        return if path.is_file() {
-            Ok(path)
-        } else {
-            Err(format!("{BIN_ENV}={} is not a file", path.display()))
-        };
+        return if path.is_file() { Ok(path) } else { Err(format!("{BIN_ENV}={} is not a file", path.display())) };
     }
     build()
 }
@@ -72,23 +67,23 @@ fn build() -> Result<PathBuf, String> {
         .ok_or_else(|| format!("`cargo build -p {PACKAGE}` reported no executable:\n{stdout}"))
 }
 
-/// A provider process serving plaintext gRPC for `TF_REATTACH_PROVIDERS`;
-/// killed on drop because Terraform never stops a reattached provider.
+/// A provider process started with `--debug`, the way a developer attaches
+/// Terraform to a provider under a debugger; killed on drop because
+/// Terraform never stops a reattached provider.
 pub(crate) struct ReattachedProvider {
     child: Child,
     reattach: String,
 }
 
 impl ReattachedProvider {
-    /// Starts `binary` the way go-plugin would but without `PLUGIN_CLIENT_CERT`,
-    /// so it serves plaintext, which is what Terraform expects when reattaching.
-    /// Its stderr goes to `log`.
+    /// Starts `binary --debug` and takes the `TF_REATTACH_PROVIDERS` value it
+    /// prints for the user. Its stderr goes to `log`.
     pub(crate) fn start(binary: &Path, dir: &Path, log: &Path) -> Self {
         let log_file = File::create(log).unwrap_or_else(|e| panic!("cannot create {}: {e}", log.display()));
         let mut child = Command::new(binary)
+            .arg("--debug")
             .current_dir(dir)
-            .env("TF_PLUGIN_MAGIC_COOKIE", MAGIC_COOKIE)
-            .env("PLUGIN_PROTOCOL_VERSIONS", "5")
+            .env_remove("TF_PLUGIN_MAGIC_COOKIE")
             .env_remove("PLUGIN_CLIENT_CERT")
             .stdin(Stdio::null())
             .stdout(Stdio::piped())
@@ -100,18 +95,18 @@ impl ReattachedProvider {
         let (tx, rx) = mpsc::channel();
         thread::spawn(move || {
             let mut lines = BufReader::new(stdout).lines();
+            let found = lines.by_ref().map_while(Result::ok).find_map(|line| reattach_value(&line));
             // The receiver is gone only after a timeout, when nobody cares.
-            let _ = tx.send(lines.next());
-            // Keep draining, as go-plugin does: a provider blocked on a full
-            // stdout pipe would hang the test.
+            let _ = tx.send(found);
+            // Keep draining: a provider blocked on a full stdout pipe would
+            // hang the test.
             lines.for_each(drop);
         });
 
         let outcome = match rx.recv_timeout(HANDSHAKE_TIMEOUT) {
-            Ok(Some(Ok(line))) => reattach_json(&line, child.id()),
-            Ok(Some(Err(e))) => Err(format!("reading its stdout failed: {e}")),
-            Ok(None) => Err("it closed stdout without printing a handshake line".to_owned()),
-            Err(_) => Err(format!("it printed no handshake line within {HANDSHAKE_TIMEOUT:?}")),
+            Ok(Some(reattach)) => Ok(reattach),
+            Ok(None) => Err("it closed stdout without printing TF_REATTACH_PROVIDERS".to_owned()),
+            Err(_) => Err(format!("it printed no TF_REATTACH_PROVIDERS value within {HANDSHAKE_TIMEOUT:?}")),
         };
         match outcome {
             Ok(reattach) => ReattachedProvider { child, reattach },
@@ -148,33 +143,20 @@ pub(crate) fn log_tail(log: &Path) -> String {
     };
     let lines: Vec<&str> = text.lines().collect();
     let shown = &lines[lines.len().saturating_sub(LINES)..];
-    let header = if shown.len() < lines.len() { format!(" (last {LINES} lines of {})", lines.len()) } else { String::new() };
+    let header =
+        if shown.len() < lines.len() { format!(" (last {LINES} lines of {})", lines.len()) } else { String::new() };
     format!("--- provider stderr{header} ---\n{}", shown.join("\n"))
 }
 
-/// Turns a go-plugin handshake line `1|5|tcp|127.0.0.1:PORT|grpc|` into the
-/// reattach JSON Terraform expects.
-fn reattach_json(line: &str, pid: u32) -> Result<String, String> {
-    let fields: Vec<&str> = line.trim().split('|').collect();
-    let &[core, version, network, address, protocol, ..] = fields.as_slice() else {
-        return Err(format!("malformed handshake line {line:?}"));
-    };
-    if core != "1" || version != "5" || protocol != "grpc" || !matches!(network, "tcp" | "unix") {
-        return Err(format!(
-            "unsupported handshake {line:?}: need core protocol 1, plugin protocol 5, tcp or unix, grpc"
-        ));
-    }
-    let config = json!({
-        SOURCE_ADDRESS: {
-            "Protocol": "grpc",
-            "ProtocolVersion": 5,
-            "Pid": pid,
-            // Tells Terraform it does not own the process: it must not kill it.
-            "Test": true,
-            "Addr": { "Network": network, "String": address },
-        }
-    });
-    Ok(config.to_string())
+/// The JSON in a `export TF_REATTACH_PROVIDERS='<json>'` line of the debug
+/// mode's instructions, checked to name this provider over gRPC protocol 5.
+fn reattach_value(line: &str) -> Option<String> {
+    let quoted = line.trim().strip_prefix("export TF_REATTACH_PROVIDERS=")?;
+    let json = quoted.strip_prefix('\'')?.strip_suffix('\'')?;
+    let value: Value = serde_json::from_str(json).ok()?;
+    let entry = value.get(SOURCE_ADDRESS)?;
+    let speaks_5 = entry["Protocol"] == "grpc" && entry["ProtocolVersion"] == 5;
+    speaks_5.then(|| json.to_owned())
 }
 
 #[cfg(test)]
@@ -182,20 +164,17 @@ mod tests {
     use super::*;
 
     #[test]
-    fn handshake_becomes_reattach_json() {
-        let json = reattach_json("1|5|tcp|127.0.0.1:4242|grpc|\n", 77).expect("valid handshake");
-        let value: Value = serde_json::from_str(&json).expect("valid JSON");
-        let entry = &value[SOURCE_ADDRESS];
-        assert_eq!(entry["Pid"], 77);
-        assert_eq!(entry["Test"], true);
-        assert_eq!(entry["Addr"]["Network"], "tcp");
-        assert_eq!(entry["Addr"]["String"], "127.0.0.1:4242");
+    fn debug_instructions_yield_the_reattach_value() {
+        let json = r#"{"registry.terraform.io/trellis/kube":{"Protocol":"grpc","ProtocolVersion":5,"Pid":77,"Test":true,"Addr":{"Network":"tcp","String":"127.0.0.1:4242"}}}"#;
+        let line = format!("\texport TF_REATTACH_PROVIDERS='{json}'");
+        assert_eq!(reattach_value(&line).as_deref(), Some(json));
     }
 
     #[test]
-    fn handshake_with_other_protocol_is_rejected() {
-        assert!(reattach_json("1|6|tcp|127.0.0.1:4242|grpc|", 1).is_err());
-        assert!(reattach_json("1|5|tcp|127.0.0.1:4242|netrpc|", 1).is_err());
-        assert!(reattach_json("This binary is a plugin.", 1).is_err());
+    fn other_lines_and_other_providers_are_ignored() {
+        assert_eq!(reattach_value("Provider trellis/kube is serving in debug mode."), None);
+        let other =
+            r#"export TF_REATTACH_PROVIDERS='{"registry.terraform.io/x/y":{"Protocol":"grpc","ProtocolVersion":5}}'"#;
+        assert_eq!(reattach_value(other), None);
     }
 }

@@ -60,9 +60,7 @@ impl State {
     /// Like [`State::attr`] for string attributes.
     pub fn attr_str(&self, address: &str, path: &str) -> &str {
         let value = self.attr(address, path);
-        value
-            .as_str()
-            .unwrap_or_else(|| panic!("{address}.{path} is not a string but {value}"))
+        value.as_str().unwrap_or_else(|| panic!("{address}.{path} is not a string but {value}"))
     }
 
     /// The value of a root module output.
@@ -89,8 +87,8 @@ fn collect_resources(module: &Value, into: &mut BTreeMap<String, Value>) {
 
 /// The planned actions of each resource in a saved plan (`terraform show -json tfplan`).
 pub(crate) fn planned_actions(show_json: &str) -> Result<BTreeMap<String, Vec<String>>, String> {
-    let json: Value =
-        serde_json::from_str(show_json).map_err(|e| format!("`terraform show -json tfplan` printed invalid JSON: {e}"))?;
+    let json: Value = serde_json::from_str(show_json)
+        .map_err(|e| format!("`terraform show -json tfplan` printed invalid JSON: {e}"))?;
     let changes = json["resource_changes"].as_array().into_iter().flatten();
     Ok(changes
         .filter_map(|change| {
@@ -106,7 +104,9 @@ pub(crate) fn planned_actions(show_json: &str) -> Result<BTreeMap<String, Vec<St
 /// flatmap, so import verification can report and ignore individual paths.
 pub(crate) fn flatten(attributes: &Value) -> BTreeMap<String, Value> {
     fn walk(path: String, value: &Value, into: &mut BTreeMap<String, Value>) {
-        let join = |key: &dyn std::fmt::Display| if path.is_empty() { key.to_string() } else { format!("{path}.{key}") };
+        let join = |key: &dyn std::fmt::Display| {
+            if path.is_empty() { key.to_string() } else { format!("{path}.{key}") }
+        };
         match value {
             Value::Object(map) => {
                 if !path.is_empty() {

@@ -64,23 +64,12 @@ impl Step {
         Self::new(Kind::Config { hcl: hcl.into(), plan_only: true })
     }
 
-    /// In a fresh working directory with the current config, runs
+    /// In a fresh working directory with the config of the last applied step, runs
     /// `terraform import ADDRESS ID` and requires the imported attributes to
     /// equal those of `address` in the case's state (see [`Step::verify_ignore`]).
     /// Checks run on the imported state.
     pub fn import(address: impl Into<String>, id: impl Into<String>) -> Self {
         Self::new(Kind::Import { address: address.into(), id: id.into(), verify_ignore: Vec::new() })
-    }
-
-    /// Misuse is a bug in the test, reported where the step is built.
-    fn require_plan(&self, method: &str) {
-        if matches!(self.kind, Kind::Import { .. }) {
-            panic!("{method} does not apply to Step::import");
-        }
-    }
-
-    fn new(kind: Kind) -> Self {
-        Step { kind, expect: Expect::default() }
     }
 
     /// The plan must contain exactly these actions for `address`.
@@ -131,5 +120,16 @@ impl Step {
             Kind::Config { .. } => panic!("verify_ignore only applies to Step::import"),
         }
         self
+    }
+
+    fn new(kind: Kind) -> Self {
+        Step { kind, expect: Expect::default() }
+    }
+
+    /// Misuse is a bug in the test, reported where the step is built.
+    fn require_plan(&self, method: &str) {
+        if matches!(self.kind, Kind::Import { .. }) {
+            panic!("{method} does not apply to Step::import");
+        }
     }
 }

@@ -26,14 +26,14 @@ const INTERACTIVE_SUBCOMMANDS: &[&str] = &["plan", "apply", "destroy", "import",
 /// Panics unless `terraform` can be run; checked once per test process so a
 /// missing binary fails every test with the same clear message.
 pub(crate) fn ensure_available() {
-    static VERSION: OnceLock<Result<String, String>> = OnceLock::new();
-    let version = VERSION.get_or_init(|| {
+    static AVAILABLE: OnceLock<Result<(), String>> = OnceLock::new();
+    let available = AVAILABLE.get_or_init(|| {
         let output = Command::new("terraform")
             .arg("version")
             .output()
             .map_err(|e| format!("cannot run `terraform` (is it on PATH?): {e}"))?;
         if output.status.success() {
-            Ok(String::from_utf8_lossy(&output.stdout).into_owned())
+            Ok(())
         } else {
             Err(format!(
                 "`terraform version` failed with {}: {}",
@@ -42,7 +42,7 @@ pub(crate) fn ensure_available() {
             ))
         }
     });
-    if let Err(message) = version {
+    if let Err(message) = available {
         panic!("acceptance tests need the terraform CLI: {message}");
     }
 }
@@ -62,7 +62,7 @@ pub(crate) struct Run {
     /// `None` when terraform was killed by a signal.
     pub(crate) code: Option<i32>,
     pub(crate) stdout: String,
-    pub(crate) stderr: String,
+    stderr: String,
 }
 
 impl Run {
@@ -98,8 +98,7 @@ impl Terraform {
     /// Runs `terraform SUBCOMMAND -no-color [-input=false] ARGS...` in `dir`;
     /// panics only if terraform could not be run to completion.
     pub(crate) fn run(&self, dir: &Path, subcommand: &str, args: &[&str]) -> Run {
-        self.try_run(dir, subcommand, args)
-            .unwrap_or_else(|message| panic!("{}", self.with_provider_log(&message)))
+        self.try_run(dir, subcommand, args).unwrap_or_else(|message| panic!("{}", self.with_provider_log(&message)))
     }
 
     /// Like [`Terraform::run`] but panics with the captured output unless the
@@ -127,16 +126,13 @@ impl Terraform {
 
         // Files rather than pipes: no reader threads, and no deadlock when
         // terraform prints more than a pipe buffer holds.
-        let capture = || tempfile::tempfile().map_err(|e| format!("cannot create a temp file for `{command}` output: {e}"));
+        let capture =
+            || tempfile::tempfile().map_err(|e| format!("cannot create a temp file for `{command}` output: {e}"));
         let (mut stdout, mut stderr) = (capture()?, capture()?);
         let clone = |file: &File| file.try_clone().map_err(|e| format!("cannot clone a temp file handle: {e}"));
 
         let mut cmd = Command::new("terraform");
-        cmd.args(&argv)
-            .current_dir(dir)
-            .stdin(Stdio::null())
-            .stdout(clone(&stdout)?)
-            .stderr(clone(&stderr)?);
+        cmd.args(&argv).current_dir(dir).stdin(Stdio::null()).stdout(clone(&stdout)?).stderr(clone(&stderr)?);
         for (key, _) in std::env::vars_os() {
             let name = key.to_string_lossy();
             if name.starts_with("TF_") && !KEPT_TF_VARS.contains(&name.as_ref()) {

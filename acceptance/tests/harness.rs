@@ -23,15 +23,11 @@ output "echo" {{
 fn create_update_replace_import_destroy() {
     let mut case = TestCase::new(Launch::BuiltinOnly);
 
-    case.step(
-        Step::config(data("one", "x"))
-            .expect_actions("terraform_data.a", &[Action::Create])
-            .check(|state| {
-                assert_eq!(state.attr_str("terraform_data.a", "output"), "one");
-                assert_eq!(state.attr("terraform_data.a", "triggers_replace.0"), "x");
-                assert_eq!(state.output("echo"), Some(&json!("one")));
-            }),
-    );
+    case.step(Step::config(data("one", "x")).expect_actions("terraform_data.a", &[Action::Create]).check(|state| {
+        assert_eq!(state.attr_str("terraform_data.a", "output"), "one");
+        assert_eq!(state.attr("terraform_data.a", "triggers_replace.0"), "x");
+        assert_eq!(state.output("echo"), Some(&json!("one")));
+    }));
     let first_id = case.state().attr_str("terraform_data.a", "id").to_owned();
     assert_eq!(case.outputs().get("echo"), Some(&json!("one")));
 
@@ -44,6 +40,11 @@ fn create_update_replace_import_destroy() {
 
     case.step(Step::config(data("two", "y")).expect_actions("terraform_data.a", &[Action::Delete, Action::Create]));
     case.step(Step::config(data("two", "y")).expect_actions("terraform_data.a", &[Action::NoOp]));
+
+    // Neither a config that fails to plan nor a plan-only step may leak into
+    // the import and destroy below: both use the last applied config.
+    case.step(Step::config(r#"output "bad" { value = terraform_data.nope.id }"#).expect_error("undeclared resource"));
+    case.step(Step::plan_only(data("three", "y")).expect_actions("terraform_data.a", &[Action::Update]));
 
     // terraform_data imports only its id; everything else comes back null.
     let id = case.state().attr_str("terraform_data.a", "id").to_owned();

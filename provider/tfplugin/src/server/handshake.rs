@@ -51,8 +51,14 @@ pub(crate) fn handshake_line(addr: std::net::SocketAddr, server_cert_der: Option
 /// The `TF_REATTACH_PROVIDERS` value that points Terraform at a provider
 /// serving in the foreground.
 pub(crate) fn reattach_json(source_address: &str, addr: std::net::SocketAddr, pid: u32) -> String {
+    // Terraform keys reattached providers by their fully qualified address.
+    let qualified = if source_address.matches('/').count() == 1 {
+        format!("registry.terraform.io/{source_address}")
+    } else {
+        source_address.to_owned()
+    };
     serde_json::json!({
-        source_address: {
+        qualified: {
             "Protocol": "grpc",
             "ProtocolVersion": PROTOCOL_VERSION,
             "Pid": pid,
@@ -79,6 +85,16 @@ mod tests {
         assert_eq!(negotiate(None, Some("5")), Err(HandshakeError::NotLaunchedByTerraform));
         assert_eq!(negotiate(Some("wrong"), Some("5")), Err(HandshakeError::NotLaunchedByTerraform));
         assert!(matches!(negotiate(Some(MAGIC_COOKIE_VALUE), Some("6")), Err(HandshakeError::NoCommonProtocol { .. })));
+    }
+
+    #[test]
+    fn reattach_json_names_the_qualified_address() {
+        let json = reattach_json("trellis/kube", "127.0.0.1:4000".parse().expect("addr"), 7);
+        let v: serde_json::Value = serde_json::from_str(&json).expect("json");
+        let entry = &v["registry.terraform.io/trellis/kube"];
+        assert_eq!(entry["Addr"]["String"], "127.0.0.1:4000");
+        assert_eq!(entry["ProtocolVersion"], 5);
+        assert_eq!(entry["Test"], true);
     }
 
     #[test]
