@@ -169,7 +169,7 @@ impl ProviderRpc for ProviderService {
         use pb::get_metadata as m;
         let c = &self.catalog;
         Ok(Response::new(m::Response {
-            server_capabilities: Some(pb::ServerCapabilities::default()),
+            server_capabilities: Some(capabilities()),
             diagnostics: Vec::new(),
             data_sources: c.data_sources.keys().map(|n| m::DataSourceMetadata { type_name: (*n).into() }).collect(),
             resources: c.resources.keys().map(|n| m::ResourceMetadata { type_name: (*n).into() }).collect(),
@@ -191,7 +191,7 @@ impl ProviderRpc for ProviderService {
             ephemeral_resource_schemas: HashMap::new(),
             diagnostics: Vec::new(),
             provider_meta: None,
-            server_capabilities: Some(pb::ServerCapabilities::default()),
+            server_capabilities: Some(capabilities()),
         }))
     }
 
@@ -463,6 +463,13 @@ impl ProviderRpc for ProviderService {
         self.stopped.store(true, Ordering::SeqCst);
         Ok(Response::new(pb::stop::Response { error: String::new() }))
     }
+}
+
+/// Schemas are fixed for a build of the provider, so Terraform may reuse the
+/// copy it fetched from the first provider process of a command instead of
+/// asking each later one.
+fn capabilities() -> pb::ServerCapabilities {
+    pb::ServerCapabilities { get_provider_schema_optional: true, ..Default::default() }
 }
 
 fn function_to_proto(f: &dyn Function) -> pb::Function {
