@@ -22,7 +22,10 @@ fn client_cert_pem() -> String {
 
 fn time_to_handshake(client_cert: Option<&str>) -> Duration {
     let mut cmd = Command::new(BIN);
-    cmd.env("TF_PLUGIN_MAGIC_COOKIE", COOKIE).env("PLUGIN_PROTOCOL_VERSIONS", "5").stdout(Stdio::piped()).stderr(Stdio::null());
+    cmd.env("TF_PLUGIN_MAGIC_COOKIE", COOKIE)
+        .env("PLUGIN_PROTOCOL_VERSIONS", "5")
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null());
     match client_cert {
         Some(pem) => cmd.env("PLUGIN_CLIENT_CERT", pem),
         None => cmd.env_remove("PLUGIN_CLIENT_CERT"),

@@ -8,7 +8,7 @@ use std::sync::Arc;
 
 use crate::framework::Provider;
 use crate::framework::service::Catalog;
-use crate::schema::{Attribute, Block, Nesting, Presence};
+use crate::schema::{Attribute, Block, Nesting, Presence, Schema};
 
 /// One file of the docs tree, relative to the docs directory.
 #[derive(Debug, PartialEq, Eq)]
@@ -32,25 +32,8 @@ pub fn render(provider: Arc<dyn Provider>, source_address: &str) -> Vec<Page> {
     index.push_str(&block_section(&catalog.provider_schema().block, "Schema"));
     pages.push(Page { path: "index.md".into(), content: index });
 
-    let mut resources: Vec<_> = catalog.resource_schemas().collect();
-    resources.sort_by_key(|(n, _)| *n);
-    for (name, schema) in resources {
-        let mut page = front_matter(&format!("{name} Resource - {source_address}"), &schema.block.description);
-        let _ = writeln!(page, "# {name} (Resource)\n\n{}\n", schema.block.description);
-        page.push_str(&block_section(&schema.block, "Schema"));
-        let file = name.strip_prefix(&format!("{type_name}_")).unwrap_or(name);
-        pages.push(Page { path: format!("resources/{file}.md").into(), content: page });
-    }
-
-    let mut data_sources: Vec<_> = catalog.data_source_schemas().collect();
-    data_sources.sort_by_key(|(n, _)| *n);
-    for (name, schema) in data_sources {
-        let mut page = front_matter(&format!("{name} Data Source - {source_address}"), &schema.block.description);
-        let _ = writeln!(page, "# {name} (Data Source)\n\n{}\n", schema.block.description);
-        page.push_str(&block_section(&schema.block, "Schema"));
-        let file = name.strip_prefix(&format!("{type_name}_")).unwrap_or(name);
-        pages.push(Page { path: format!("data-sources/{file}.md").into(), content: page });
-    }
+    schema_pages(&mut pages, catalog.resource_schemas(), type_name, source_address, ("Resource", "resources"));
+    schema_pages(&mut pages, catalog.data_source_schemas(), type_name, source_address, ("Data Source", "data-sources"));
 
     let mut functions: Vec<_> = catalog.functions().collect();
     functions.sort_by_key(|f| f.name());
@@ -78,6 +61,25 @@ pub fn render(provider: Arc<dyn Provider>, source_address: &str) -> Vec<Page> {
         pages.push(Page { path: format!("functions/{name}.md").into(), content: page });
     }
     pages
+}
+
+/// One page per resource or data source type, named without the provider prefix.
+fn schema_pages<'a>(
+    pages: &mut Vec<Page>,
+    schemas: impl Iterator<Item = (&'static str, &'a Schema)>,
+    type_name: &str,
+    source_address: &str,
+    (kind, dir): (&str, &str),
+) {
+    let mut schemas: Vec<_> = schemas.collect();
+    schemas.sort_by_key(|(n, _)| *n);
+    for (name, schema) in schemas {
+        let mut page = front_matter(&format!("{name} {kind} - {source_address}"), &schema.block.description);
+        let _ = writeln!(page, "# {name} ({kind})\n\n{}\n", schema.block.description);
+        page.push_str(&block_section(&schema.block, "Schema"));
+        let file = name.strip_prefix(&format!("{type_name}_")).unwrap_or(name);
+        pages.push(Page { path: format!("{dir}/{file}.md").into(), content: page });
+    }
 }
 
 fn signature(params: &[crate::framework::Parameter]) -> String {

@@ -161,6 +161,23 @@ fn validate_config(schema: &Schema, value: Value, custom: impl FnOnce(&Config, &
     diags
 }
 
+/// Validates a configuration for a resource or data source type: the
+/// schema's validators, then the type's own cross-attribute checks.
+fn validate_entry<T: ?Sized>(
+    entry: Result<&Entry<T>, Diagnostics>,
+    config: Option<&pb::DynamicValue>,
+    custom: impl FnOnce(&T, &Config, &mut Diagnostics),
+) -> Diagnostics {
+    let e = match entry {
+        Ok(e) => e,
+        Err(d) => return d,
+    };
+    match decode(config, &e.ty) {
+        Ok(v) => validate_config(&e.schema, v, |cfg, d| custom(&e.imp, cfg, d)),
+        Err(d) => d,
+    }
+}
+
 type RpcResult<T> = Result<Response<T>, Status>;
 
 #[tonic::async_trait]
@@ -215,13 +232,9 @@ impl ProviderRpc for ProviderService {
         r: Request<pb::validate_resource_type_config::Request>,
     ) -> RpcResult<pb::validate_resource_type_config::Response> {
         let req = r.get_ref();
-        let diags = match self.catalog.resource(&req.type_name) {
-            Ok(e) => match decode(req.config.as_ref(), &e.ty) {
-                Ok(v) => validate_config(&e.schema, v, |cfg, d| e.imp.validate(cfg, d)),
-                Err(d) => d,
-            },
-            Err(d) => d,
-        };
+        let diags = validate_entry(self.catalog.resource(&req.type_name), req.config.as_ref(), |imp, cfg, d| {
+            imp.validate(cfg, d);
+        });
         Ok(Response::new(pb::validate_resource_type_config::Response { diagnostics: diags.to_proto() }))
     }
 
@@ -230,13 +243,9 @@ impl ProviderRpc for ProviderService {
         r: Request<pb::validate_data_source_config::Request>,
     ) -> RpcResult<pb::validate_data_source_config::Response> {
         let req = r.get_ref();
-        let diags = match self.catalog.data_source(&req.type_name) {
-            Ok(e) => match decode(req.config.as_ref(), &e.ty) {
-                Ok(v) => validate_config(&e.schema, v, |cfg, d| e.imp.validate(cfg, d)),
-                Err(d) => d,
-            },
-            Err(d) => d,
-        };
+        let diags = validate_entry(self.catalog.data_source(&req.type_name), req.config.as_ref(), |imp, cfg, d| {
+            imp.validate(cfg, d);
+        });
         Ok(Response::new(pb::validate_data_source_config::Response { diagnostics: diags.to_proto() }))
     }
 
