@@ -504,3 +504,309 @@ fn function_to_proto(f: &dyn Function) -> pb::Function {
         deprecation_message: String::new(),
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use async_trait::async_trait;
+    use serde::{Deserialize, Serialize};
+
+    use super::*;
+    use crate::framework::{DataSource, Failure, FunctionDefinition, FunctionError, Parameter, Resource};
+    use crate::schema::{Attribute, Block, Validator};
+
+    /// A resource whose id is "id-" + name, with an optional count.
+    struct Thing;
+
+    #[derive(Serialize, Deserialize)]
+    struct ThingState {
+        id: Option<String>,
+        name: Option<String>,
+        count: Option<i64>,
+    }
+
+    #[async_trait]
+    impl Resource for Thing {
+        type State = ThingState;
+        type Private = Vec<String>;
+        fn type_name(&self) -> &'static str {
+            "test_thing"
+        }
+        fn schema(&self) -> Schema {
+            Schema {
+                version: 1,
+                block: Block {
+                    attributes: vec![
+                        Attribute::computed("id", Type::String),
+                        Attribute::required("name", Type::String).validate(Validator::NotEmpty),
+                        Attribute::with_default("count", Type::Number, 1).validate(Validator::IntegerBetween(0, 9)),
+                    ],
+                    ..Block::default()
+                },
+            }
+        }
+        async fn create(
+            &self,
+            planned: ThingState,
+            private: &mut Vec<String>,
+        ) -> Result<ThingState, Failure<ThingState>> {
+            private.push("created".into());
+            Ok(ThingState { id: planned.name.as_ref().map(|n| format!("id-{n}")), ..planned })
+        }
+        async fn read(&self, current: ThingState, _: &mut Vec<String>) -> Result<Option<ThingState>, Diagnostics> {
+            Ok(Some(current))
+        }
+        async fn update(
+            &self,
+            _: ThingState,
+            planned: ThingState,
+            _: &mut Vec<String>,
+        ) -> Result<ThingState, Failure<ThingState>> {
+            Ok(planned)
+        }
+        async fn delete(&self, _: ThingState, _: &Vec<String>) -> Result<(), Diagnostics> {
+            Ok(())
+        }
+    }
+
+    struct Echo;
+
+    #[derive(Serialize, Deserialize)]
+    struct EchoState {
+        input: Option<String>,
+        output: Option<String>,
+    }
+
+    #[async_trait]
+    impl DataSource for Echo {
+        type State = EchoState;
+        fn type_name(&self) -> &'static str {
+            "test_echo"
+        }
+        fn schema(&self) -> Schema {
+            Schema {
+                version: 0,
+                block: Block {
+                    attributes: vec![
+                        Attribute::required("input", Type::String),
+                        Attribute::computed("output", Type::String),
+                    ],
+                    ..Block::default()
+                },
+            }
+        }
+        async fn read(&self, config: EchoState) -> Result<EchoState, Diagnostics> {
+            Ok(EchoState { output: config.input.as_ref().map(|i| i.to_uppercase()), ..config })
+        }
+    }
+
+    struct Double;
+
+    impl Function for Double {
+        fn name(&self) -> &'static str {
+            "double"
+        }
+        fn definition(&self) -> FunctionDefinition {
+            FunctionDefinition {
+                summary: "Doubles.".into(),
+                description: String::new(),
+                parameters: vec![Parameter {
+                    name: "n".into(),
+                    ty: Type::Number,
+                    description: String::new(),
+                    allow_null: false,
+                }],
+                return_type: Type::Number,
+            }
+        }
+        fn call(&self, arguments: &[Value]) -> Result<Value, FunctionError> {
+            match arguments[0].as_number().and_then(crate::value::Number::as_i64) {
+                Some(n) if n >= 0 => Ok(Value::int(n * 2)),
+                _ => Err(FunctionError::argument(0, "n must be a non-negative whole number")),
+            }
+        }
+    }
+
+    struct TestProvider;
+
+    #[async_trait]
+    impl Provider for TestProvider {
+        fn type_name(&self) -> &'static str {
+            "test"
+        }
+        fn schema(&self) -> Schema {
+            Schema { version: 0, block: Block::default() }
+        }
+        async fn configure(&self, _: &Config, _: &str) -> Diagnostics {
+            Diagnostics::default()
+        }
+        fn resources(&self) -> Vec<Arc<dyn ErasedResource>> {
+            vec![crate::framework::resource(Thing)]
+        }
+        fn data_sources(&self) -> Vec<Arc<dyn ErasedDataSource>> {
+            vec![crate::framework::data_source(Echo)]
+        }
+        fn functions(&self) -> Vec<Arc<dyn Function>> {
+            vec![Arc::new(Double)]
+        }
+    }
+
+    fn service() -> ProviderService {
+        ProviderService::new(Arc::new(Catalog::new(Arc::new(TestProvider))))
+    }
+
+    fn thing_type() -> Type {
+        Type::object([("id", Type::String), ("name", Type::String), ("count", Type::Number)])
+    }
+
+    fn dv(v: &Value, ty: &Type) -> Option<pb::DynamicValue> {
+        Some(encode(v, ty).expect("encode"))
+    }
+
+    fn thing(id: Value, name: &str, count: Value) -> Value {
+        Value::Object([("id".into(), id), ("name".into(), name.into()), ("count".into(), count)].into())
+    }
+
+    fn errors(diags: &[pb::Diagnostic]) -> Vec<String> {
+        diags.iter().map(|d| format!("{}: {}", d.summary, d.detail)).collect()
+    }
+
+    #[tokio::test]
+    async fn create_plans_defaults_and_unknowns_then_applies_consistently() {
+        let svc = service();
+        let ty = thing_type();
+        let config = thing(Value::Null, "a", Value::Null);
+        let plan = svc
+            .plan_resource_change(Request::new(pb::plan_resource_change::Request {
+                type_name: "test_thing".into(),
+                prior_state: dv(&Value::Null, &ty),
+                proposed_new_state: dv(&config, &ty),
+                config: dv(&config, &ty),
+                ..Default::default()
+            }))
+            .await
+            .expect("rpc")
+            .into_inner();
+        assert!(plan.diagnostics.is_empty(), "{:?}", errors(&plan.diagnostics));
+        let planned = decode(plan.planned_state.as_ref(), &ty).expect("planned");
+        assert!(planned.get("id").is_some_and(Value::is_unknown));
+        assert_eq!(planned.get("count"), Some(&Value::int(1)));
+
+        let applied = svc
+            .apply_resource_change(Request::new(pb::apply_resource_change::Request {
+                type_name: "test_thing".into(),
+                prior_state: dv(&Value::Null, &ty),
+                planned_state: plan.planned_state,
+                config: dv(&config, &ty),
+                planned_private: plan.planned_private,
+                ..Default::default()
+            }))
+            .await
+            .expect("rpc")
+            .into_inner();
+        assert!(applied.diagnostics.is_empty(), "{:?}", errors(&applied.diagnostics));
+        let state = decode(applied.new_state.as_ref(), &ty).expect("state");
+        assert_eq!(state, thing("id-a".into(), "a", Value::int(1)));
+        assert_eq!(applied.private, br#"["created"]"#);
+    }
+
+    #[tokio::test]
+    async fn validation_names_the_attribute_and_unknown_types_are_diagnosed() {
+        let svc = service();
+        let ty = thing_type();
+        let bad = thing(Value::Null, "", Value::int(12));
+        let resp = svc
+            .validate_resource_type_config(Request::new(pb::validate_resource_type_config::Request {
+                type_name: "test_thing".into(),
+                config: dv(&bad, &ty),
+                ..Default::default()
+            }))
+            .await
+            .expect("rpc")
+            .into_inner();
+        let paths: Vec<String> = resp
+            .diagnostics
+            .iter()
+            .filter_map(|d| d.attribute.as_ref())
+            .flat_map(|p| p.steps.iter())
+            .filter_map(|s| match &s.selector {
+                Some(pb::attribute_path::step::Selector::AttributeName(n)) => Some(n.clone()),
+                _ => None,
+            })
+            .collect();
+        assert_eq!(paths, ["name", "count"]);
+
+        let resp = svc
+            .validate_resource_type_config(Request::new(pb::validate_resource_type_config::Request {
+                type_name: "test_nope".into(),
+                ..Default::default()
+            }))
+            .await
+            .expect("rpc")
+            .into_inner();
+        assert!(errors(&resp.diagnostics)[0].contains("no resource type \"test_nope\""));
+    }
+
+    #[tokio::test]
+    async fn upgrade_reads_older_state_json_and_refuses_newer_versions() {
+        let svc = service();
+        let upgrade = |version, json: &str| pb::upgrade_resource_state::Request {
+            type_name: "test_thing".into(),
+            version,
+            raw_state: Some(pb::RawState { json: json.as_bytes().to_vec(), ..Default::default() }),
+        };
+        // Written before `count` existed: the new attribute reads as null.
+        let resp =
+            svc.upgrade_resource_state(Request::new(upgrade(0, r#"{"id":"id-a","name":"a"}"#))).await.expect("rpc");
+        let state = decode(resp.get_ref().upgraded_state.as_ref(), &thing_type()).expect("state");
+        assert_eq!(state, thing("id-a".into(), "a", Value::Null));
+
+        let resp = svc.upgrade_resource_state(Request::new(upgrade(2, "{}"))).await.expect("rpc").into_inner();
+        assert!(errors(&resp.diagnostics)[0].contains("newer provider"));
+    }
+
+    #[tokio::test]
+    async fn data_source_fills_computed_attributes() {
+        let svc = service();
+        let ty = Type::object([("input", Type::String), ("output", Type::String)]);
+        let config = Value::Object([("input".into(), "hi".into()), ("output".into(), Value::Null)].into());
+        let resp = svc
+            .read_data_source(Request::new(pb::read_data_source::Request {
+                type_name: "test_echo".into(),
+                config: dv(&config, &ty),
+                ..Default::default()
+            }))
+            .await
+            .expect("rpc")
+            .into_inner();
+        let state = decode(resp.state.as_ref(), &ty).expect("state");
+        assert_eq!(state.get("output"), Some(&Value::string("HI")));
+    }
+
+    #[tokio::test]
+    async fn functions_return_results_and_blame_arguments() {
+        let svc = service();
+        let call = |n: i64| pb::call_function::Request {
+            name: "double".into(),
+            arguments: vec![encode(&Value::int(n), &Type::Number).expect("arg")],
+        };
+        let ok = svc.call_function(Request::new(call(21))).await.expect("rpc").into_inner();
+        assert_eq!(decode(ok.result.as_ref(), &Type::Number).expect("result"), Value::int(42));
+        let err = svc.call_function(Request::new(call(-1))).await.expect("rpc").into_inner();
+        assert_eq!(err.error.expect("error").function_argument, Some(0));
+    }
+
+    #[tokio::test]
+    async fn after_stop_no_new_operation_starts() {
+        let svc = service();
+        svc.stop(Request::new(pb::stop::Request {})).await.expect("stop");
+        let resp = svc
+            .plan_resource_change(Request::new(pb::plan_resource_change::Request {
+                type_name: "test_thing".into(),
+                ..Default::default()
+            }))
+            .await
+            .expect("rpc")
+            .into_inner();
+        assert!(errors(&resp.diagnostics)[0].contains("stopping"));
+    }
+}
