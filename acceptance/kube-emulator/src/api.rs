@@ -1,0 +1,527 @@
+//! Routing and the REST handlers: discovery, then get, list, watch,
+//! create, update, patch and delete on every served type.
+
+use std::sync::{Arc, Mutex, MutexGuard};
+
+use http::{Method, Request, Response, StatusCode, header};
+use hyper::body::Incoming;
+use serde_json::{Value, json};
+
+use crate::discovery;
+use crate::error::ApiError;
+use crate::http::{Body, error_response, json_response, json_response_as, parse_document, query_pairs, read_body};
+use crate::resources::ResourceType;
+use crate::selector::{FieldSelector, LabelSelector};
+use crate::store::{Propagation, Store};
+use crate::watch;
+
+/// State every connection shares.
+pub struct Shared {
+    pub store: Mutex<Store>,
+    /// Carries the latest resourceVersion; watches wait on it.
+    pub changed: tokio::sync::watch::Sender<u64>,
+    pub token: String,
+}
+
+impl Shared {
+    pub fn store(&self) -> MutexGuard<'_, Store> {
+        // A panic while holding the lock leaves the store as consistent as
+        // the last completed write; keep serving.
+        self.store.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
+    }
+
+    /// Runs a write; a dry run applies it to a copy and keeps nothing.
+    pub fn write(&self, dry_run: bool, f: impl FnOnce(&mut Store) -> Result<Value, ApiError>) -> Result<Value, ApiError> {
+        let mut store = self.store();
+        if dry_run {
+            let mut copy = store.clone();
+            return f(&mut copy);
+        }
+        let result = f(&mut store);
+        let rv = store.resource_version();
+        drop(store);
+        self.changed.send_replace(rv);
+        result
+    }
+}
+
+/// The parsed query parameters the handlers use.
+#[derive(Debug, Default)]
+pub struct Params {
+    pub watch: bool,
+    pub label_selector: LabelSelector,
+    pub field_selector: FieldSelector,
+    pub resource_version: Option<String>,
+    pub limit: Option<usize>,
+    pub continue_token: Option<String>,
+    pub timeout_seconds: Option<u64>,
+    pub allow_bookmarks: bool,
+    pub send_initial_events: bool,
+    pub field_manager: Option<String>,
+    pub force: bool,
+    pub dry_run: bool,
+    pub propagation: Option<String>,
+    pub field_validation: crate::validation::FieldValidation,
+}
+
+impl Params {
+    fn parse(query: Option<&str>) -> Result<Params, ApiError> {
+        let mut p = Params::default();
+        for (k, v) in query_pairs(query) {
+            match k.as_str() {
+                "watch" => p.watch = v.is_empty() || v == "true" || v == "1",
+                "labelSelector" => p.label_selector = LabelSelector::parse(&v).map_err(ApiError::bad_request)?,
+                "fieldSelector" => p.field_selector = FieldSelector::parse(&v).map_err(ApiError::bad_request)?,
+                "resourceVersion" => p.resource_version = Some(v).filter(|v| !v.is_empty()),
+                "limit" => p.limit = v.parse().ok().filter(|l| *l > 0),
+                "continue" => p.continue_token = Some(v).filter(|v| !v.is_empty()),
+                "timeoutSeconds" => p.timeout_seconds = v.parse().ok(),
+                "allowWatchBookmarks" => p.allow_bookmarks = v == "true",
+                "sendInitialEvents" => p.send_initial_events = v == "true",
+                "fieldManager" => p.field_manager = Some(v),
+                "force" => p.force = v == "true",
+                "dryRun" => p.dry_run = v == "All",
+                "propagationPolicy" => p.propagation = Some(v),
+                "fieldValidation" => {
+                    p.field_validation = crate::validation::FieldValidation::parse(&v)
+                        .ok_or_else(|| ApiError::bad_request(format!("fieldValidation: unsupported value {v:?}: supported values: \"Ignore\", \"Warn\", \"Strict\"")))?;
+                }
+                // timeout, fieldValidation, pretty, resourceVersionMatch…: accepted.
+                _ => {}
+            }
+        }
+        Ok(p)
+    }
+}
+
+/// What a resource URL names.
+struct Target {
+    rt: ResourceType,
+    namespace: Option<String>,
+    name: Option<String>,
+    subresource: Option<String>,
+}
+
+pub async fn handle(shared: Arc<Shared>, req: Request<Incoming>) -> Response<Body> {
+    match route(&shared, req).await {
+        Ok(r) => r,
+        Err(e) => error_response(&e),
+    }
+}
+
+fn header_str<'a>(req: &'a Request<Incoming>, name: header::HeaderName) -> &'a str {
+    req.headers().get(name).and_then(|v| v.to_str().ok()).unwrap_or_default()
+}
+
+async fn route(shared: &Arc<Shared>, req: Request<Incoming>) -> Result<Response<Body>, ApiError> {
+    let path = req.uri().path().to_owned();
+    let segments: Vec<String> = path.split('/').filter(|s| !s.is_empty()).map(str::to_owned).collect();
+    let segs: Vec<&str> = segments.iter().map(String::as_str).collect();
+    if let ["healthz" | "livez" | "readyz"] = segs.as_slice() {
+        return Ok(plain_ok());
+    }
+    let expected = format!("Bearer {}", shared.token);
+    if header_str(&req, header::AUTHORIZATION) != expected {
+        return Err(ApiError::unauthorized());
+    }
+    let accept = header_str(&req, header::ACCEPT).to_owned();
+    let get = req.method() == Method::GET;
+    match segs.as_slice() {
+        ["version"] if get => Ok(json_response(StatusCode::OK, &discovery::version())),
+        ["api"] | ["apis"] if get => {
+            let core = segs[0] == "api";
+            let registry = shared.store().registry().clone();
+            Ok(match discovery::aggregated_version(&accept) {
+                Some(v) => json_response_as(StatusCode::OK, &discovery::aggregated(&registry, core, v), &discovery::aggregated_content_type(v)),
+                None if core => json_response(StatusCode::OK, &discovery::core_versions()),
+                None => json_response(StatusCode::OK, &discovery::group_list(&registry)),
+            })
+        }
+        ["api", v] if get => discovery::resource_list(shared.store().registry(), "", v)
+            .map(|l| json_response(StatusCode::OK, &l))
+            .ok_or_else(ApiError::path_not_found),
+        ["apis", g] if get => Ok(json_response(StatusCode::OK, &discovery::group(shared.store().registry(), g))),
+        ["apis", g, v] if get => discovery::resource_list(shared.store().registry(), g, v)
+            .map(|l| json_response(StatusCode::OK, &l))
+            .ok_or_else(ApiError::path_not_found),
+        ["openapi", "v3"] if get => Ok(json_response(StatusCode::OK, &crate::openapi::v3_index(shared.store().registry()))),
+        ["openapi", "v3", rest @ ..] if get => openapi_v3(shared, rest, req.uri().query()),
+        ["openapi", "v2"] if get => {
+            if !accept.contains("protobuf") {
+                return Err(ApiError { code: 406, reason: "NotAcceptable", message: "only the protobuf form of /openapi/v2 is served".into(), details: None });
+            }
+            let mut r = Response::new(crate::http::full(crate::openapi::v2_protobuf(shared.store().registry())));
+            // Go's mime parser rejects the '@' in the proper media type.
+            r.headers_mut().insert(header::CONTENT_TYPE, http::HeaderValue::from_static("application/octet-stream"));
+            Ok(r)
+        }
+        ["api", v, rest @ ..] => {
+            let target = resolve(shared, "", v, rest)?;
+            resource(shared, req, target).await
+        }
+        ["apis", g, v, rest @ ..] => {
+            let target = resolve(shared, g, v, rest)?;
+            resource(shared, req, target).await
+        }
+        _ => Err(ApiError::path_not_found()),
+    }
+}
+
+/// A group/version document; with the index's hash it may be cached
+/// forever, with a stale hash the client is redirected to the current one.
+fn openapi_v3(shared: &Shared, rest: &[&str], query: Option<&str>) -> Result<Response<Body>, ApiError> {
+    let (group, version) = match rest {
+        ["api", v] => ("", *v),
+        ["apis", g, v] => (*g, *v),
+        _ => return Err(ApiError::path_not_found()),
+    };
+    let doc = crate::openapi::v3_document(shared.store().registry(), group, version).ok_or_else(ApiError::path_not_found)?;
+    let current = crate::openapi::hash(&doc);
+    let asked = query_pairs(query).into_iter().find(|(k, _)| k == "hash").map(|(_, v)| v);
+    let mut response = json_response(StatusCode::OK, &doc);
+    let headers = response.headers_mut();
+    match asked {
+        Some(h) if h == current => {
+            headers.insert(header::CACHE_CONTROL, http::HeaderValue::from_static("public, immutable"));
+            if let Ok(etag) = http::HeaderValue::from_str(&format!("\"{current}\"")) {
+                headers.insert(header::ETAG, etag);
+            }
+        }
+        Some(_) => {
+            let mut redirect = Response::new(crate::http::full(""));
+            *redirect.status_mut() = StatusCode::MOVED_PERMANENTLY;
+            let key = crate::openapi::gv_key(group, version);
+            if let Ok(location) = http::HeaderValue::from_str(&format!("/openapi/v3/{key}?hash={current}")) {
+                redirect.headers_mut().insert(header::LOCATION, location);
+            }
+            return Ok(redirect);
+        }
+        None => {
+            headers.insert(header::CACHE_CONTROL, http::HeaderValue::from_static("no-cache"));
+        }
+    }
+    Ok(response)
+}
+
+fn plain_ok() -> Response<Body> {
+    let mut r = Response::new(crate::http::full("ok"));
+    r.headers_mut().insert(header::CONTENT_TYPE, http::HeaderValue::from_static("text/plain"));
+    r
+}
+
+fn resolve(shared: &Shared, group: &str, version: &str, rest: &[&str]) -> Result<Target, ApiError> {
+    let store = shared.store();
+    let registry = store.registry();
+    let lookup = |plural: &str| registry.get(group, version, plural).cloned().ok_or_else(ApiError::path_not_found);
+    let namespaces_here = group.is_empty() && version == "v1";
+    let (rt, namespace, name, subresource) = match rest {
+        ["namespaces", ns, plural, tail @ ..] if namespaces_here || !["status", "finalize"].contains(plural) => {
+            if namespaces_here && ["status", "finalize"].contains(plural) && tail.is_empty() {
+                (lookup("namespaces")?, None, Some((*ns).to_owned()), Some((*plural).to_owned()))
+            } else {
+                let rt = lookup(plural)?;
+                if !rt.namespaced {
+                    return Err(ApiError::path_not_found());
+                }
+                match tail {
+                    [] => (rt, Some((*ns).to_owned()), None, None),
+                    [name] => (rt, Some((*ns).to_owned()), Some((*name).to_owned()), None),
+                    [name, sub] => (rt, Some((*ns).to_owned()), Some((*name).to_owned()), Some((*sub).to_owned())),
+                    _ => return Err(ApiError::path_not_found()),
+                }
+            }
+        }
+        [plural] => (lookup(plural)?, None, None, None),
+        [plural, name] => {
+            let rt = lookup(plural)?;
+            if rt.namespaced {
+                return Err(ApiError::path_not_found());
+            }
+            (rt, None, Some((*name).to_owned()), None)
+        }
+        [plural, name, sub] => {
+            let rt = lookup(plural)?;
+            if rt.namespaced {
+                return Err(ApiError::path_not_found());
+            }
+            (rt, None, Some((*name).to_owned()), Some((*sub).to_owned()))
+        }
+        _ => return Err(ApiError::path_not_found()),
+    };
+    if let Some(sub) = &subresource
+        && !(sub == "status" && rt.status)
+        && !(sub == "finalize" && rt.kind == "Namespace")
+    {
+        return Err(ApiError::path_not_found());
+    }
+    Ok(Target { rt, namespace, name, subresource })
+}
+
+async fn resource(shared: &Arc<Shared>, req: Request<Incoming>, t: Target) -> Result<Response<Body>, ApiError> {
+    let params = Params::parse(req.uri().query())?;
+    let method = req.method().clone();
+    let content_type = header_str(&req, header::CONTENT_TYPE).to_owned();
+    let ns = t.namespace.as_deref();
+    match (&method, &t.name) {
+        (&Method::GET, None) if params.watch => Ok(watch::serve(Arc::clone(shared), t.rt, t.namespace, params)),
+        (&Method::GET, None) => list(shared, &t.rt, ns, &params),
+        (&Method::GET, Some(name)) => {
+            let object = shared.store().get(&t.rt, ns, name)?;
+            Ok(json_response(StatusCode::OK, &object))
+        }
+        (&Method::POST, None) => {
+            let body = read_body(req.into_body()).await?;
+            let object = decode_object(&body, &content_type, &t.rt)?;
+            let warnings = validate_fields(&t.rt, &object, params.field_validation, false)?;
+            let created = shared.write(params.dry_run, |s| s.create(&t.rt, ns, object))?;
+            Ok(with_warnings(json_response(StatusCode::CREATED, &created), &warnings))
+        }
+        (&Method::PUT, Some(name)) => {
+            let body = read_body(req.into_body()).await?;
+            let object = decode_object(&body, &content_type, &t.rt)?;
+            let warnings = validate_fields(&t.rt, &object, params.field_validation, false)?;
+            let status_only = t.subresource.as_deref() == Some("status");
+            let updated = shared.write(params.dry_run, |s| s.update(&t.rt, ns, name, object, status_only))?;
+            Ok(with_warnings(json_response(StatusCode::OK, &updated), &warnings))
+        }
+        (&Method::PATCH, Some(name)) => {
+            let body = read_body(req.into_body()).await?;
+            let status_only = t.subresource.as_deref() == Some("status");
+            let (code, object, warnings) = patch(shared, &t.rt, ns, name, &body, &content_type, &params, status_only)?;
+            Ok(with_warnings(json_response(code, &object), &warnings))
+        }
+        (&Method::DELETE, Some(name)) => {
+            let body = read_body(req.into_body()).await?;
+            let propagation = propagation(&params, &body)?;
+            let result = shared.write(params.dry_run, |s| s.delete(&t.rt, ns, name, propagation))?;
+            if result.pointer("/metadata/deletionTimestamp").is_some() && t.rt.kind != "Namespace" {
+                return Ok(json_response(StatusCode::OK, &result));
+            }
+            let uid = result.pointer("/metadata/uid").cloned().unwrap_or(Value::Null);
+            let status = json!({"kind": "Status", "apiVersion": "v1", "metadata": {}, "status": "Success",
+                "details": {"name": name, "group": t.rt.group, "kind": t.rt.plural, "uid": uid}});
+            Ok(json_response(StatusCode::OK, &status))
+        }
+        (&Method::DELETE, None) => {
+            let body = read_body(req.into_body()).await?;
+            let propagation = propagation(&params, &body)?;
+            let deleted = shared.write(params.dry_run, |s| {
+                let names: Vec<(String, String)> = s
+                    .list(&t.rt, ns, &params.label_selector, &params.field_selector)
+                    .into_iter()
+                    .map(|(k, _)| (k.namespace, k.name))
+                    .collect();
+                let mut items = Vec::new();
+                for (item_ns, name) in names {
+                    let item_ns = (!item_ns.is_empty()).then_some(item_ns);
+                    items.push(s.delete(&t.rt, item_ns.as_deref(), &name, propagation)?);
+                }
+                Ok(json!(items))
+            })?;
+            Ok(json_response(StatusCode::OK, &list_document(&t.rt, deleted, shared.store().resource_version(), None)))
+        }
+        _ => Err(ApiError::method_not_allowed()),
+    }
+}
+
+fn propagation(params: &Params, body: &[u8]) -> Result<Propagation, ApiError> {
+    let from_body = if body.iter().all(u8::is_ascii_whitespace) {
+        None
+    } else {
+        let options: Value = serde_json::from_slice(body).map_err(|e| ApiError::bad_request(format!("invalid DeleteOptions: {e}")))?;
+        options.get("propagationPolicy").and_then(Value::as_str).map(str::to_owned)
+    };
+    match params.propagation.clone().or(from_body).as_deref() {
+        None | Some("Background") => Ok(Propagation::Background),
+        Some("Foreground") => Ok(Propagation::Foreground),
+        Some("Orphan") => Ok(Propagation::Orphan),
+        Some(other) => Err(ApiError::bad_request(format!("unknown propagationPolicy {other:?}"))),
+    }
+}
+
+/// Decodes a create/update body and checks it names the URL's type.
+fn decode_object(body: &[u8], content_type: &str, rt: &ResourceType) -> Result<Value, ApiError> {
+    let object = if content_type.starts_with("application/vnd.kubernetes.protobuf") {
+        crate::protobuf::decode(body)?
+    } else {
+        parse_document(body, content_type)?
+    };
+    if !object.is_object() {
+        return Err(ApiError::bad_request("the request body must be a JSON object"));
+    }
+    if let Some(v) = object.get("apiVersion").and_then(Value::as_str)
+        && v != rt.api_version()
+    {
+        return Err(ApiError::bad_request(format!(
+            "the API version in the data ({v}) does not match the expected API version ({})",
+            rt.api_version()
+        )));
+    }
+    if let Some(k) = object.get("kind").and_then(Value::as_str)
+        && k != rt.kind
+    {
+        return Err(ApiError::bad_request(format!("the kind in the data ({k}) does not match the expected kind ({})", rt.kind)));
+    }
+    Ok(object)
+}
+
+#[allow(clippy::too_many_arguments)]
+fn patch(
+    shared: &Shared,
+    rt: &ResourceType,
+    ns: Option<&str>,
+    name: &str,
+    body: &[u8],
+    content_type: &str,
+    params: &Params,
+    status_only: bool,
+) -> Result<(StatusCode, Value, Vec<String>), ApiError> {
+    let media = content_type.split(';').next().unwrap_or_default().trim();
+    let doc = parse_document(body, media)?;
+    let applying = media == "application/apply-patch+yaml";
+    let mut warnings = if applying { validate_fields(rt, &doc, params.field_validation, true)? } else { Vec::new() };
+    let mut code = StatusCode::OK;
+    let result = shared.write(params.dry_run, |s| {
+        let live = match s.get(rt, ns, name) {
+            Ok(o) => Some(o),
+            Err(e) if e.code == 404 && media == "application/apply-patch+yaml" => None,
+            Err(e) => return Err(e),
+        };
+        let patched = match (media, &live) {
+            ("application/merge-patch+json", Some(live)) => crate::patch::merge_patch(live, &doc),
+            ("application/json-patch+json", Some(live)) => {
+                crate::patch::json_patch(live, &doc).map_err(|e| ApiError::invalid(&rt.kind, name, &[(String::new(), e.to_string())]))?
+            }
+            ("application/strategic-merge-patch+json", Some(live)) => {
+                if rt.custom {
+                    return Err(ApiError::unsupported_media_type(media));
+                }
+                crate::patch::strategic_merge_patch(live, &doc, &rt.api_version(), &rt.kind)
+                    .map_err(|e| ApiError::invalid(&rt.kind, name, &[(String::new(), e.to_string())]))?
+            }
+            ("application/apply-patch+yaml", _) => {
+                let manager = params.field_manager.clone().filter(|m| !m.is_empty()).ok_or_else(|| {
+                    ApiError::bad_request("PATCH requests with apply content type must include fieldManager")
+                })?;
+                let now = crate::now();
+                let applied = crate::ssa::apply(live.as_ref(), &doc, &manager, params.force, &now, &rt.api_version(), &rt.kind)
+                    .map_err(|e| apply_error(&e))?;
+                if live.is_none() {
+                    code = StatusCode::CREATED;
+                    return s.create(rt, ns, applied);
+                }
+                applied
+            }
+            (other, _) => return Err(ApiError::unsupported_media_type(other)),
+        };
+        if !applying {
+            warnings = validate_fields(rt, &patched, params.field_validation, false)?;
+        }
+        s.update(rt, ns, name, patched, status_only)
+    })?;
+    Ok((code, result, warnings))
+}
+
+/// Applies `fieldValidation` to a request's object: Strict refuses unknown
+/// fields, Warn returns them as warnings, Ignore lets them pass. A value
+/// its type cannot hold is refused whatever the setting.
+fn validate_fields(rt: &ResourceType, object: &Value, mode: crate::validation::FieldValidation, apply: bool) -> Result<Vec<String>, ApiError> {
+    use crate::validation::FieldValidation;
+    let unknown = crate::validation::check(&rt.api_version(), &rt.kind, object).map_err(ApiError::bad_request)?;
+    if unknown.is_empty() || mode == FieldValidation::Ignore {
+        return Ok(Vec::new());
+    }
+    if mode == FieldValidation::Strict {
+        let message = if apply {
+            let fields: Vec<String> = unknown.iter().map(|f| format!("{f}: field not declared in schema")).collect();
+            format!("failed to create typed patch object ({}, Kind={}): {}", gv_for_message(rt), rt.kind, fields.join(", "))
+        } else {
+            let fields: Vec<String> = unknown.iter().map(|f| format!("unknown field \"{}\"", f.trim_start_matches('.'))).collect();
+            format!("{} in version \"{}\" cannot be handled as a {}: strict decoding error: {}", rt.kind, rt.version, rt.kind, fields.join(", "))
+        };
+        return Err(ApiError::bad_request(message));
+    }
+    Ok(unknown.iter().map(|f| format!("unknown field \"{}\"", f.trim_start_matches('.'))).collect())
+}
+
+fn gv_for_message(rt: &ResourceType) -> String {
+    format!("{}/{}", rt.group, rt.version)
+}
+
+/// Adds `Warning: 299 - "<text>"` headers, which kubectl prints as warnings.
+fn with_warnings(mut response: Response<Body>, warnings: &[String]) -> Response<Body> {
+    for w in warnings {
+        let text = format!("299 - {}", serde_json::to_string(w).unwrap_or_default());
+        if let Ok(v) = http::HeaderValue::from_str(&text) {
+            response.headers_mut().append(header::WARNING, v);
+        }
+    }
+    response
+}
+
+fn apply_error(e: &crate::ssa::ApplyError) -> ApiError {
+    match e {
+        crate::ssa::ApplyError::Conflicts(conflicts) => {
+            let causes = conflicts
+                .iter()
+                .map(|c| json!({"reason": "FieldManagerConflict", "message": format!("conflict with \"{}\"", c.manager), "field": c.field}))
+                .collect();
+            ApiError::apply_conflict(e.to_string(), causes)
+        }
+        crate::ssa::ApplyError::Invalid(message) => ApiError::bad_request(message.clone()),
+    }
+}
+
+fn list(shared: &Shared, rt: &ResourceType, ns: Option<&str>, params: &Params) -> Result<Response<Body>, ApiError> {
+    let store = shared.store();
+    let rv = store.resource_version();
+    let mut items = store.list(rt, ns, &params.label_selector, &params.field_selector);
+    drop(store);
+    if let Some(token) = &params.continue_token {
+        let after = decode_continue(token)?;
+        items.retain(|(k, _)| (k.namespace.as_str(), k.name.as_str()) > (after.0.as_str(), after.1.as_str()));
+    }
+    let mut next = None;
+    if let Some(limit) = params.limit
+        && items.len() > limit
+    {
+        items.truncate(limit);
+        next = items.last().map(|(k, _)| encode_continue(&k.namespace, &k.name));
+    }
+    let items: Vec<Value> = items.into_iter().map(|(_, o)| strip_type(o)).collect();
+    Ok(json_response(StatusCode::OK, &list_document(rt, json!(items), rv, next)))
+}
+
+fn strip_type(mut o: Value) -> Value {
+    if let Value::Object(m) = &mut o {
+        m.remove("kind");
+        m.remove("apiVersion");
+    }
+    o
+}
+
+pub fn list_document(rt: &ResourceType, items: Value, rv: u64, next: Option<String>) -> Value {
+    let mut metadata = json!({"resourceVersion": rv.to_string()});
+    if let Some(n) = next {
+        metadata["continue"] = json!(n);
+    }
+    json!({"kind": format!("{}List", rt.kind), "apiVersion": rt.api_version(), "metadata": metadata, "items": items})
+}
+
+/// Continue tokens name the last (namespace, name) served, hex-encoded so
+/// no client treats them as meaningful.
+fn encode_continue(ns: &str, name: &str) -> String {
+    format!("{ns}/{name}").bytes().map(|b| format!("{b:02x}")).collect()
+}
+
+fn decode_continue(token: &str) -> Result<(String, String), ApiError> {
+    let bad = || ApiError::bad_request("continue key is not valid");
+    let bytes: Vec<u8> = (0..token.len())
+        .step_by(2)
+        .map(|i| token.get(i..i + 2).and_then(|h| u8::from_str_radix(h, 16).ok()))
+        .collect::<Option<_>>()
+        .ok_or_else(bad)?;
+    let text = String::from_utf8(bytes).map_err(|_| bad())?;
+    let (ns, name) = text.split_once('/').ok_or_else(bad)?;
+    Ok((ns.to_owned(), name.to_owned()))
+}

@@ -1,0 +1,106 @@
+//! API errors as Kubernetes `Status` objects, the form every client parses.
+
+use serde_json::{Value, json};
+
+#[derive(Debug, Clone, PartialEq, thiserror::Error)]
+#[error("{reason} ({code}): {message}")]
+pub struct ApiError {
+    pub code: u16,
+    pub reason: &'static str,
+    pub message: String,
+    /// `details`: name, kind (the plural, as the apiserver puts it) and causes.
+    pub details: Option<Value>,
+}
+
+impl ApiError {
+    fn new(code: u16, reason: &'static str, message: impl Into<String>) -> Self {
+        ApiError { code, reason, message: message.into(), details: None }
+    }
+
+    pub fn not_found(plural: &str, group: &str, name: &str) -> Self {
+        let what = if group.is_empty() { plural.to_owned() } else { format!("{plural}.{group}") };
+        ApiError::new(404, "NotFound", format!("{what} \"{name}\" not found"))
+            .with_details(json!({"name": name, "group": group, "kind": plural}))
+    }
+
+    pub fn path_not_found() -> Self {
+        ApiError::new(404, "NotFound", "the server could not find the requested resource")
+    }
+
+    pub fn already_exists(plural: &str, group: &str, name: &str) -> Self {
+        let what = if group.is_empty() { plural.to_owned() } else { format!("{plural}.{group}") };
+        ApiError::new(409, "AlreadyExists", format!("{what} \"{name}\" already exists"))
+            .with_details(json!({"name": name, "group": group, "kind": plural}))
+    }
+
+    /// A stale resourceVersion on update.
+    pub fn conflict(plural: &str, group: &str, name: &str) -> Self {
+        let what = if group.is_empty() { plural.to_owned() } else { format!("{plural}.{group}") };
+        ApiError::new(
+            409,
+            "Conflict",
+            format!(
+                "Operation cannot be fulfilled on {what} \"{name}\": the object has been modified; please apply your changes to the latest version and try again"
+            ),
+        )
+        .with_details(json!({"name": name, "group": group, "kind": plural}))
+    }
+
+    /// A server-side apply conflict: kubectl prints the message verbatim.
+    pub fn apply_conflict(message: String, causes: Vec<Value>) -> Self {
+        ApiError::new(409, "Conflict", message).with_details(json!({"causes": causes}))
+    }
+
+    /// 422: the object fails validation. `field_errors` are (field, message).
+    pub fn invalid(kind: &str, name: &str, field_errors: &[(String, String)]) -> Self {
+        let summary: Vec<String> = field_errors.iter().map(|(f, m)| format!("{f}: {m}")).collect();
+        let message = match summary.as_slice() {
+            [one] => format!("{kind} \"{name}\" is invalid: {one}"),
+            many => format!("{kind} \"{name}\" is invalid: [{}]", many.join(", ")),
+        };
+        let causes: Vec<Value> =
+            field_errors.iter().map(|(f, m)| json!({"reason": "FieldValueInvalid", "message": m, "field": f})).collect();
+        ApiError::new(422, "Invalid", message).with_details(json!({"name": name, "kind": kind, "causes": causes}))
+    }
+
+    pub fn bad_request(message: impl Into<String>) -> Self {
+        ApiError::new(400, "BadRequest", message)
+    }
+
+    pub fn method_not_allowed() -> Self {
+        ApiError::new(405, "MethodNotAllowed", "the server does not allow this method on the requested resource")
+    }
+
+    pub fn unsupported_media_type(content_type: &str) -> Self {
+        ApiError::new(415, "UnsupportedMediaType", format!("the body of the request was in an unknown format - accepted media types include: application/json, application/yaml, application/vnd.kubernetes.protobuf; got {content_type:?}"))
+    }
+
+    pub fn unauthorized() -> Self {
+        ApiError::new(401, "Unauthorized", "Unauthorized")
+    }
+
+    /// 410: a watch or list from a resourceVersion the history no longer holds.
+    pub fn gone(message: impl Into<String>) -> Self {
+        ApiError::new(410, "Expired", message)
+    }
+
+    pub fn internal(message: impl Into<String>) -> Self {
+        ApiError::new(500, "InternalError", format!("Internal error occurred: {}", message.into()))
+    }
+
+    fn with_details(mut self, details: Value) -> Self {
+        self.details = Some(details);
+        self
+    }
+
+    pub fn status(&self) -> Value {
+        let mut status = json!({
+            "kind": "Status", "apiVersion": "v1", "metadata": {}, "status": "Failure",
+            "message": self.message, "reason": self.reason, "code": self.code,
+        });
+        if let Some(d) = &self.details {
+            status["details"] = d.clone();
+        }
+        status
+    }
+}

@@ -1,0 +1,176 @@
+//! An in-memory Kubernetes API server for tests: the `kube` crate and
+//! `kubectl` talk to it over HTTPS with a bearer token as they would to a
+//! real cluster, for everything Trellis uses.
+
+pub mod api;
+pub mod discovery;
+pub mod error;
+mod http;
+pub mod openapi;
+pub mod patch;
+mod protobuf;
+pub mod resources;
+pub mod selector;
+pub mod ssa;
+pub mod store;
+mod tls;
+pub mod validation;
+mod watch;
+
+use std::net::SocketAddr;
+use std::sync::{Arc, Mutex};
+
+use hyper::service::service_fn;
+use hyper_util::rt::TokioIo;
+use serde_json::json;
+use tokio::net::TcpListener;
+use tokio::task::JoinSet;
+
+use crate::api::Shared;
+use crate::store::Store;
+
+/// Events kept for watches to resume from; older resourceVersions get 410.
+const DEFAULT_HISTORY: usize = 100_000;
+
+#[derive(Debug, Clone)]
+pub struct Options {
+    /// 0 picks a free port.
+    pub port: u16,
+    /// Nodes registered at start, spread over three zones.
+    pub nodes: usize,
+    pub token: String,
+    pub history: usize,
+}
+
+impl Default for Options {
+    fn default() -> Self {
+        Options { port: 0, nodes: 3, token: uuid::Uuid::new_v4().simple().to_string(), history: DEFAULT_HISTORY }
+    }
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    #[error("cannot listen: {0}")]
+    Listen(#[from] std::io::Error),
+    #[error("cannot create the serving certificate: {0}")]
+    Tls(String),
+}
+
+/// A running emulator; stops when shut down or dropped.
+pub struct Emulator {
+    addr: SocketAddr,
+    url: String,
+    ca_pem: String,
+    token: String,
+    shared: Arc<Shared>,
+    tasks: JoinSet<()>,
+}
+
+impl Emulator {
+    pub async fn start(options: Options) -> Result<Emulator, Error> {
+        let cert = tls::serving_cert().map_err(Error::Tls)?;
+        let listener = TcpListener::bind(("127.0.0.1", options.port)).await?;
+        let addr = listener.local_addr()?;
+        let mut store = Store::new(options.history.max(1));
+        register_nodes(&mut store, options.nodes);
+        let (changed, _) = tokio::sync::watch::channel(store.resource_version());
+        let shared = Arc::new(Shared { store: Mutex::new(store), changed, token: options.token.clone() });
+        let mut tasks = JoinSet::new();
+        tasks.spawn(accept(listener, tokio_rustls::TlsAcceptor::from(cert.config), Arc::clone(&shared)));
+        Ok(Emulator { addr, url: format!("https://{addr}"), ca_pem: cert.ca_pem, token: options.token, shared, tasks })
+    }
+
+    pub fn url(&self) -> &str {
+        &self.url
+    }
+
+    pub fn addr(&self) -> SocketAddr {
+        self.addr
+    }
+
+    pub fn ca_pem(&self) -> &str {
+        &self.ca_pem
+    }
+
+    pub fn token(&self) -> &str {
+        &self.token
+    }
+
+    /// The state behind the API, for tests that set up or inspect it directly.
+    pub fn shared(&self) -> &Arc<Shared> {
+        &self.shared
+    }
+
+    /// A complete kubeconfig for this server, context `kube-emulator`.
+    pub fn kubeconfig_yaml(&self) -> String {
+        use base64::Engine;
+        let ca = base64::engine::general_purpose::STANDARD.encode(&self.ca_pem);
+        let config = json!({
+            "apiVersion": "v1", "kind": "Config", "current-context": "kube-emulator", "preferences": {},
+            "clusters": [{"name": "kube-emulator", "cluster": {"server": self.url, "certificate-authority-data": ca}}],
+            "users": [{"name": "kube-emulator", "user": {"token": self.token}}],
+            "contexts": [{"name": "kube-emulator", "context": {"cluster": "kube-emulator", "user": "kube-emulator"}}],
+        });
+        serde_yaml::to_string(&config).unwrap_or_default()
+    }
+
+    pub async fn shutdown(mut self) {
+        self.tasks.shutdown().await;
+    }
+}
+
+async fn accept(listener: TcpListener, acceptor: tokio_rustls::TlsAcceptor, shared: Arc<Shared>) {
+    let mut connections = JoinSet::new();
+    loop {
+        let Ok((stream, _)) = listener.accept().await else { continue };
+        let _ = stream.set_nodelay(true);
+        let acceptor = acceptor.clone();
+        let shared = Arc::clone(&shared);
+        connections.spawn(async move {
+            let Ok(tls) = acceptor.accept(stream).await else { return };
+            let service = service_fn(move |req| {
+                let shared = Arc::clone(&shared);
+                async move { Ok::<_, std::convert::Infallible>(api::handle(shared, req).await) }
+            });
+            let _ = hyper::server::conn::http1::Builder::new().serve_connection(TokioIo::new(tls), service).await;
+        });
+        // Reap finished connections so the set does not grow without bound.
+        while connections.try_join_next().is_some() {}
+    }
+}
+
+/// Nodes as the kubelet registers them: Ready, with addresses, capacity
+/// and zone labels (us-east-1a/b/c in turn).
+fn register_nodes(store: &mut Store, count: usize) {
+    let Some(rt) = store.registry().get("", "v1", "nodes").cloned() else { return };
+    for i in 1..=count {
+        let zone = ["us-east-1a", "us-east-1b", "us-east-1c"][(i - 1) % 3];
+        let ip = format!("10.0.{}.{}", ((i - 1) % 3) * 16, 10 + i);
+        let name = format!("node-{i}");
+        let node = json!({
+            "metadata": {"name": name, "labels": {
+                "kubernetes.io/hostname": name, "kubernetes.io/os": "linux", "kubernetes.io/arch": "amd64",
+                "topology.kubernetes.io/zone": zone, "topology.kubernetes.io/region": "us-east-1",
+                "node.kubernetes.io/instance-type": "m5.large"}},
+            "spec": {"providerID": format!("aws:///{zone}/i-{i:017x}")},
+            "status": {
+                "conditions": [{"type": "Ready", "status": "True", "reason": "KubeletReady", "message": "kubelet is posting ready status"}],
+                "addresses": [{"type": "InternalIP", "address": ip}, {"type": "Hostname", "address": name}],
+                "capacity": {"cpu": "2", "memory": "7935376Ki", "pods": "29"},
+                "allocatable": {"cpu": "1930m", "memory": "7246224Ki", "pods": "29"},
+                "nodeInfo": {"kubeletVersion": discovery::KUBERNETES_VERSION, "containerRuntimeVersion": "containerd://1.7.27",
+                    "osImage": "Amazon Linux 2023", "operatingSystem": "linux", "architecture": "amd64"},
+            },
+        });
+        let _ = store.create(&rt, None, node);
+    }
+}
+
+/// Now, as the apiserver writes timestamps: RFC 3339, whole seconds, UTC.
+pub fn now() -> String {
+    let t = time::OffsetDateTime::now_utc();
+    t.replace_nanosecond(0)
+        .unwrap_or(t)
+        .format(&time::format_description::well_known::Rfc3339)
+        .unwrap_or_else(|_| "1970-01-01T00:00:00Z".into())
+}
