@@ -21,6 +21,8 @@ pub struct Shared {
     /// Carries the latest resourceVersion; watches wait on it.
     pub changed: tokio::sync::watch::Sender<u64>,
     pub token: String,
+    /// Every workload rolls out but never becomes ready (see `controller`).
+    pub stall_rollouts: std::sync::atomic::AtomicBool,
 }
 
 impl Shared {

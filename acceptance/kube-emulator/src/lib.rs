@@ -3,6 +3,7 @@
 //! real cluster, for everything Trellis uses.
 
 pub mod api;
+pub mod controller;
 pub mod discovery;
 pub mod error;
 mod http;
@@ -40,11 +41,19 @@ pub struct Options {
     pub nodes: usize,
     pub token: String,
     pub history: usize,
+    /// Workloads roll out but never become ready (a stuck rollout).
+    pub stall_rollouts: bool,
 }
 
 impl Default for Options {
     fn default() -> Self {
-        Options { port: 0, nodes: 3, token: uuid::Uuid::new_v4().simple().to_string(), history: DEFAULT_HISTORY }
+        Options {
+            port: 0,
+            nodes: 3,
+            token: uuid::Uuid::new_v4().simple().to_string(),
+            history: DEFAULT_HISTORY,
+            stall_rollouts: false,
+        }
     }
 }
 
@@ -74,8 +83,14 @@ impl Emulator {
         let mut store = Store::new(options.history.max(1));
         register_nodes(&mut store, options.nodes);
         let (changed, _) = tokio::sync::watch::channel(store.resource_version());
-        let shared = Arc::new(Shared { store: Mutex::new(store), changed, token: options.token.clone() });
+        let shared = Arc::new(Shared {
+            store: Mutex::new(store),
+            changed,
+            token: options.token.clone(),
+            stall_rollouts: std::sync::atomic::AtomicBool::new(options.stall_rollouts),
+        });
         let mut tasks = JoinSet::new();
+        tasks.spawn(controller::run(Arc::clone(&shared)));
         tasks.spawn(accept(listener, tokio_rustls::TlsAcceptor::from(cert.config), Arc::clone(&shared)));
         Ok(Emulator { addr, url: format!("https://{addr}"), ca_pem: cert.ca_pem, token: options.token, shared, tasks })
     }
@@ -99,6 +114,12 @@ impl Emulator {
     /// The state behind the API, for tests that set up or inspect it directly.
     pub fn shared(&self) -> &Arc<Shared> {
         &self.shared
+    }
+
+    /// Makes every rollout stick short of ready (or lets them finish again).
+    pub fn set_rollouts_stalled(&self, stalled: bool) {
+        self.shared.stall_rollouts.store(stalled, std::sync::atomic::Ordering::SeqCst);
+        controller::reconcile_all(&self.shared);
     }
 
     /// A complete kubeconfig for this server, context `kube-emulator`.

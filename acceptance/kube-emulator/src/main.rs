@@ -5,7 +5,7 @@ use std::process::ExitCode;
 
 use kube_emulator::{Emulator, Options};
 
-const USAGE: &str = "usage: kube-emulator [--port N] --kubeconfig FILE [--nodes N] [--token TOKEN] [--history N]";
+const USAGE: &str = "usage: kube-emulator [--port N] --kubeconfig FILE [--nodes N] [--token TOKEN] [--history N] [--stall-rollouts]";
 
 fn parse(args: &[String]) -> Result<(Options, String), String> {
     let mut options = Options::default();
@@ -20,6 +20,7 @@ fn parse(args: &[String]) -> Result<(Options, String), String> {
             "--nodes" => options.nodes = number(value()?)?,
             "--token" => options.token = value()?,
             "--history" => options.history = number(value()?)?,
+            "--stall-rollouts" => options.stall_rollouts = true,
             other => return Err(format!("unknown argument {other:?}\n{USAGE}")),
         }
     }
