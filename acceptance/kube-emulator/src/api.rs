@@ -7,6 +7,7 @@ use http::{Method, Request, Response, StatusCode, header};
 use hyper::body::Incoming;
 use serde_json::{Value, json};
 
+use crate::admission;
 use crate::discovery;
 use crate::error::ApiError;
 use crate::http::{Body, error_response, json_response, json_response_as, parse_document, query_pairs, read_body};
@@ -275,6 +276,10 @@ async fn resource(shared: &Arc<Shared>, req: Request<Incoming>, t: Target) -> Re
             let body = read_body(req.into_body()).await?;
             let object = decode_object(&body, &content_type, &t.rt)?;
             let warnings = validate_fields(&t.rt, &object, params.field_validation, false)?;
+            let object_ns = object.pointer("/metadata/namespace").and_then(Value::as_str).map(str::to_owned);
+            let admit_ns = ns.map(str::to_owned).or(object_ns).or_else(|| t.rt.namespaced.then(|| "default".to_owned()));
+            let request = admission::Request { rt: &t.rt, operation: "CREATE", namespace: admit_ns.as_deref(), object, old: None, dry_run: params.dry_run };
+            let object = admission::mutate(shared, request).await?;
             let created = shared.write(params.dry_run, |s| s.create(&t.rt, ns, object))?;
             Ok(with_warnings(json_response(StatusCode::CREATED, &created), &warnings))
         }
@@ -283,13 +288,20 @@ async fn resource(shared: &Arc<Shared>, req: Request<Incoming>, t: Target) -> Re
             let object = decode_object(&body, &content_type, &t.rt)?;
             let warnings = validate_fields(&t.rt, &object, params.field_validation, false)?;
             let status_only = t.subresource.as_deref() == Some("status");
+            let object = if status_only {
+                object
+            } else {
+                let old = shared.store().get(&t.rt, ns, name)?;
+                let request = admission::Request { rt: &t.rt, operation: "UPDATE", namespace: ns, object, old: Some(&old), dry_run: params.dry_run };
+                admission::mutate(shared, request).await?
+            };
             let updated = shared.write(params.dry_run, |s| s.update(&t.rt, ns, name, object, status_only))?;
             Ok(with_warnings(json_response(StatusCode::OK, &updated), &warnings))
         }
         (&Method::PATCH, Some(name)) => {
             let body = read_body(req.into_body()).await?;
             let status_only = t.subresource.as_deref() == Some("status");
-            let (code, object, warnings) = patch(shared, &t.rt, ns, name, &body, &content_type, &params, status_only)?;
+            let (code, object, warnings) = patch(shared, &t.rt, ns, name, &body, &content_type, &params, status_only).await?;
             Ok(with_warnings(json_response(code, &object), &warnings))
         }
         (&Method::DELETE, Some(name)) => {
@@ -367,8 +379,12 @@ fn decode_object(body: &[u8], content_type: &str, rt: &ResourceType) -> Result<V
     Ok(object)
 }
 
+/// Patches read the live object, compute the result, run admission
+/// without holding the store, and write with the live resourceVersion as
+/// precondition; a concurrent write makes them start over, as the
+/// apiserver's own retry does.
 #[allow(clippy::too_many_arguments)]
-fn patch(
+async fn patch(
     shared: &Shared,
     rt: &ResourceType,
     ns: Option<&str>,
@@ -378,50 +394,72 @@ fn patch(
     params: &Params,
     status_only: bool,
 ) -> Result<(StatusCode, Value, Vec<String>), ApiError> {
+    const ATTEMPTS: usize = 5;
     let media = content_type.split(';').next().unwrap_or_default().trim();
     let doc = parse_document(body, media)?;
     let applying = media == "application/apply-patch+yaml";
-    let mut warnings = if applying { validate_fields(rt, &doc, params.field_validation, true)? } else { Vec::new() };
-    let mut code = StatusCode::OK;
-    let result = shared.write(params.dry_run, |s| {
-        let live = match s.get(rt, ns, name) {
+    let mut attempt = 0;
+    loop {
+        attempt += 1;
+        let live = match shared.store().get(rt, ns, name) {
             Ok(o) => Some(o),
-            Err(e) if e.code == 404 && media == "application/apply-patch+yaml" => None,
+            Err(e) if e.code == 404 && applying => None,
             Err(e) => return Err(e),
         };
-        let patched = match (media, &live) {
-            ("application/merge-patch+json", Some(live)) => crate::patch::merge_patch(live, &doc),
-            ("application/json-patch+json", Some(live)) => {
-                crate::patch::json_patch(live, &doc).map_err(|e| ApiError::invalid(&rt.kind, name, &[(String::new(), e.to_string())]))?
-            }
-            ("application/strategic-merge-patch+json", Some(live)) => {
-                if rt.custom {
-                    return Err(ApiError::unsupported_media_type(media));
-                }
-                crate::patch::strategic_merge_patch(live, &doc, &rt.api_version(), &rt.kind)
-                    .map_err(|e| ApiError::invalid(&rt.kind, name, &[(String::new(), e.to_string())]))?
-            }
-            ("application/apply-patch+yaml", _) => {
-                let manager = params.field_manager.clone().filter(|m| !m.is_empty()).ok_or_else(|| {
-                    ApiError::bad_request("PATCH requests with apply content type must include fieldManager")
-                })?;
-                let now = crate::now();
-                let applied = crate::ssa::apply(live.as_ref(), &doc, &manager, params.force, &now, &rt.api_version(), &rt.kind)
-                    .map_err(|e| apply_error(&e))?;
-                if live.is_none() {
-                    code = StatusCode::CREATED;
-                    return s.create(rt, ns, applied);
-                }
-                applied
-            }
-            (other, _) => return Err(ApiError::unsupported_media_type(other)),
+        let (patched, warnings) = patched_object(rt, name, live.as_ref(), &doc, media, params)?;
+        let operation = if live.is_some() { "UPDATE" } else { "CREATE" };
+        let patched = if status_only {
+            patched
+        } else {
+            let request = admission::Request { rt, operation, namespace: ns, object: patched, old: live.as_ref(), dry_run: params.dry_run };
+            admission::mutate(shared, request).await?
         };
-        if !applying {
-            warnings = validate_fields(rt, &patched, params.field_validation, false)?;
+        let written = shared.write(params.dry_run, |s| match &live {
+            None => s.create(rt, ns, patched),
+            Some(_) => s.update(rt, ns, name, patched, status_only),
+        });
+        match written {
+            Err(e) if e.reason == "Conflict" && attempt < ATTEMPTS && !doc_sets_resource_version(&doc) => continue,
+            Err(e) if e.reason == "AlreadyExists" && attempt < ATTEMPTS => continue,
+            Err(e) => return Err(e),
+            Ok(object) => return Ok((if live.is_none() { StatusCode::CREATED } else { StatusCode::OK }, object, warnings)),
         }
-        s.update(rt, ns, name, patched, status_only)
-    })?;
-    Ok((code, result, warnings))
+    }
+}
+
+/// A patch that carries its own resourceVersion wants a precondition, not a retry.
+fn doc_sets_resource_version(doc: &Value) -> bool {
+    doc.pointer("/metadata/resourceVersion").is_some()
+        || doc.as_array().is_some_and(|ops| ops.iter().any(|op| op.get("path").and_then(Value::as_str) == Some("/metadata/resourceVersion")))
+}
+
+/// The object a patch produces from `live` (None only for an apply that creates).
+fn patched_object(rt: &ResourceType, name: &str, live: Option<&Value>, doc: &Value, media: &str, params: &Params) -> Result<(Value, Vec<String>), ApiError> {
+    let invalid = |e: &dyn std::fmt::Display| ApiError::invalid(&rt.kind, name, &[(String::new(), e.to_string())]);
+    let patched = match (media, live) {
+        ("application/apply-patch+yaml", _) => {
+            let warnings = validate_fields(rt, doc, params.field_validation, true)?;
+            let manager = params
+                .field_manager
+                .clone()
+                .filter(|m| !m.is_empty())
+                .ok_or_else(|| ApiError::bad_request("PATCH requests with apply content type must include fieldManager"))?;
+            let applied = crate::ssa::apply(live, doc, &manager, params.force, &crate::now(), &rt.api_version(), &rt.kind)
+                .map_err(|e| apply_error(&e))?;
+            return Ok((applied, warnings));
+        }
+        ("application/merge-patch+json", Some(live)) => crate::patch::merge_patch(live, doc),
+        ("application/json-patch+json", Some(live)) => crate::patch::json_patch(live, doc).map_err(|e| invalid(&e))?,
+        ("application/strategic-merge-patch+json", Some(live)) => {
+            if rt.custom {
+                return Err(ApiError::unsupported_media_type(media));
+            }
+            crate::patch::strategic_merge_patch(live, doc, &rt.api_version(), &rt.kind).map_err(|e| invalid(&e))?
+        }
+        (other, _) => return Err(ApiError::unsupported_media_type(other)),
+    };
+    let warnings = validate_fields(rt, &patched, params.field_validation, false)?;
+    Ok((patched, warnings))
 }
 
 /// Applies `fieldValidation` to a request's object: Strict refuses unknown

@@ -2,6 +2,7 @@
 //! `kubectl` talk to it over HTTPS with a bearer token as they would to a
 //! real cluster, for everything Trellis uses.
 
+pub mod admission;
 pub mod api;
 pub mod controller;
 pub mod discovery;
