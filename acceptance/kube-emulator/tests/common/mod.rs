@@ -1,0 +1,19 @@
+//! Starting an emulator and a kube client for it.
+
+#![allow(dead_code)]
+
+use kube::Client;
+use kube::config::{Kubeconfig, KubeConfigOptions};
+use kube_emulator::{Emulator, Options};
+
+pub async fn emulator(options: Options) -> Emulator {
+    // kube's rustls and ours may both be compiled in; pick one for the process.
+    let _ = rustls::crypto::aws_lc_rs::default_provider().install_default();
+    Emulator::start(options).await.expect("emulator starts")
+}
+
+pub async fn client(emulator: &Emulator) -> Client {
+    let kubeconfig = Kubeconfig::from_yaml(&emulator.kubeconfig_yaml()).expect("kubeconfig parses");
+    let config = kube::Config::from_custom_kubeconfig(kubeconfig, &KubeConfigOptions::default()).await.expect("config");
+    Client::try_from(config).expect("client")
+}
