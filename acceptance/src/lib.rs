@@ -37,8 +37,14 @@
 //! terraform or the provider is unavailable rather than skip. Configs may use
 //! only this provider and Terraform's built-in one, so no `terraform init` is
 //! needed.
+//!
+//! [`aws`] and [`local_cloud`] are the local cloud the end-to-end tests and
+//! the demo run against: moto seeded with an EKS setting, and the Kubernetes
+//! emulator; the `local-cloud` binary offers the same to a shell.
 
+pub mod aws;
 mod case;
+pub mod local_cloud;
 mod provider;
 mod state;
 mod step;

@@ -37,7 +37,9 @@ struct Webhook {
 pub async fn mutate(shared: &Shared, req: Request<'_>) -> Result<Value, ApiError> {
     let (webhooks, namespace_labels) = {
         let store = shared.store();
-        let Some(rt) = store.registry().get("admissionregistration.k8s.io", "v1", "mutatingwebhookconfigurations").cloned() else {
+        let Some(rt) =
+            store.registry().get("admissionregistration.k8s.io", "v1", "mutatingwebhookconfigurations").cloned()
+        else {
             return Ok(req.object);
         };
         let configs = store.list(&rt, None, &LabelSelector::default(), &FieldSelector::default());
@@ -57,7 +59,11 @@ pub async fn mutate(shared: &Shared, req: Request<'_>) -> Result<Value, ApiError
     }
     let mut object = req.object.clone();
     for webhook in webhooks {
-        let ns_labels = if req.rt.kind == "Namespace" { object.pointer("/metadata/labels").cloned() } else { namespace_labels.clone() };
+        let ns_labels = if req.rt.kind == "Namespace" {
+            object.pointer("/metadata/labels").cloned()
+        } else {
+            namespace_labels.clone()
+        };
         if !applies(&webhook.config, &req, &object, ns_labels.as_ref()) {
             continue;
         }
@@ -76,7 +82,9 @@ pub async fn mutate(shared: &Shared, req: Request<'_>) -> Result<Value, ApiError
 }
 
 fn strings(v: Option<&Value>) -> Vec<String> {
-    v.and_then(Value::as_array).map(|a| a.iter().filter_map(|s| s.as_str().map(str::to_owned)).collect()).unwrap_or_default()
+    v.and_then(Value::as_array)
+        .map(|a| a.iter().filter_map(|s| s.as_str().map(str::to_owned)).collect())
+        .unwrap_or_default()
 }
 
 fn applies(webhook: &Value, req: &Request<'_>, object: &Value, namespace_labels: Option<&Value>) -> bool {
@@ -93,7 +101,8 @@ fn applies(webhook: &Value, req: &Request<'_>, object: &Value, namespace_labels:
                 && scope_ok
         })
     });
-    let selects = |selector: Option<&Value>, labels: Option<&Value>| selector.is_none_or(|s| selector_matches(s, labels));
+    let selects =
+        |selector: Option<&Value>, labels: Option<&Value>| selector.is_none_or(|s| selector_matches(s, labels));
     let ns_ok = !rt.namespaced && rt.kind != "Namespace" || selects(webhook.get("namespaceSelector"), namespace_labels);
     let obj_ok = selects(webhook.get("objectSelector"), object.pointer("/metadata/labels"))
         || req.old.is_some_and(|o| selects(webhook.get("objectSelector"), o.pointer("/metadata/labels")));
@@ -103,9 +112,10 @@ fn applies(webhook: &Value, req: &Request<'_>, object: &Value, namespace_labels:
 /// A metav1.LabelSelector (matchLabels + matchExpressions) against labels.
 fn selector_matches(selector: &Value, labels: Option<&Value>) -> bool {
     let label = |k: &str| labels.and_then(|l| l.get(k)).and_then(Value::as_str);
-    let labels_ok = selector.get("matchLabels").and_then(Value::as_object).is_none_or(|m| {
-        m.iter().all(|(k, v)| label(k) == v.as_str())
-    });
+    let labels_ok = selector
+        .get("matchLabels")
+        .and_then(Value::as_object)
+        .is_none_or(|m| m.iter().all(|(k, v)| label(k) == v.as_str()));
     let expressions_ok = selector.get("matchExpressions").and_then(Value::as_array).is_none_or(|exprs| {
         exprs.iter().all(|e| {
             let key = e.get("key").and_then(Value::as_str).unwrap_or_default();
@@ -157,7 +167,8 @@ fn endpoint(shared: &Shared, client_config: &Value) -> Result<Endpoint, String> 
         .and_then(Value::as_array)
         .and_then(|ports| ports.iter().find(|p| p.get("port").and_then(Value::as_i64) == Some(port)).cloned())
         .ok_or_else(|| format!("service {ns}/{name} has no port {port}"))?;
-    let slice_type = store.registry().get("discovery.k8s.io", "v1", "endpointslices").cloned().ok_or("no endpointslices")?;
+    let slice_type =
+        store.registry().get("discovery.k8s.io", "v1", "endpointslices").cloned().ok_or("no endpointslices")?;
     let selector = LabelSelector::parse(&format!("kubernetes.io/service-name={name}")).map_err(|e| e.to_string())?;
     let slices = store.list(&slice_type, Some(&ns), &selector, &FieldSelector::default());
     for (_, slice) in slices {
@@ -207,24 +218,33 @@ async fn call(shared: &Shared, webhook: &Webhook, req: &Request<'_>, object: &Va
     let ca = client_config.get("caBundle").and_then(Value::as_str).unwrap_or_default();
     let body = tokio::time::timeout(timeout, post(&target, ca, &review))
         .await
-        .map_err(|_| Failure::Call(format!("Post \"https://{}{}\": context deadline exceeded", target.connect, target.path)))?
+        .map_err(|_| {
+            Failure::Call(format!("Post \"https://{}{}\": context deadline exceeded", target.connect, target.path))
+        })?
         .map_err(Failure::Call)?;
-    let answer: Value = serde_json::from_slice(&body).map_err(|e| Failure::Call(format!("bad AdmissionReview response: {e}")))?;
+    let answer: Value =
+        serde_json::from_slice(&body).map_err(|e| Failure::Call(format!("bad AdmissionReview response: {e}")))?;
     let response = answer.get("response").ok_or_else(|| Failure::Call("AdmissionReview has no response".into()))?;
     if response.get("uid").and_then(Value::as_str) != Some(uid.as_str()) {
         return Err(Failure::Call(format!("expected response.uid={uid:?}")));
     }
     if response.get("allowed").and_then(Value::as_bool) != Some(true) {
         let message = response.pointer("/status/message").and_then(Value::as_str).unwrap_or_default();
-        let code = response.pointer("/status/code").and_then(Value::as_u64).and_then(|c| u16::try_from(c).ok()).unwrap_or(400);
-        let mut e = ApiError::bad_request(format!("admission webhook \"{}\" denied the request: {message}", webhook.name));
+        let code =
+            response.pointer("/status/code").and_then(Value::as_u64).and_then(|c| u16::try_from(c).ok()).unwrap_or(400);
+        let mut e =
+            ApiError::bad_request(format!("admission webhook \"{}\" denied the request: {message}", webhook.name));
         e.code = code;
         return Err(Failure::Denied(e));
     }
     let Some(patch) = response.get("patch").and_then(Value::as_str) else { return Ok(None) };
-    let bytes = base64::engine::general_purpose::STANDARD.decode(patch).map_err(|e| Failure::Call(format!("patch is not base64: {e}")))?;
+    let bytes = base64::engine::general_purpose::STANDARD
+        .decode(patch)
+        .map_err(|e| Failure::Call(format!("patch is not base64: {e}")))?;
     let ops: Value = serde_json::from_slice(&bytes).map_err(|e| Failure::Call(format!("patch is not JSON: {e}")))?;
-    crate::patch::json_patch(object, &ops).map(Some).map_err(|e| Failure::Call(format!("applying the webhook's patch: {e}")))
+    crate::patch::json_patch(object, &ops)
+        .map(Some)
+        .map_err(|e| Failure::Call(format!("applying the webhook's patch: {e}")))
 }
 
 async fn post(target: &Endpoint, ca_bundle_b64: &str, review: &Value) -> Result<Bytes, String> {
@@ -241,7 +261,9 @@ async fn post(target: &Endpoint, ca_bundle_b64: &str, review: &Value) -> Result<
         .with_no_client_auth();
     let connector = tokio_rustls::TlsConnector::from(Arc::new(config));
     let name = rustls::pki_types::ServerName::try_from(target.server_name.clone()).map_err(|e| e.to_string())?;
-    let tcp = tokio::net::TcpStream::connect(&target.connect).await.map_err(|e| format!("dial tcp {}: {e}", target.connect))?;
+    let tcp = tokio::net::TcpStream::connect(&target.connect)
+        .await
+        .map_err(|e| format!("dial tcp {}: {e}", target.connect))?;
     let tls = connector.connect(name, tcp).await.map_err(|e| format!("tls: {e}"))?;
     let (mut sender, connection) =
         hyper::client::conn::http1::handshake(hyper_util::rt::TokioIo::new(tls)).await.map_err(|e| e.to_string())?;
@@ -268,8 +290,14 @@ mod tests {
     fn selectors_match_labels_and_expressions() {
         let labels = json!({"mesh": "enabled", "team": "a"});
         assert!(selector_matches(&json!({"matchLabels": {"mesh": "enabled"}}), Some(&labels)));
-        assert!(selector_matches(&json!({"matchExpressions": [{"key": "team", "operator": "In", "values": ["a", "b"]}]}), Some(&labels)));
-        assert!(!selector_matches(&json!({"matchExpressions": [{"key": "opt-out", "operator": "Exists"}]}), Some(&labels)));
+        assert!(selector_matches(
+            &json!({"matchExpressions": [{"key": "team", "operator": "In", "values": ["a", "b"]}]}),
+            Some(&labels)
+        ));
+        assert!(!selector_matches(
+            &json!({"matchExpressions": [{"key": "opt-out", "operator": "Exists"}]}),
+            Some(&labels)
+        ));
         assert!(selector_matches(&json!({}), None));
     }
 }

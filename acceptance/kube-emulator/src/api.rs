@@ -34,7 +34,11 @@ impl Shared {
     }
 
     /// Runs a write; a dry run applies it to a copy and keeps nothing.
-    pub fn write(&self, dry_run: bool, f: impl FnOnce(&mut Store) -> Result<Value, ApiError>) -> Result<Value, ApiError> {
+    pub fn write(
+        &self,
+        dry_run: bool,
+        f: impl FnOnce(&mut Store) -> Result<Value, ApiError>,
+    ) -> Result<Value, ApiError> {
         let mut store = self.store();
         if dry_run {
             let mut copy = store.clone();
@@ -65,9 +69,19 @@ pub struct Params {
     pub dry_run: bool,
     pub propagation: Option<String>,
     pub field_validation: crate::validation::FieldValidation,
+    /// Who writes, for managedFields when no fieldManager is given: the
+    /// apiserver takes the client's User-Agent up to the first '/'.
+    pub user_agent: String,
 }
 
 impl Params {
+    fn manager(&self) -> String {
+        match &self.field_manager {
+            Some(m) if !m.is_empty() => m.clone(),
+            _ => self.user_agent.split('/').next().filter(|u| !u.is_empty()).unwrap_or("unknown").to_owned(),
+        }
+    }
+
     fn parse(query: Option<&str>) -> Result<Params, ApiError> {
         let mut p = Params::default();
         for (k, v) in query_pairs(query) {
@@ -112,7 +126,7 @@ pub async fn handle(shared: Arc<Shared>, req: Request<Incoming>) -> Response<Bod
     }
 }
 
-fn header_str<'a>(req: &'a Request<Incoming>, name: header::HeaderName) -> &'a str {
+fn header_str(req: &Request<Incoming>, name: header::HeaderName) -> &str {
     req.headers().get(name).and_then(|v| v.to_str().ok()).unwrap_or_default()
 }
 
@@ -135,7 +149,11 @@ async fn route(shared: &Arc<Shared>, req: Request<Incoming>) -> Result<Response<
             let core = segs[0] == "api";
             let registry = shared.store().registry().clone();
             Ok(match discovery::aggregated_version(&accept) {
-                Some(v) => json_response_as(StatusCode::OK, &discovery::aggregated(&registry, core, v), &discovery::aggregated_content_type(v)),
+                Some(v) => json_response_as(
+                    StatusCode::OK,
+                    &discovery::aggregated(&registry, core, v),
+                    &discovery::aggregated_content_type(v),
+                ),
                 None if core => json_response(StatusCode::OK, &discovery::core_versions()),
                 None => json_response(StatusCode::OK, &discovery::group_list(&registry)),
             })
@@ -147,11 +165,18 @@ async fn route(shared: &Arc<Shared>, req: Request<Incoming>) -> Result<Response<
         ["apis", g, v] if get => discovery::resource_list(shared.store().registry(), g, v)
             .map(|l| json_response(StatusCode::OK, &l))
             .ok_or_else(ApiError::path_not_found),
-        ["openapi", "v3"] if get => Ok(json_response(StatusCode::OK, &crate::openapi::v3_index(shared.store().registry()))),
+        ["openapi", "v3"] if get => {
+            Ok(json_response(StatusCode::OK, &crate::openapi::v3_index(shared.store().registry())))
+        }
         ["openapi", "v3", rest @ ..] if get => openapi_v3(shared, rest, req.uri().query()),
         ["openapi", "v2"] if get => {
             if !accept.contains("protobuf") {
-                return Err(ApiError { code: 406, reason: "NotAcceptable", message: "only the protobuf form of /openapi/v2 is served".into(), details: None });
+                return Err(ApiError {
+                    code: 406,
+                    reason: "NotAcceptable",
+                    message: "only the protobuf form of /openapi/v2 is served".into(),
+                    details: None,
+                });
             }
             let mut r = Response::new(crate::http::full(crate::openapi::v2_protobuf(shared.store().registry())));
             // Go's mime parser rejects the '@' in the proper media type.
@@ -178,7 +203,8 @@ fn openapi_v3(shared: &Shared, rest: &[&str], query: Option<&str>) -> Result<Res
         ["apis", g, v] => (*g, *v),
         _ => return Err(ApiError::path_not_found()),
     };
-    let doc = crate::openapi::v3_document(shared.store().registry(), group, version).ok_or_else(ApiError::path_not_found)?;
+    let doc =
+        crate::openapi::v3_document(shared.store().registry(), group, version).ok_or_else(ApiError::path_not_found)?;
     let current = crate::openapi::hash(&doc);
     let asked = query_pairs(query).into_iter().find(|(k, _)| k == "hash").map(|(_, v)| v);
     let mut response = json_response(StatusCode::OK, &doc);
@@ -261,7 +287,8 @@ fn resolve(shared: &Shared, group: &str, version: &str, rest: &[&str]) -> Result
 }
 
 async fn resource(shared: &Arc<Shared>, req: Request<Incoming>, t: Target) -> Result<Response<Body>, ApiError> {
-    let params = Params::parse(req.uri().query())?;
+    let mut params = Params::parse(req.uri().query())?;
+    params.user_agent = header_str(&req, header::USER_AGENT).to_owned();
     let method = req.method().clone();
     let content_type = header_str(&req, header::CONTENT_TYPE).to_owned();
     let ns = t.namespace.as_deref();
@@ -277,9 +304,25 @@ async fn resource(shared: &Arc<Shared>, req: Request<Incoming>, t: Target) -> Re
             let object = decode_object(&body, &content_type, &t.rt)?;
             let warnings = validate_fields(&t.rt, &object, params.field_validation, false)?;
             let object_ns = object.pointer("/metadata/namespace").and_then(Value::as_str).map(str::to_owned);
-            let admit_ns = ns.map(str::to_owned).or(object_ns).or_else(|| t.rt.namespaced.then(|| "default".to_owned()));
-            let request = admission::Request { rt: &t.rt, operation: "CREATE", namespace: admit_ns.as_deref(), object, old: None, dry_run: params.dry_run };
-            let object = admission::mutate(shared, request).await?;
+            let admit_ns =
+                ns.map(str::to_owned).or(object_ns).or_else(|| t.rt.namespaced.then(|| "default".to_owned()));
+            let request = admission::Request {
+                rt: &t.rt,
+                operation: "CREATE",
+                namespace: admit_ns.as_deref(),
+                object,
+                old: None,
+                dry_run: params.dry_run,
+            };
+            let mut object = admission::mutate(shared, request).await?;
+            crate::ssa::track_update(
+                None,
+                &mut object,
+                &params.manager(),
+                &crate::now(),
+                &t.rt.api_version(),
+                &t.rt.kind,
+            );
             let created = shared.write(params.dry_run, |s| s.create(&t.rt, ns, object))?;
             Ok(with_warnings(json_response(StatusCode::CREATED, &created), &warnings))
         }
@@ -292,8 +335,24 @@ async fn resource(shared: &Arc<Shared>, req: Request<Incoming>, t: Target) -> Re
                 object
             } else {
                 let old = shared.store().get(&t.rt, ns, name)?;
-                let request = admission::Request { rt: &t.rt, operation: "UPDATE", namespace: ns, object, old: Some(&old), dry_run: params.dry_run };
-                admission::mutate(shared, request).await?
+                let request = admission::Request {
+                    rt: &t.rt,
+                    operation: "UPDATE",
+                    namespace: ns,
+                    object,
+                    old: Some(&old),
+                    dry_run: params.dry_run,
+                };
+                let mut object = admission::mutate(shared, request).await?;
+                crate::ssa::track_update(
+                    Some(&old),
+                    &mut object,
+                    &params.manager(),
+                    &crate::now(),
+                    &t.rt.api_version(),
+                    &t.rt.kind,
+                );
+                object
             };
             let updated = shared.write(params.dry_run, |s| s.update(&t.rt, ns, name, object, status_only))?;
             Ok(with_warnings(json_response(StatusCode::OK, &updated), &warnings))
@@ -301,7 +360,8 @@ async fn resource(shared: &Arc<Shared>, req: Request<Incoming>, t: Target) -> Re
         (&Method::PATCH, Some(name)) => {
             let body = read_body(req.into_body()).await?;
             let status_only = t.subresource.as_deref() == Some("status");
-            let (code, object, warnings) = patch(shared, &t.rt, ns, name, &body, &content_type, &params, status_only).await?;
+            let (code, object, warnings) =
+                patch(shared, &t.rt, ns, name, &body, &content_type, &params, status_only).await?;
             Ok(with_warnings(json_response(code, &object), &warnings))
         }
         (&Method::DELETE, Some(name)) => {
@@ -342,7 +402,8 @@ fn propagation(params: &Params, body: &[u8]) -> Result<Propagation, ApiError> {
     let from_body = if body.iter().all(u8::is_ascii_whitespace) {
         None
     } else {
-        let options: Value = serde_json::from_slice(body).map_err(|e| ApiError::bad_request(format!("invalid DeleteOptions: {e}")))?;
+        let options: Value =
+            serde_json::from_slice(body).map_err(|e| ApiError::bad_request(format!("invalid DeleteOptions: {e}")))?;
         options.get("propagationPolicy").and_then(Value::as_str).map(str::to_owned)
     };
     match params.propagation.clone().or(from_body).as_deref() {
@@ -374,7 +435,10 @@ fn decode_object(body: &[u8], content_type: &str, rt: &ResourceType) -> Result<V
     if let Some(k) = object.get("kind").and_then(Value::as_str)
         && k != rt.kind
     {
-        return Err(ApiError::bad_request(format!("the kind in the data ({k}) does not match the expected kind ({})", rt.kind)));
+        return Err(ApiError::bad_request(format!(
+            "the kind in the data ({k}) does not match the expected kind ({})",
+            rt.kind
+        )));
     }
     Ok(object)
 }
@@ -411,7 +475,14 @@ async fn patch(
         let patched = if status_only {
             patched
         } else {
-            let request = admission::Request { rt, operation, namespace: ns, object: patched, old: live.as_ref(), dry_run: params.dry_run };
+            let request = admission::Request {
+                rt,
+                operation,
+                namespace: ns,
+                object: patched,
+                old: live.as_ref(),
+                dry_run: params.dry_run,
+            };
             admission::mutate(shared, request).await?
         };
         let written = shared.write(params.dry_run, |s| match &live {
@@ -422,7 +493,9 @@ async fn patch(
             Err(e) if e.reason == "Conflict" && attempt < ATTEMPTS && !doc_sets_resource_version(&doc) => continue,
             Err(e) if e.reason == "AlreadyExists" && attempt < ATTEMPTS => continue,
             Err(e) => return Err(e),
-            Ok(object) => return Ok((if live.is_none() { StatusCode::CREATED } else { StatusCode::OK }, object, warnings)),
+            Ok(object) => {
+                return Ok((if live.is_none() { StatusCode::CREATED } else { StatusCode::OK }, object, warnings));
+            }
         }
     }
 }
@@ -430,42 +503,61 @@ async fn patch(
 /// A patch that carries its own resourceVersion wants a precondition, not a retry.
 fn doc_sets_resource_version(doc: &Value) -> bool {
     doc.pointer("/metadata/resourceVersion").is_some()
-        || doc.as_array().is_some_and(|ops| ops.iter().any(|op| op.get("path").and_then(Value::as_str) == Some("/metadata/resourceVersion")))
+        || doc.as_array().is_some_and(|ops| {
+            ops.iter().any(|op| op.get("path").and_then(Value::as_str) == Some("/metadata/resourceVersion"))
+        })
 }
 
 /// The object a patch produces from `live` (None only for an apply that creates).
-fn patched_object(rt: &ResourceType, name: &str, live: Option<&Value>, doc: &Value, media: &str, params: &Params) -> Result<(Value, Vec<String>), ApiError> {
-    let invalid = |e: &dyn std::fmt::Display| ApiError::invalid(&rt.kind, name, &[(String::new(), e.to_string())]);
+fn patched_object(
+    rt: &ResourceType,
+    name: &str,
+    live: Option<&Value>,
+    doc: &Value,
+    media: &str,
+    params: &Params,
+) -> Result<(Value, Vec<String>), ApiError> {
+    let patch_error = |e: crate::patch::PatchError| match e {
+        crate::patch::PatchError::BadRequest(m) => ApiError::bad_request(m),
+        crate::patch::PatchError::Invalid(m) => ApiError::invalid(&rt.kind, name, &[(String::new(), m)]),
+        crate::patch::PatchError::UnsupportedMediaType => ApiError::unsupported_media_type(media),
+    };
     let patched = match (media, live) {
         ("application/apply-patch+yaml", _) => {
             let warnings = validate_fields(rt, doc, params.field_validation, true)?;
-            let manager = params
-                .field_manager
-                .clone()
-                .filter(|m| !m.is_empty())
-                .ok_or_else(|| ApiError::bad_request("PATCH requests with apply content type must include fieldManager"))?;
-            let applied = crate::ssa::apply(live, doc, &manager, params.force, &crate::now(), &rt.api_version(), &rt.kind)
-                .map_err(|e| apply_error(&e))?;
+            let manager = params.field_manager.clone().filter(|m| !m.is_empty()).ok_or_else(|| {
+                ApiError::bad_request("PATCH requests with apply content type must include fieldManager")
+            })?;
+            let applied =
+                crate::ssa::apply(live, doc, &manager, params.force, &crate::now(), &rt.api_version(), &rt.kind)
+                    .map_err(|e| apply_error(&e))?;
             return Ok((applied, warnings));
         }
         ("application/merge-patch+json", Some(live)) => crate::patch::merge_patch(live, doc),
-        ("application/json-patch+json", Some(live)) => crate::patch::json_patch(live, doc).map_err(|e| invalid(&e))?,
+        ("application/json-patch+json", Some(live)) => crate::patch::json_patch(live, doc).map_err(patch_error)?,
         ("application/strategic-merge-patch+json", Some(live)) => {
             if rt.custom {
                 return Err(ApiError::unsupported_media_type(media));
             }
-            crate::patch::strategic_merge_patch(live, doc, &rt.api_version(), &rt.kind).map_err(|e| invalid(&e))?
+            crate::patch::strategic_merge_patch(live, doc, &rt.api_version(), &rt.kind).map_err(patch_error)?
         }
         (other, _) => return Err(ApiError::unsupported_media_type(other)),
     };
     let warnings = validate_fields(rt, &patched, params.field_validation, false)?;
+    let mut patched = patched;
+    crate::ssa::track_update(live, &mut patched, &params.manager(), &crate::now(), &rt.api_version(), &rt.kind);
     Ok((patched, warnings))
 }
 
 /// Applies `fieldValidation` to a request's object: Strict refuses unknown
 /// fields, Warn returns them as warnings, Ignore lets them pass. A value
 /// its type cannot hold is refused whatever the setting.
-fn validate_fields(rt: &ResourceType, object: &Value, mode: crate::validation::FieldValidation, apply: bool) -> Result<Vec<String>, ApiError> {
+fn validate_fields(
+    rt: &ResourceType,
+    object: &Value,
+    mode: crate::validation::FieldValidation,
+    apply: bool,
+) -> Result<Vec<String>, ApiError> {
     use crate::validation::FieldValidation;
     let unknown = crate::validation::check(&rt.api_version(), &rt.kind, object).map_err(ApiError::bad_request)?;
     if unknown.is_empty() || mode == FieldValidation::Ignore {
@@ -474,10 +566,22 @@ fn validate_fields(rt: &ResourceType, object: &Value, mode: crate::validation::F
     if mode == FieldValidation::Strict {
         let message = if apply {
             let fields: Vec<String> = unknown.iter().map(|f| format!("{f}: field not declared in schema")).collect();
-            format!("failed to create typed patch object ({}, Kind={}): {}", gv_for_message(rt), rt.kind, fields.join(", "))
+            format!(
+                "failed to create typed patch object ({}, Kind={}): {}",
+                gv_for_message(rt),
+                rt.kind,
+                fields.join(", ")
+            )
         } else {
-            let fields: Vec<String> = unknown.iter().map(|f| format!("unknown field \"{}\"", f.trim_start_matches('.'))).collect();
-            format!("{} in version \"{}\" cannot be handled as a {}: strict decoding error: {}", rt.kind, rt.version, rt.kind, fields.join(", "))
+            let fields: Vec<String> =
+                unknown.iter().map(|f| format!("unknown field \"{}\"", f.trim_start_matches('.'))).collect();
+            format!(
+                "{} in version \"{}\" cannot be handled as a {}: strict decoding error: {}",
+                rt.kind,
+                rt.version,
+                rt.kind,
+                fields.join(", ")
+            )
         };
         return Err(ApiError::bad_request(message));
     }
@@ -504,7 +608,7 @@ fn apply_error(e: &crate::ssa::ApplyError) -> ApiError {
         crate::ssa::ApplyError::Conflicts(conflicts) => {
             let causes = conflicts
                 .iter()
-                .map(|c| json!({"reason": "FieldManagerConflict", "message": format!("conflict with \"{}\"", c.manager), "field": c.field}))
+                .map(|c| json!({"reason": "FieldManagerConflict", "message": c.to_string(), "field": c.field}))
                 .collect();
             ApiError::apply_conflict(e.to_string(), causes)
         }

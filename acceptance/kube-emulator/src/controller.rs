@@ -39,10 +39,14 @@ pub fn reconcile_all(shared: &Shared) {
     for plural in ["deployments", "statefulsets", "daemonsets"] {
         let Some(rt) = store.registry().get("apps", "v1", plural).cloned() else { continue };
         let nodes = schedulable_nodes(&store);
-        let objects: Vec<Value> = store.list(&rt, None, &LabelSelector::default(), &Default::default()).into_iter().map(|(_, o)| o).collect();
+        let objects: Vec<Value> =
+            store.list(&rt, None, &LabelSelector::default(), &Default::default()).into_iter().map(|(_, o)| o).collect();
         for object in objects {
             let never_ready = stalled
-                || object.pointer(&format!("/metadata/annotations/{}", NEVER_READY_ANNOTATION.replace('/', "~1"))).and_then(Value::as_str) == Some("true");
+                || object
+                    .pointer(&format!("/metadata/annotations/{}", NEVER_READY_ANNOTATION.replace('/', "~1")))
+                    .and_then(Value::as_str)
+                    == Some("true");
             let status = match plural {
                 "daemonsets" => daemonset_status(&object, &nodes, never_ready),
                 _ => replicated_status(&object, never_ready),
@@ -89,9 +93,22 @@ fn replicated_status(object: &Value, never_ready: bool) -> Value {
     }
     if object.get("kind").and_then(Value::as_str) == Some("Deployment") {
         status["conditions"] = json!([
-            condition("Available", ready == replicas, if ready == replicas { "MinimumReplicasAvailable" } else { "MinimumReplicasUnavailable" },
-                if ready == replicas { "Deployment has minimum availability." } else { "Deployment does not have minimum availability." }),
-            condition("Progressing", true, if ready == replicas { "NewReplicaSetAvailable" } else { "ReplicaSetUpdated" }, "ReplicaSet is progressing."),
+            condition(
+                "Available",
+                ready == replicas,
+                if ready == replicas { "MinimumReplicasAvailable" } else { "MinimumReplicasUnavailable" },
+                if ready == replicas {
+                    "Deployment has minimum availability."
+                } else {
+                    "Deployment does not have minimum availability."
+                }
+            ),
+            condition(
+                "Progressing",
+                true,
+                if ready == replicas { "NewReplicaSetAvailable" } else { "ReplicaSetUpdated" },
+                "ReplicaSet is progressing."
+            ),
         ]);
     } else {
         status["currentReplicas"] = json!(replicas);
@@ -121,14 +138,16 @@ fn schedulable_nodes(store: &Store) -> Vec<Value> {
 /// match and every NoSchedule/NoExecute taint is tolerated.
 fn admits(spec: &Value, node: &Value) -> bool {
     let labels = node.pointer("/metadata/labels");
-    let selector_ok = spec.get("nodeSelector").and_then(Value::as_object).is_none_or(|sel| {
-        sel.iter().all(|(k, v)| labels.and_then(|l| l.get(k)) == Some(v))
-    });
+    let selector_ok = spec
+        .get("nodeSelector")
+        .and_then(Value::as_object)
+        .is_none_or(|sel| sel.iter().all(|(k, v)| labels.and_then(|l| l.get(k)) == Some(v)));
     let tolerations = spec.get("tolerations").and_then(Value::as_array).cloned().unwrap_or_default();
     let taints = node.pointer("/spec/taints").and_then(Value::as_array).cloned().unwrap_or_default();
-    let tolerated = taints.iter().filter(|t| matches!(t.get("effect").and_then(Value::as_str), Some("NoSchedule" | "NoExecute"))).all(|taint| {
-        tolerations.iter().any(|tol| tolerates(tol, taint))
-    });
+    let tolerated = taints
+        .iter()
+        .filter(|t| matches!(t.get("effect").and_then(Value::as_str), Some("NoSchedule" | "NoExecute")))
+        .all(|taint| tolerations.iter().any(|tol| tolerates(tol, taint)));
     selector_ok && tolerated
 }
 
@@ -155,7 +174,8 @@ mod tests {
         ];
         let ds = |tolerations: Value| json!({"metadata": {"generation": 3}, "spec": {"template": {"spec": {"nodeSelector": {"pool": "a"}, "tolerations": tolerations}}}});
         assert_eq!(daemonset_status(&ds(json!([])), &nodes, false)["desiredNumberScheduled"], 1);
-        let tolerant = ds(json!([{"key": "node.trellis.io/agent-not-ready", "operator": "Exists", "effect": "NoSchedule"}]));
+        let tolerant =
+            ds(json!([{"key": "node.trellis.io/agent-not-ready", "operator": "Exists", "effect": "NoSchedule"}]));
         let status = daemonset_status(&tolerant, &nodes, false);
         assert_eq!(status["desiredNumberScheduled"], 2);
         assert_eq!(status["observedGeneration"], 3);

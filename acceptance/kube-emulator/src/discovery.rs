@@ -18,7 +18,13 @@ pub fn version() -> Value {
 
 /// The aggregated discovery version the client accepts, if any.
 pub fn aggregated_version(accept: &str) -> Option<&'static str> {
-    let wants = |v: &str| accept.split(',').any(|a| a.contains("g=apidiscovery.k8s.io") && a.contains(&format!("v={v};")) && a.contains("as=APIGroupDiscoveryList"));
+    let wants = |v: &str| {
+        accept.split(',').any(|a| {
+            a.contains("g=apidiscovery.k8s.io")
+                && a.contains(&format!("v={v};"))
+                && a.contains("as=APIGroupDiscoveryList")
+        })
+    };
     if wants("v2") {
         Some("v2")
     } else if wants("v2beta1") {
@@ -36,7 +42,8 @@ pub fn aggregated_content_type(version: &str) -> String {
 pub fn aggregated(registry: &Registry, core: bool, version: &str) -> Value {
     let mut items = Vec::new();
     let groups: Vec<String> = {
-        let mut g: Vec<String> = registry.group_versions().into_iter().map(|(g, _)| g).filter(|g| g.is_empty() == core).collect();
+        let mut g: Vec<String> =
+            registry.group_versions().into_iter().map(|(g, _)| g).filter(|g| g.is_empty() == core).collect();
         g.dedup();
         g
     };
@@ -61,7 +68,8 @@ pub fn core_versions() -> Value {
 
 pub fn group_list(registry: &Registry) -> Value {
     let mut groups: Vec<Value> = Vec::new();
-    let mut names: Vec<String> = registry.group_versions().into_iter().map(|(g, _)| g).filter(|g| !g.is_empty()).collect();
+    let mut names: Vec<String> =
+        registry.group_versions().into_iter().map(|(g, _)| g).filter(|g| !g.is_empty()).collect();
     names.dedup();
     for name in names {
         groups.push(group(registry, &name));

@@ -58,8 +58,10 @@ impl ApiError {
             [one] => format!("{kind} \"{name}\" is invalid: {one}"),
             many => format!("{kind} \"{name}\" is invalid: [{}]", many.join(", ")),
         };
-        let causes: Vec<Value> =
-            field_errors.iter().map(|(f, m)| json!({"reason": "FieldValueInvalid", "message": m, "field": f})).collect();
+        let causes: Vec<Value> = field_errors
+            .iter()
+            .map(|(f, m)| json!({"reason": "FieldValueInvalid", "message": m, "field": f}))
+            .collect();
         ApiError::new(422, "Invalid", message).with_details(json!({"name": name, "kind": kind, "causes": causes}))
     }
 
@@ -72,7 +74,13 @@ impl ApiError {
     }
 
     pub fn unsupported_media_type(content_type: &str) -> Self {
-        ApiError::new(415, "UnsupportedMediaType", format!("the body of the request was in an unknown format - accepted media types include: application/json, application/yaml, application/vnd.kubernetes.protobuf; got {content_type:?}"))
+        ApiError::new(
+            415,
+            "UnsupportedMediaType",
+            format!(
+                "the body of the request was in an unknown format - accepted media types include: application/json, application/yaml, application/vnd.kubernetes.protobuf; got {content_type:?}"
+            ),
+        )
     }
 
     pub fn unauthorized() -> Self {

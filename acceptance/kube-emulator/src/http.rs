@@ -24,9 +24,10 @@ pub fn json_response_as(status: StatusCode, value: &Value, content_type: &str) -
     bytes.push(b'\n');
     let mut response = Response::new(full(bytes));
     *response.status_mut() = status;
-    response
-        .headers_mut()
-        .insert(header::CONTENT_TYPE, HeaderValue::from_str(content_type).unwrap_or(HeaderValue::from_static("application/json")));
+    response.headers_mut().insert(
+        header::CONTENT_TYPE,
+        HeaderValue::from_str(content_type).unwrap_or(HeaderValue::from_static("application/json")),
+    );
     response
 }
 
@@ -74,9 +75,15 @@ fn percent_decode(s: &str) -> String {
 /// Reads the whole request body, up to a limit a real apiserver would also refuse.
 pub async fn read_body(body: hyper::body::Incoming) -> Result<Bytes, ApiError> {
     const LIMIT: usize = 3 << 20;
-    let bytes = body.collect().await.map_err(|e| ApiError::bad_request(format!("reading the request body: {e}")))?.to_bytes();
+    let bytes =
+        body.collect().await.map_err(|e| ApiError::bad_request(format!("reading the request body: {e}")))?.to_bytes();
     if bytes.len() > LIMIT {
-        return Err(ApiError { code: 413, reason: "RequestEntityTooLarge", message: "Request entity too large: limit is 3145728".into(), details: None });
+        return Err(ApiError {
+            code: 413,
+            reason: "RequestEntityTooLarge",
+            message: "Request entity too large: limit is 3145728".into(),
+            details: None,
+        });
     }
     Ok(bytes)
 }
@@ -91,7 +98,9 @@ pub fn parse_document(bytes: &[u8], content_type: &str) -> Result<Value, ApiErro
         return serde_yaml::from_slice(bytes).map_err(|e| ApiError::bad_request(format!("error decoding YAML: {e}")));
     }
     serde_json::from_slice(bytes).map_err(|e| {
-        ApiError::bad_request(format!("the object provided is unrecognized: couldn't get version/kind; json parse error: {e}"))
+        ApiError::bad_request(format!(
+            "the object provided is unrecognized: couldn't get version/kind; json parse error: {e}"
+        ))
     })
 }
 
@@ -102,6 +111,9 @@ mod tests {
     #[test]
     fn query_tolerates_leading_ampersand_and_decodes() {
         let q = query_pairs(Some("&labelSelector=a%3Db%2Cc&limit=500&watch"));
-        assert_eq!(q, [("labelSelector".into(), "a=b,c".into()), ("limit".into(), "500".into()), ("watch".into(), String::new())]);
+        assert_eq!(
+            q,
+            [("labelSelector".into(), "a=b,c".into()), ("limit".into(), "500".into()), ("watch".into(), String::new())]
+        );
     }
 }

@@ -5,7 +5,8 @@ use std::process::ExitCode;
 
 use kube_emulator::{Emulator, Options};
 
-const USAGE: &str = "usage: kube-emulator [--port N] --kubeconfig FILE [--nodes N] [--token TOKEN] [--history N] [--stall-rollouts]";
+const USAGE: &str =
+    "usage: kube-emulator [--port N] --kubeconfig FILE [--nodes N] [--token TOKEN] [--history N] [--stall-rollouts]";
 
 fn parse(args: &[String]) -> Result<(Options, String), String> {
     let mut options = Options::default();
@@ -46,7 +47,9 @@ async fn main() -> ExitCode {
     };
     // Written to a temporary name and renamed, so a reader never sees half a file.
     let partial = format!("{kubeconfig}.partial");
-    if let Err(e) = std::fs::write(&partial, emulator.kubeconfig_yaml()).and_then(|()| std::fs::rename(&partial, &kubeconfig)) {
+    if let Err(e) =
+        std::fs::write(&partial, emulator.kubeconfig_yaml()).and_then(|()| std::fs::rename(&partial, &kubeconfig))
+    {
         eprintln!("kube-emulator: cannot write {kubeconfig}: {e}");
         return ExitCode::FAILURE;
     }

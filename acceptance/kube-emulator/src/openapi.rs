@@ -15,7 +15,9 @@ pub fn definition_name(rt: &ResourceType) -> String {
     let package = match rt.group.as_str() {
         "" => "io.k8s.api.core".to_owned(),
         "apiextensions.k8s.io" => "io.k8s.apiextensions-apiserver.pkg.apis.apiextensions".to_owned(),
-        g if g.ends_with(".k8s.io") => format!("io.k8s.api.{}", g.trim_end_matches(".k8s.io").replace(".authorization", "")),
+        g if g.ends_with(".k8s.io") => {
+            format!("io.k8s.api.{}", g.trim_end_matches(".k8s.io").replace(".authorization", ""))
+        }
         g if !g.contains('.') => format!("io.k8s.api.{g}"),
         g => g.split('.').rev().collect::<Vec<_>>().join("."),
     };
@@ -186,7 +188,9 @@ pub fn v2_protobuf(registry: &Registry) -> Vec<u8> {
                     }],
                     vendor_extension: vec![NamedAny {
                         name: "x-kubernetes-group-version-kind".into(),
-                        value: Some(Any { yaml: format!("group: {:?}\nkind: {}\nversion: {}\n", rt.group, rt.kind, rt.version) }),
+                        value: Some(Any {
+                            yaml: format!("group: {:?}\nkind: {}\nversion: {}\n", rt.group, rt.kind, rt.version),
+                        }),
                     }],
                 }),
             }),
@@ -231,6 +235,9 @@ mod tests {
             r.unregister(&t);
         }
         let hex: String = v2_protobuf(&r).iter().map(|b| format!("{b:02x}")).collect();
-        assert_eq!(hex, "0a03322e3012150a0a4b756265726e65746573120776312e33322e3542ae0112ab010a302f6170692f76312f6e616d657370616365732f7b6e616d6573706163657d2f636f6e6669676d6170732f7b6e616d657d1277427542260a2412221a2012057175657279220f6669656c6456616c69646174696f6e3206737472696e676a4b0a1f782d6b756265726e657465732d67726f75702d76657273696f6e2d6b696e641228122667726f75703a2022220a6b696e643a20436f6e6669674d61700a76657273696f6e3a2076310a");
+        assert_eq!(
+            hex,
+            "0a03322e3012150a0a4b756265726e65746573120776312e33322e3542ae0112ab010a302f6170692f76312f6e616d657370616365732f7b6e616d6573706163657d2f636f6e6669676d6170732f7b6e616d657d1277427542260a2412221a2012057175657279220f6669656c6456616c69646174696f6e3206737472696e676a4b0a1f782d6b756265726e657465732d67726f75702d76657273696f6e2d6b696e641228122667726f75703a2022220a6b696e643a20436f6e6669674d61700a76657273696f6e3a2076310a"
+        );
     }
 }

@@ -234,19 +234,28 @@ mod tests {
     #[test]
     fn decodes_what_kubectl_create_configmap_sends() {
         let raw = [
-            0x0a, 0x15, 0x0a, 0x02, 0x63, 0x31, 0x12, 0x00, 0x1a, 0x03, 0x6e, 0x73, 0x31, 0x22, 0x00, 0x2a, 0x00, 0x32, 0x00,
-            0x38, 0x00, 0x42, 0x00, 0x12, 0x06, 0x0a, 0x01, 0x61, 0x12, 0x01, 0x62,
+            0x0a, 0x15, 0x0a, 0x02, 0x63, 0x31, 0x12, 0x00, 0x1a, 0x03, 0x6e, 0x73, 0x31, 0x22, 0x00, 0x2a, 0x00, 0x32,
+            0x00, 0x38, 0x00, 0x42, 0x00, 0x12, 0x06, 0x0a, 0x01, 0x61, 0x12, 0x01, 0x62,
         ];
-        let envelope = Unknown { type_meta: Some(TypeMeta { api_version: "v1".into(), kind: "ConfigMap".into() }), raw: raw.to_vec() };
+        let envelope = Unknown {
+            type_meta: Some(TypeMeta { api_version: "v1".into(), kind: "ConfigMap".into() }),
+            raw: raw.to_vec(),
+        };
         let mut body = MAGIC.to_vec();
         body.extend(envelope.encode_to_vec());
         let object = decode(&body).expect("decode");
-        assert_eq!(object, json!({"apiVersion": "v1", "kind": "ConfigMap", "metadata": {"name": "c1", "namespace": "ns1"}, "data": {"a": "b"}}));
+        assert_eq!(
+            object,
+            json!({"apiVersion": "v1", "kind": "ConfigMap", "metadata": {"name": "c1", "namespace": "ns1"}, "data": {"a": "b"}})
+        );
     }
 
     #[test]
     fn other_kinds_are_refused_with_415() {
-        let envelope = Unknown { type_meta: Some(TypeMeta { api_version: "apps/v1".into(), kind: "Deployment".into() }), raw: Vec::new() };
+        let envelope = Unknown {
+            type_meta: Some(TypeMeta { api_version: "apps/v1".into(), kind: "Deployment".into() }),
+            raw: Vec::new(),
+        };
         let mut body = MAGIC.to_vec();
         body.extend(envelope.encode_to_vec());
         assert_eq!(decode(&body).expect_err("refused").code, 415);

@@ -34,7 +34,11 @@ impl ResourceType {
 
     /// The `/api/v1` or `/apis/<group>/<version>` prefix.
     pub fn path_prefix(&self) -> String {
-        if self.group.is_empty() { format!("/api/{}", self.version) } else { format!("/apis/{}/{}", self.group, self.version) }
+        if self.group.is_empty() {
+            format!("/api/{}", self.version)
+        } else {
+            format!("/apis/{}/{}", self.group, self.version)
+        }
     }
 
     pub fn verbs(&self) -> Vec<&'static str> {
@@ -100,6 +104,8 @@ struct Builtin {
     all: bool,
 }
 
+/// One row of the table below.
+#[allow(clippy::too_many_arguments)]
 const fn b(
     group: &'static str,
     version: &'static str,
@@ -135,9 +141,36 @@ const BUILTINS: &[Builtin] = &[
     b("rbac.authorization.k8s.io", "v1", "ClusterRoleBinding", "clusterrolebindings", false, &[], false, false),
     b("rbac.authorization.k8s.io", "v1", "Role", "roles", true, &[], false, false),
     b("rbac.authorization.k8s.io", "v1", "RoleBinding", "rolebindings", true, &[], false, false),
-    b("apiextensions.k8s.io", "v1", "CustomResourceDefinition", "customresourcedefinitions", false, &["crd", "crds"], true, false),
-    b("admissionregistration.k8s.io", "v1", "MutatingWebhookConfiguration", "mutatingwebhookconfigurations", false, &[], false, false),
-    b("admissionregistration.k8s.io", "v1", "ValidatingWebhookConfiguration", "validatingwebhookconfigurations", false, &[], false, false),
+    b(
+        "apiextensions.k8s.io",
+        "v1",
+        "CustomResourceDefinition",
+        "customresourcedefinitions",
+        false,
+        &["crd", "crds"],
+        true,
+        false,
+    ),
+    b(
+        "admissionregistration.k8s.io",
+        "v1",
+        "MutatingWebhookConfiguration",
+        "mutatingwebhookconfigurations",
+        false,
+        &[],
+        false,
+        false,
+    ),
+    b(
+        "admissionregistration.k8s.io",
+        "v1",
+        "ValidatingWebhookConfiguration",
+        "validatingwebhookconfigurations",
+        false,
+        &[],
+        false,
+        false,
+    ),
     b("coordination.k8s.io", "v1", "Lease", "leases", true, &[], false, false),
 ];
 
@@ -188,7 +221,7 @@ impl Registry {
     pub fn group_versions(&self) -> Vec<(String, String)> {
         let mut gvs: Vec<(String, String)> = self.types.values().map(ResourceType::group_version).collect();
         gvs.dedup();
-        gvs.sort_by(|a, b| (a.0 != "", &a.0, &a.1).cmp(&(b.0 != "", &b.0, &b.1)));
+        gvs.sort_by(|a, b| (!a.0.is_empty(), &a.0, &a.1).cmp(&(!b.0.is_empty(), &b.0, &b.1)));
         gvs.dedup();
         gvs
     }
@@ -229,7 +262,11 @@ fn crd_types(crd: &Value) -> Result<Vec<ResourceType>, String> {
     let kind = text(names, "kind").ok_or("spec.names.kind: Required value")?;
     let singular = text(names, "singular").unwrap_or_else(|| kind.to_lowercase());
     let list = |field: &str| -> Vec<String> {
-        names.get(field).and_then(Value::as_array).map(|a| a.iter().filter_map(|s| s.as_str().map(str::to_owned)).collect()).unwrap_or_default()
+        names
+            .get(field)
+            .and_then(Value::as_array)
+            .map(|a| a.iter().filter_map(|s| s.as_str().map(str::to_owned)).collect())
+            .unwrap_or_default()
     };
     let namespaced = text(spec, "scope").as_deref() != Some("Cluster");
     let versions = spec.get("versions").and_then(Value::as_array).ok_or("spec.versions: Required value")?;

@@ -129,7 +129,16 @@ mod tests {
     #[test]
     fn label_selector_operators() {
         let p = pod(json!({"app": "web", "tier": "front"}));
-        let yes = ["app=web", "app==web", "app!=db", "app in (web, db)", "env notin (prod)", "tier", "!env", "app=web,tier in (front)"];
+        let yes = [
+            "app=web",
+            "app==web",
+            "app!=db",
+            "app in (web, db)",
+            "env notin (prod)",
+            "tier",
+            "!env",
+            "app=web,tier in (front)",
+        ];
         let no = ["app=db", "app notin (web)", "env", "!tier", "app in (db)"];
         for s in yes {
             assert!(LabelSelector::parse(s).expect(s).matches(&p), "{s}");

@@ -8,8 +8,8 @@ use std::collections::{BTreeMap, VecDeque};
 use serde_json::{Map, Value, json};
 
 use crate::error::ApiError;
-use crate::resources::{Registry, ResourceType};
 use crate::now;
+use crate::resources::{Registry, ResourceType};
 use crate::selector::{FieldSelector, LabelSelector};
 
 /// Where an object lives. The version is not part of it: all served
@@ -116,7 +116,13 @@ fn spec_part(object: &Value) -> Value {
 
 impl Store {
     pub fn new(history_limit: usize) -> Self {
-        let mut store = Store { registry: Registry::default(), objects: BTreeMap::new(), rv: 0, history: VecDeque::new(), history_limit };
+        let mut store = Store {
+            registry: Registry::default(),
+            objects: BTreeMap::new(),
+            rv: 0,
+            history: VecDeque::new(),
+            history_limit,
+        };
         for ns in INITIAL_NAMESPACES {
             let rt = store.registry.get("", "v1", "namespaces").cloned();
             if let Some(rt) = rt {
@@ -237,7 +243,9 @@ impl Store {
                 &name,
                 &[(
                     "metadata.name".into(),
-                    format!("Invalid value: {name:?}: a lowercase RFC 1123 subdomain must consist of lower case alphanumeric characters, '-' or '.', and must start and end with an alphanumeric character"),
+                    format!(
+                        "Invalid value: {name:?}: a lowercase RFC 1123 subdomain must consist of lower case alphanumeric characters, '-' or '.', and must start and end with an alphanumeric character"
+                    ),
                 )],
             ));
         }
@@ -246,7 +254,9 @@ impl Store {
             return Err(ApiError::already_exists(&rt.plural, &rt.group, &name));
         }
         if rt.kind == "CustomResourceDefinition" {
-            self.registry.register_crd(&object).map_err(|e| ApiError::invalid(&rt.kind, &name, &[("spec".into(), e)]))?;
+            self.registry
+                .register_crd(&object)
+                .map_err(|e| ApiError::invalid(&rt.kind, &name, &[("spec".into(), e)]))?;
             object["status"] = json!({
                 "conditions": [
                     {"type": "NamesAccepted", "status": "True", "reason": "NoConflicts", "message": "no conflicts found", "lastTransitionTime": now()},
@@ -296,7 +306,10 @@ impl Store {
         let key = Self::key(rt, namespace, name);
         let old = self.objects.get(&key).cloned().ok_or_else(|| ApiError::not_found(&rt.plural, &rt.group, name))?;
         if meta(&object, "name").is_some_and(|n| n != name) {
-            return Err(ApiError::bad_request(format!("the name of the object ({}) does not match the name on the URL ({name})", meta(&object, "name").unwrap_or_default())));
+            return Err(ApiError::bad_request(format!(
+                "the name of the object ({}) does not match the name on the URL ({name})",
+                meta(&object, "name").unwrap_or_default()
+            )));
         }
         if let Some(rv) = meta(&object, "resourceVersion").filter(|v| !v.is_empty())
             && Some(rv) != meta(&old, "resourceVersion")
@@ -320,7 +333,15 @@ impl Store {
         // System-owned metadata always comes from the stored object.
         let old_meta = old.get("metadata").cloned().unwrap_or_else(|| json!({}));
         let m = meta_mut(&mut object);
-        for field in ["uid", "creationTimestamp", "namespace", "name", "deletionTimestamp", "deletionGracePeriodSeconds", "generation"] {
+        for field in [
+            "uid",
+            "creationTimestamp",
+            "namespace",
+            "name",
+            "deletionTimestamp",
+            "deletionGracePeriodSeconds",
+            "generation",
+        ] {
             match old_meta.get(field) {
                 Some(v) => m.insert(field.into(), v.clone()),
                 None => m.remove(field),
@@ -351,10 +372,18 @@ impl Store {
     /// Deletes an object: at once when it has no finalizers, else it gets a
     /// deletionTimestamp and goes when the last finalizer is removed.
     /// Returns the object as it was (or now is, when finalizers hold it).
-    pub fn delete(&mut self, rt: &ResourceType, namespace: Option<&str>, name: &str, propagation: Propagation) -> Result<Value, ApiError> {
+    pub fn delete(
+        &mut self,
+        rt: &ResourceType,
+        namespace: Option<&str>,
+        name: &str,
+        propagation: Propagation,
+    ) -> Result<Value, ApiError> {
         let key = Self::key(rt, namespace, name);
-        let current = self.objects.get(&key).cloned().ok_or_else(|| ApiError::not_found(&rt.plural, &rt.group, name))?;
-        let has_finalizers = current.pointer("/metadata/finalizers").and_then(Value::as_array).is_some_and(|f| !f.is_empty());
+        let current =
+            self.objects.get(&key).cloned().ok_or_else(|| ApiError::not_found(&rt.plural, &rt.group, name))?;
+        let has_finalizers =
+            current.pointer("/metadata/finalizers").and_then(Value::as_array).is_some_and(|f| !f.is_empty());
         if rt.kind == "Namespace" {
             return self.delete_namespace(rt, &key, current);
         }
@@ -379,7 +408,8 @@ impl Store {
     }
 
     fn remove(&mut self, rt: &ResourceType, key: &ObjectKey) -> Result<Value, ApiError> {
-        let mut object = self.objects.remove(key).ok_or_else(|| ApiError::not_found(&rt.plural, &rt.group, &key.name))?;
+        let mut object =
+            self.objects.remove(key).ok_or_else(|| ApiError::not_found(&rt.plural, &rt.group, &key.name))?;
         let rv = self.next_rv();
         meta_mut(&mut object).insert("resourceVersion".into(), json!(rv));
         if rt.kind == "CustomResourceDefinition" {
@@ -430,7 +460,8 @@ impl Store {
                 .and_then(Value::as_array)
                 .is_some_and(|refs| refs.iter().any(|r| r.get("uid").and_then(Value::as_str) == Some(uid)))
         };
-        let dependents: Vec<ObjectKey> = self.objects.iter().filter(|(_, o)| owned_by(o)).map(|(k, _)| k.clone()).collect();
+        let dependents: Vec<ObjectKey> =
+            self.objects.iter().filter(|(_, o)| owned_by(o)).map(|(k, _)| k.clone()).collect();
         for key in dependents {
             let Some(rt) = self.type_of(&key) else { continue };
             let ns = (!key.namespace.is_empty()).then_some(key.namespace.clone());
@@ -451,7 +482,8 @@ impl Store {
     fn drop_crd(&mut self, crd: &Value) {
         let group = crd.pointer("/spec/group").and_then(Value::as_str).unwrap_or_default().to_owned();
         let plural = crd.pointer("/spec/names/plural").and_then(Value::as_str).unwrap_or_default().to_owned();
-        let instances: Vec<ObjectKey> = self.objects.keys().filter(|k| k.group == group && k.plural == plural).cloned().collect();
+        let instances: Vec<ObjectKey> =
+            self.objects.keys().filter(|k| k.group == group && k.plural == plural).cloned().collect();
         for key in instances {
             if let Some(object) = self.objects.remove(&key) {
                 self.rv += 1;
@@ -495,21 +527,33 @@ mod tests {
     fn create_sets_system_metadata_and_refuses_duplicates_and_bad_names() {
         let mut s = Store::new(100);
         let cm = rt(&s, "", "configmaps");
-        let created = s.create(&cm, Some("default"), json!({"metadata": {"name": "a"}, "data": {"k": "v"}})).expect("create");
+        let created =
+            s.create(&cm, Some("default"), json!({"metadata": {"name": "a"}, "data": {"k": "v"}})).expect("create");
         assert_eq!(created["kind"], "ConfigMap");
         assert!(created.pointer("/metadata/uid").is_some());
         assert_eq!(s.create(&cm, Some("default"), json!({"metadata": {"name": "a"}})).expect_err("dup").code, 409);
-        assert_eq!(s.create(&cm, Some("default"), json!({"metadata": {"name": "Bad_Name"}})).expect_err("name").code, 422);
+        assert_eq!(
+            s.create(&cm, Some("default"), json!({"metadata": {"name": "Bad_Name"}})).expect_err("name").code,
+            422
+        );
         assert_eq!(s.create(&cm, Some("nope"), json!({"metadata": {"name": "b"}})).expect_err("ns").code, 404);
-        let generated = s.create(&cm, Some("default"), json!({"metadata": {"generateName": "gen-"}})).expect("generate");
-        assert!(generated.pointer("/metadata/name").and_then(Value::as_str).is_some_and(|n| n.starts_with("gen-") && n.len() == 9));
+        let generated =
+            s.create(&cm, Some("default"), json!({"metadata": {"generateName": "gen-"}})).expect("generate");
+        assert!(
+            generated
+                .pointer("/metadata/name")
+                .and_then(Value::as_str)
+                .is_some_and(|n| n.starts_with("gen-") && n.len() == 9)
+        );
     }
 
     #[test]
     fn stale_updates_conflict_and_spec_changes_bump_generation() {
         let mut s = Store::new(100);
         let deploy = rt(&s, "apps", "deployments");
-        let d = s.create(&deploy, Some("default"), json!({"metadata": {"name": "d"}, "spec": {"replicas": 1}})).expect("create");
+        let d = s
+            .create(&deploy, Some("default"), json!({"metadata": {"name": "d"}, "spec": {"replicas": 1}}))
+            .expect("create");
         let mut stale = d.clone();
         let mut changed = d.clone();
         changed["spec"]["replicas"] = json!(2);
@@ -543,7 +587,8 @@ mod tests {
         let owner = s.create(&cm, Some("default"), json!({"metadata": {"name": "owner"}})).expect("owner");
         let uid = owner.pointer("/metadata/uid").cloned().expect("uid");
         let refs = json!([{"apiVersion": "v1", "kind": "ConfigMap", "name": "owner", "uid": uid}]);
-        s.create(&cm, Some("default"), json!({"metadata": {"name": "dep", "ownerReferences": refs}})).expect("dependent");
+        s.create(&cm, Some("default"), json!({"metadata": {"name": "dep", "ownerReferences": refs}}))
+            .expect("dependent");
         s.delete(&cm, Some("default"), "owner", Propagation::Background).expect("delete");
         assert_eq!(s.get(&cm, Some("default"), "dep").expect_err("collected").code, 404);
     }

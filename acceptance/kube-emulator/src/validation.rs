@@ -112,7 +112,9 @@ fn is_empty(v: &Value) -> bool {
 pub fn check(api_version: &str, kind: &str, object: &Value) -> Result<Vec<String>, String> {
     match canonical(api_version, kind, object) {
         None => Ok(Vec::new()),
-        Some(Err(e)) => Err(format!("{kind} in version \"{}\" cannot be handled as a {kind}: {e}", version_of(api_version))),
+        Some(Err(e)) => {
+            Err(format!("{kind} in version \"{}\" cannot be handled as a {kind}: {e}", version_of(api_version)))
+        }
         Some(Ok(c)) => {
             let mut unknown = Vec::new();
             unknown_fields(object, &c, "", &mut unknown);
@@ -136,7 +138,10 @@ mod tests {
         assert_eq!(check("v1", "ConfigMap", &cm), Ok(vec![".foo".to_owned(), ".metadata.labelz".to_owned()]));
         let deploy = json!({"apiVersion": "apps/v1", "kind": "Deployment", "metadata": {"name": "d"},
             "spec": {"selector": {}, "template": {"spec": {"containers": [{"name": "c", "image": "i", "imagePullPolice": "x"}]}}}});
-        assert_eq!(check("apps/v1", "Deployment", &deploy), Ok(vec![".spec.template.spec.containers[0].imagePullPolice".to_owned()]));
+        assert_eq!(
+            check("apps/v1", "Deployment", &deploy),
+            Ok(vec![".spec.template.spec.containers[0].imagePullPolice".to_owned()])
+        );
     }
 
     #[test]

@@ -32,7 +32,8 @@ pub fn serve(shared: Arc<Shared>, rt: ResourceType, namespace: Option<String>, p
         // An Err here only means the client went away.
         let _ = stream(shared, rt, namespace, params, tx).await;
     });
-    let body = StreamBody::new(ReceiverStream::new(rx).map(|b| Ok::<_, std::convert::Infallible>(Frame::data(b)))).boxed();
+    let body =
+        StreamBody::new(ReceiverStream::new(rx).map(|b| Ok::<_, std::convert::Infallible>(Frame::data(b)))).boxed();
     let mut response = Response::new(body);
     *response.status_mut() = StatusCode::OK;
     let headers = response.headers_mut();

@@ -80,7 +80,10 @@ async fn reflector_follows_changes_and_namespace_deletion_empties_it() {
     let emulator = common::emulator(Options::default()).await;
     let client = common::client(&emulator).await;
     let namespaces: Api<Namespace> = Api::all(client.clone());
-    let ns = Namespace { metadata: ObjectMeta { name: Some("team".into()), ..ObjectMeta::default() }, ..Namespace::default() };
+    let ns = Namespace {
+        metadata: ObjectMeta { name: Some("team".into()), ..ObjectMeta::default() },
+        ..Namespace::default()
+    };
     namespaces.create(&PostParams::default(), &ns).await.expect("namespace");
     let cms: Api<ConfigMap> = Api::namespaced(client.clone(), "team");
     let (reader, writer) = reflector::store();
@@ -134,7 +137,8 @@ async fn daemonsets_roll_out_on_tolerated_nodes_unless_stalled() {
     }))
     .expect("daemonset");
     daemonsets.create(&PostParams::default(), &ds).await.expect("create");
-    let ready = |d: &DaemonSet| d.status.as_ref().map(|s| (s.desired_number_scheduled, s.number_ready, s.observed_generation));
+    let ready =
+        |d: &DaemonSet| d.status.as_ref().map(|s| (s.desired_number_scheduled, s.number_ready, s.observed_generation));
     let mut observed = None;
     for _ in 0..100 {
         observed = ready(&daemonsets.get("trellis-agent").await.expect("get"));

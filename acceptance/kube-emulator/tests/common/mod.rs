@@ -3,7 +3,7 @@
 #![allow(dead_code)]
 
 use kube::Client;
-use kube::config::{Kubeconfig, KubeConfigOptions};
+use kube::config::{KubeConfigOptions, Kubeconfig};
 use kube_emulator::{Emulator, Options};
 
 pub async fn emulator(options: Options) -> Emulator {

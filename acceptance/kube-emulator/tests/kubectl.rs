@@ -1,0 +1,172 @@
+//! The emulator through the real `kubectl` on PATH, with its defaults:
+//! discovery, protobuf create bodies, client-side and server-side apply
+//! with strict field validation, run, get -o json, get -w, patch, delete.
+
+mod common;
+
+use std::io::{BufRead, BufReader};
+use std::path::PathBuf;
+use std::process::{Command, Output, Stdio};
+use std::time::{Duration, Instant};
+
+use kube_emulator::{Emulator, Options};
+
+struct Kubectl {
+    dir: tempfile::TempDir,
+    kubeconfig: PathBuf,
+}
+
+impl Kubectl {
+    fn new(emulator: &Emulator) -> Self {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let kubeconfig = dir.path().join("kubeconfig");
+        std::fs::write(&kubeconfig, emulator.kubeconfig_yaml()).expect("kubeconfig");
+        Kubectl { dir, kubeconfig }
+    }
+
+    fn command(&self, args: &[&str]) -> Command {
+        let mut cmd = Command::new("kubectl");
+        // A cache per test: discovery cached from another emulator would lie.
+        cmd.arg("--kubeconfig").arg(&self.kubeconfig).arg("--cache-dir").arg(self.dir.path().join("cache")).args(args);
+        cmd.env_remove("KUBECONFIG");
+        cmd
+    }
+
+    fn run(&self, args: &[&str]) -> Output {
+        self.command(args).output().unwrap_or_else(|e| panic!("kubectl must be on PATH for these tests: {e}"))
+    }
+
+    /// Runs and requires success; returns stdout.
+    fn ok(&self, args: &[&str]) -> String {
+        let out = self.run(args);
+        let stdout = String::from_utf8_lossy(&out.stdout).into_owned();
+        assert!(out.status.success(), "kubectl {args:?} failed:\n{stdout}\n{}", String::from_utf8_lossy(&out.stderr));
+        stdout
+    }
+
+    /// Runs and requires failure; returns stderr.
+    fn fails(&self, args: &[&str]) -> String {
+        let out = self.run(args);
+        assert!(
+            !out.status.success(),
+            "kubectl {args:?} should have failed:\n{}",
+            String::from_utf8_lossy(&out.stdout)
+        );
+        String::from_utf8_lossy(&out.stderr).into_owned()
+    }
+
+    fn file(&self, name: &str, text: &str) -> String {
+        let path = self.dir.path().join(name);
+        std::fs::write(&path, text).expect("write manifest");
+        path.to_string_lossy().into_owned()
+    }
+}
+
+async fn setup() -> (Emulator, Kubectl) {
+    let emulator = common::emulator(Options::default()).await;
+    let kubectl = Kubectl::new(&emulator);
+    (emulator, kubectl)
+}
+
+/// kubectl blocks; run it off the runtime that serves the emulator.
+async fn blocking<T: Send + 'static>(f: impl FnOnce() -> T + Send + 'static) -> T {
+    tokio::task::spawn_blocking(f).await.expect("kubectl thread")
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn version_discovery_create_get_run_delete() {
+    let (emulator, kubectl) = setup().await;
+    blocking(move || {
+        assert!(kubectl.ok(&["version"]).contains("Server Version: v1.32"));
+        let resources = kubectl.ok(&["api-resources"]);
+        assert!(resources.contains("daemonsets") && resources.contains("ds") && resources.contains("apps/v1"));
+        // kubectl 1.32 sends these as protobuf.
+        assert!(kubectl.ok(&["create", "namespace", "team"]).contains("namespace/team created"));
+        assert!(
+            kubectl
+                .ok(&["create", "configmap", "c1", "-n", "team", "--from-literal=a=b"])
+                .contains("configmap/c1 created")
+        );
+        assert!(
+            kubectl
+                .ok(&["create", "secret", "generic", "s1", "-n", "team", "--from-literal=x=y"])
+                .contains("secret/s1 created")
+        );
+        let json: serde_json::Value =
+            serde_json::from_str(&kubectl.ok(&["get", "configmaps", "-n", "team", "-o", "json"])).expect("json");
+        assert_eq!(json["items"][0]["data"]["a"], "b");
+        assert!(
+            kubectl.ok(&["run", "p1", "-n", "team", "--image=nginx", "--restart=Never"]).contains("pod/p1 created")
+        );
+        assert!(kubectl.ok(&["get", "pods", "-n", "team"]).contains("p1"));
+        assert!(kubectl.ok(&["delete", "configmap", "c1", "-n", "team"]).contains("configmap \"c1\" deleted"));
+        let missing = kubectl.fails(&["get", "configmap", "c1", "-n", "team"]);
+        assert!(missing.contains("NotFound") && missing.contains("configmaps \"c1\" not found"), "{missing}");
+    })
+    .await;
+    emulator.shutdown().await;
+}
+
+const CM: &str =
+    "apiVersion: v1\nkind: ConfigMap\nmetadata:\n  name: cm1\n  labels:\n    app: demo\ndata:\n  a: \"1\"\n";
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn apply_client_side_and_server_side_with_strict_validation() {
+    let (emulator, kubectl) = setup().await;
+    blocking(move || {
+        let first = kubectl.file("cm.yaml", CM);
+        assert!(kubectl.ok(&["apply", "-f", &first]).contains("configmap/cm1 created"));
+        assert!(kubectl.ok(&["apply", "-f", &first]).contains("configmap/cm1 unchanged"));
+        let changed = kubectl.file("cm2.yaml", &CM.replace("\"1\"", "\"2\""));
+        assert!(kubectl.ok(&["apply", "-f", &changed]).contains("configmap/cm1 configured"));
+        assert_eq!(kubectl.ok(&["get", "cm", "cm1", "-o", "jsonpath={.data.a}"]), "2");
+
+        let server_side = kubectl.file("ssa.yaml", &CM.replace("cm1", "cm2"));
+        assert!(
+            kubectl.ok(&["apply", "--server-side", "-f", &server_side]).contains("configmap/cm2 serverside-applied")
+        );
+        assert_eq!(kubectl.ok(&["get", "cm", "cm2", "-o", "jsonpath={.data.a}"]), "1");
+
+        let unknown = kubectl.file("bad.yaml", &CM.replace("\ndata:", "\nfoo: 1\ndata:"));
+        let refused = kubectl.fails(&["apply", "-f", &unknown]);
+        assert!(refused.contains("strict decoding error: unknown field \"foo\""), "{refused}");
+        let warned = kubectl.run(&["apply", "--validate=warn", "-f", &unknown]);
+        assert!(warned.status.success());
+        assert!(String::from_utf8_lossy(&warned.stderr).contains("Warning: unknown field \"foo\""));
+    })
+    .await;
+    emulator.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn get_watch_prints_changes_as_they_happen() {
+    let (emulator, kubectl) = setup().await;
+    let mut child = kubectl
+        .command(&["get", "configmaps", "--watch", "-o", "name"])
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .spawn()
+        .expect("kubectl get --watch");
+    let stdout = child.stdout.take().expect("stdout");
+    let (tx, rx) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        for line in BufReader::new(stdout).lines().map_while(Result::ok) {
+            let _ = tx.send(line);
+        }
+    });
+    // Give kubectl time to list and start watching before the change.
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+    let creator = Kubectl { dir: tempfile::tempdir().expect("tempdir"), kubeconfig: kubectl.kubeconfig.clone() };
+    blocking(move || creator.ok(&["create", "configmap", "watched", "--from-literal=a=b"])).await;
+    let deadline = Instant::now() + Duration::from_secs(10);
+    let mut seen = Vec::new();
+    while Instant::now() < deadline && !seen.iter().any(|l: &String| l.contains("configmap/watched")) {
+        if let Ok(line) = rx.recv_timeout(Duration::from_millis(100)) {
+            seen.push(line);
+        }
+    }
+    let _ = child.kill();
+    let _ = child.wait();
+    assert!(seen.iter().any(|l| l.contains("configmap/watched")), "watch printed {seen:?}");
+    emulator.shutdown().await;
+}
