@@ -170,3 +170,41 @@ async fn get_watch_prints_changes_as_they_happen() {
     assert!(seen.iter().any(|l| l.contains("configmap/watched")), "watch printed {seen:?}");
     emulator.shutdown().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn patch_in_all_three_types_and_the_ssa_conflict_message() {
+    let (emulator, kubectl) = setup().await;
+    blocking(move || {
+        kubectl.ok(&["create", "configmap", "p1", "--from-literal=a=1"]);
+        assert!(
+            kubectl.ok(&["patch", "configmap", "p1", "-p", r#"{"data":{"a":"2"}}"#]).contains("configmap/p1 patched")
+        );
+        kubectl.ok(&["patch", "configmap", "p1", "--type=merge", "-p", r#"{"data":{"b":"3"}}"#]);
+        kubectl.ok(&[
+            "patch",
+            "configmap",
+            "p1",
+            "--type=json",
+            "-p",
+            r#"[{"op":"replace","path":"/data/a","value":"4"}]"#,
+        ]);
+        assert_eq!(kubectl.ok(&["get", "cm", "p1", "-o", "jsonpath={.data.a}{.data.b}"]), "43");
+
+        // Owned by kubectl-patch now: another applier conflicts, and kubectl prints the server's message.
+        let manifest =
+            kubectl.file("p1.yaml", "apiVersion: v1\nkind: ConfigMap\nmetadata:\n  name: p1\ndata:\n  a: \"9\"\n");
+        let conflict = kubectl.fails(&["apply", "--server-side", "-f", &manifest]);
+        assert!(
+            conflict.contains("Apply failed with 1 conflict: conflict with \"kubectl-patch\" using v1: .data.a"),
+            "{conflict}"
+        );
+        assert!(
+            kubectl
+                .ok(&["apply", "--server-side", "--force-conflicts", "-f", &manifest])
+                .contains("serverside-applied")
+        );
+        assert_eq!(kubectl.ok(&["get", "cm", "p1", "-o", "jsonpath={.data.a}"]), "9");
+    })
+    .await;
+    emulator.shutdown().await;
+}
