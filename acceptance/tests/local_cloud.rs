@@ -211,6 +211,16 @@ async fn the_local_cloud_guard_publishes_its_env_and_stops_everything_on_drop() 
     let text = fs::read_to_string(&kubeconfig).expect("kubeconfig");
     assert!(text.contains(cloud.kube_url()), "{text}");
     assert!(cloud.kube_url().starts_with("https://127.0.0.1:"));
+    // The cluster's nodes are the seeded instances, as EKS names them.
+    let node_type = cloud.kube().shared().store().registry().get("", "v1", "nodes").cloned().expect("nodes are served");
+    let nodes = cloud.kube().shared().store().list(&node_type, None, &Default::default(), &Default::default());
+    let provider_ids: Vec<String> = nodes
+        .iter()
+        .filter_map(|(_, n)| n.pointer("/spec/providerID").and_then(Value::as_str).map(str::to_owned))
+        .collect();
+    for instance in &cloud.seed().instances {
+        assert!(provider_ids.contains(&format!("aws:///{}/{}", instance.az, instance.id)), "{provider_ids:?}");
+    }
 
     let pid = cloud.moto().pid();
     let kube_addr = cloud.kube().addr();

@@ -38,8 +38,8 @@ const DEFAULT_HISTORY: usize = 100_000;
 pub struct Options {
     /// 0 picks a free port.
     pub port: u16,
-    /// Nodes registered at start, spread over three zones.
-    pub nodes: usize,
+    /// Nodes registered at start, as their kubelets would register them.
+    pub nodes: Vec<NodeSpec>,
     pub token: String,
     pub history: usize,
     /// Workloads roll out but never become ready (a stuck rollout).
@@ -50,11 +50,42 @@ impl Default for Options {
     fn default() -> Self {
         Options {
             port: 0,
-            nodes: 3,
+            nodes: NodeSpec::generated(3),
             token: uuid::Uuid::new_v4().simple().to_string(),
             history: DEFAULT_HISTORY,
             stall_rollouts: false,
         }
+    }
+}
+
+/// A node the emulator registers at start.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct NodeSpec {
+    pub name: String,
+    pub instance_type: String,
+    pub zone: String,
+    pub internal_ip: String,
+    /// `aws:///<zone>/<instance id>`, how EKS nodes point at their instance.
+    pub provider_id: String,
+    pub max_pods: u32,
+}
+
+impl NodeSpec {
+    /// `count` m5.large nodes named node-1..N over us-east-1a/b/c.
+    pub fn generated(count: usize) -> Vec<NodeSpec> {
+        (1..=count)
+            .map(|i| {
+                let zone = ["us-east-1a", "us-east-1b", "us-east-1c"][(i - 1) % 3];
+                NodeSpec {
+                    name: format!("node-{i}"),
+                    instance_type: "m5.large".into(),
+                    zone: zone.into(),
+                    internal_ip: format!("10.0.{}.{}", ((i - 1) % 3) * 16, 10 + i),
+                    provider_id: format!("aws:///{zone}/i-{i:017x}"),
+                    max_pods: 29,
+                }
+            })
+            .collect()
     }
 }
 
@@ -82,7 +113,7 @@ impl Emulator {
         let listener = TcpListener::bind(("127.0.0.1", options.port)).await?;
         let addr = listener.local_addr()?;
         let mut store = Store::new(options.history.max(1));
-        register_nodes(&mut store, options.nodes);
+        register_nodes(&mut store, &options.nodes);
         let (changed, _) = tokio::sync::watch::channel(store.resource_version());
         let shared = Arc::new(Shared {
             store: Mutex::new(store),
@@ -162,24 +193,22 @@ async fn accept(listener: TcpListener, acceptor: tokio_rustls::TlsAcceptor, shar
 }
 
 /// Nodes as the kubelet registers them: Ready, with addresses, capacity
-/// and zone labels (us-east-1a/b/c in turn).
-fn register_nodes(store: &mut Store, count: usize) {
+/// and zone and instance-type labels.
+fn register_nodes(store: &mut Store, nodes: &[NodeSpec]) {
     let Some(rt) = store.registry().get("", "v1", "nodes").cloned() else { return };
-    for i in 1..=count {
-        let zone = ["us-east-1a", "us-east-1b", "us-east-1c"][(i - 1) % 3];
-        let ip = format!("10.0.{}.{}", ((i - 1) % 3) * 16, 10 + i);
-        let name = format!("node-{i}");
+    for n in nodes {
+        let region = n.zone.trim_end_matches(|c: char| c.is_ascii_lowercase());
         let node = json!({
-            "metadata": {"name": name, "labels": {
-                "kubernetes.io/hostname": name, "kubernetes.io/os": "linux", "kubernetes.io/arch": "amd64",
-                "topology.kubernetes.io/zone": zone, "topology.kubernetes.io/region": "us-east-1",
-                "node.kubernetes.io/instance-type": "m5.large"}},
-            "spec": {"providerID": format!("aws:///{zone}/i-{i:017x}")},
+            "metadata": {"name": n.name, "labels": {
+                "kubernetes.io/hostname": n.name, "kubernetes.io/os": "linux", "kubernetes.io/arch": "amd64",
+                "topology.kubernetes.io/zone": n.zone, "topology.kubernetes.io/region": region,
+                "node.kubernetes.io/instance-type": n.instance_type}},
+            "spec": {"providerID": n.provider_id},
             "status": {
                 "conditions": [{"type": "Ready", "status": "True", "reason": "KubeletReady", "message": "kubelet is posting ready status"}],
-                "addresses": [{"type": "InternalIP", "address": ip}, {"type": "Hostname", "address": name}],
-                "capacity": {"cpu": "2", "memory": "7935376Ki", "pods": "29"},
-                "allocatable": {"cpu": "1930m", "memory": "7246224Ki", "pods": "29"},
+                "addresses": [{"type": "InternalIP", "address": n.internal_ip}, {"type": "Hostname", "address": n.name}],
+                "capacity": {"cpu": "2", "memory": "7935376Ki", "pods": n.max_pods.to_string()},
+                "allocatable": {"cpu": "1930m", "memory": "7246224Ki", "pods": n.max_pods.to_string()},
                 "nodeInfo": {"kubeletVersion": discovery::KUBERNETES_VERSION, "containerRuntimeVersion": "containerd://1.7.27",
                     "osImage": "Amazon Linux 2023", "operatingSystem": "linux", "architecture": "amd64"},
             },

@@ -18,7 +18,7 @@ fn parse(args: &[String]) -> Result<(Options, String), String> {
         match flag.as_str() {
             "--port" => options.port = value()?.parse().map_err(|_| format!("--port: not a port number\n{USAGE}"))?,
             "--kubeconfig" => kubeconfig = Some(value()?),
-            "--nodes" => options.nodes = number(value()?)?,
+            "--nodes" => options.nodes = kube_emulator::NodeSpec::generated(number(value()?)?),
             "--token" => options.token = value()?,
             "--history" => options.history = number(value()?)?,
             "--stall-rollouts" => options.stall_rollouts = true,

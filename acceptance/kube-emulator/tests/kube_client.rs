@@ -127,7 +127,8 @@ async fn a_watch_from_an_expired_version_gets_410_and_the_watcher_relists() {
 
 #[tokio::test]
 async fn daemonsets_roll_out_on_tolerated_nodes_unless_stalled() {
-    let emulator = common::emulator(Options { nodes: 3, ..Options::default() }).await;
+    let emulator =
+        common::emulator(Options { nodes: kube_emulator::NodeSpec::generated(3), ..Options::default() }).await;
     let client = common::client(&emulator).await;
     let daemonsets: Api<DaemonSet> = Api::namespaced(client, "kube-system");
     let ds: DaemonSet = serde_json::from_value(json!({

@@ -93,8 +93,7 @@ impl LocalCloud {
         })
         .await??;
 
-        let kube =
-            Emulator::start(kube_emulator::Options { nodes: seed.instances.len(), ..Default::default() }).await?;
+        let kube = Emulator::start(kube_emulator::Options { nodes: node_specs(&seed), ..Default::default() }).await?;
 
         let dir = tempfile::Builder::new()
             .prefix("trellis-local-cloud-")
@@ -206,4 +205,20 @@ fn write_private(path: &Path, contents: &[u8]) -> Result<(), Error> {
     let mut file =
         OpenOptions::new().write(true).create_new(true).mode(0o600).open(path).map_err(Error::io("create", path))?;
     file.write_all(contents).map_err(Error::io("write", path))
+}
+
+/// The emulator's nodes are the seeded instances, named and labelled as EKS
+/// names them, so a node's providerID leads to its EC2 instance.
+fn node_specs(seed: &Seed) -> Vec<kube_emulator::NodeSpec> {
+    seed.instances
+        .iter()
+        .map(|i| kube_emulator::NodeSpec {
+            name: format!("ip-{}.ec2.internal", i.private_ip.replace('.', "-")),
+            instance_type: i.instance_type.clone(),
+            zone: i.az.clone(),
+            internal_ip: i.private_ip.clone(),
+            provider_id: format!("aws:///{}/{}", i.az, i.id),
+            max_pods: 110,
+        })
+        .collect()
 }
