@@ -1,7 +1,9 @@
 #!/usr/bin/env bash
 # Runs every test tier: unit and property tests, the plugin handshake
-# tests, the docs check, and the acceptance tests that drive the real
-# terraform binary. It installs what it needs; a tier that cannot run fails.
+# tests, the Kubernetes emulator against the kube crate and kubectl, the
+# local cloud (moto in a project venv, installed on first use), the docs
+# check, and the acceptance tests that drive the real terraform binary. It
+# installs what it needs; a tier that cannot run fails.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -13,6 +15,8 @@ need() {
 }
 need cargo "install Rust (rustup) first"
 need terraform "the acceptance tier drives the real terraform binary (1.8 or newer, for provider functions)"
+need kubectl "the Kubernetes emulator is tested against the real kubectl"
+need python3 "moto, the AWS emulator, is installed from PyPI into a project venv (.venv)"
 if ! rustup component list --installed 2>/dev/null | grep -q '^clippy'; then
   rustup component add clippy rustfmt >/dev/null 2>&1 || true
 fi
@@ -21,7 +25,7 @@ echo "== format and lints"
 cargo fmt --all --check
 cargo clippy --workspace --all-targets --locked -- -D warnings
 
-echo "== unit, property and handshake tests; acceptance tests against terraform $(terraform version -json | sed -n 's/.*"terraform_version": *"\([^"]*\)".*/\1/p')"
+echo "== unit, property, handshake, emulator and local-cloud tests; acceptance tests against terraform $(terraform version -json | sed -n 's/.*"terraform_version": *"\([^"]*\)".*/\1/p')"
 cargo test --workspace --locked
 
 echo "== docs are current"

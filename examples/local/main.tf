@@ -1,5 +1,7 @@
-# Runs on one machine with nothing but terraform and the provider binary:
-# the mesh trust anchor and the max-pods figures a node group would use.
+# Runs on one machine against the local cloud (`local-cloud up`: moto
+# seeded with an EKS setting, and the Kubernetes emulator): the mesh trust
+# anchor and the max-pods figures a node group would use. scripts/demo.sh
+# passes the local cloud's endpoints in as variables.
 terraform {
   required_version = ">= 1.8"
   required_providers {
@@ -9,20 +11,40 @@ terraform {
   }
 }
 
-provider "kube" {
-  region = "eu-west-1"
+variable "region" {
+  description = "AWS region of the cluster."
+  type        = string
+  default     = "us-east-1"
+}
+
+variable "aws_endpoint" {
+  description = "EC2/EKS endpoint override (the local cloud's moto); null for real AWS."
+  type        = string
+  default     = null
+}
+
+variable "kubeconfig" {
+  description = "Path of the cluster's kubeconfig (the local cloud's emulator)."
+  type        = string
+  default     = null
 }
 
 variable "node_instance_types" {
   description = "Instance types of the node groups."
   type        = list(string)
-  default     = ["m5.large", "c6i.2xlarge", "t3.medium"]
+  default     = ["m5.large", "m5.xlarge", "t3.medium"]
 }
 
 variable "prefix_delegation" {
   description = "Whether pod ENIs get /28 prefixes."
   type        = bool
   default     = true
+}
+
+provider "kube" {
+  region          = var.region
+  aws_endpoint    = var.aws_endpoint
+  kubeconfig_path = var.kubeconfig
 }
 
 resource "kube_trust_anchor" "mesh" {
