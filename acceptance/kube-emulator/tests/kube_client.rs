@@ -72,6 +72,10 @@ async fn typed_crud_selectors_and_errors() {
 
     cms.delete("a", &DeleteParams::default()).await.expect("delete");
     assert_eq!(status_code(&cms.get("a").await.expect_err("deleted")), 404);
+    cms.delete_collection(&DeleteParams::default(), &ListParams::default().labels("app=db"))
+        .await
+        .expect("deletecollection");
+    assert!(cms.list(&ListParams::default()).await.expect("list").items.is_empty());
     emulator.shutdown().await;
 }
 
