@@ -1,70 +1,10 @@
 //! `provider::kube::max_pods(instance_type, prefix_delegation)`: the EKS
-//! max-pods figure for an instance type, from the embedded EC2 network
-//! limits table (see EC2_LIMITS.md for its source and refresh).
-
-use std::collections::HashMap;
-use std::sync::OnceLock;
+//! max-pods figure for an instance type, computed by the IPAM engine from
+//! its embedded EC2 network limits, so it is the figure the engine really
+//! delivers (see agents/ipam/EC2_LIMITS.md for the table's source).
 
 use tfplugin::{Function, FunctionDefinition, FunctionError, Parameter, Type, Value};
-
-const TABLE: &str = include_str!("ec2_network_limits.csv");
-
-/// Pod ceilings EKS applies with prefix delegation (kubelet's default of
-/// 110 for small instances, 250 above 30 vCPUs).
-const SMALL_INSTANCE_VCPUS: u32 = 30;
-const SMALL_INSTANCE_CAP: u32 = 110;
-const LARGE_INSTANCE_CAP: u32 = 250;
-/// Addresses in a delegated /28 prefix.
-const ADDRESSES_PER_PREFIX: u32 = 16;
-
-/// Network limits of one instance type.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct NetworkLimits {
-    pub vcpus: u32,
-    /// ENIs on the default network card, the ones that can host pods.
-    pub max_enis: u32,
-    pub ipv4_per_eni: u32,
-    /// Prefix delegation needs the Nitro system (bare metal included).
-    pub nitro: bool,
-}
-
-impl NetworkLimits {
-    /// Without prefix delegation each ENI gives its secondary addresses; with
-    /// it each secondary slot holds a /28. The `+ 2` counts the host-network
-    /// pods (aws-node, kube-proxy) that use no pod address.
-    pub fn max_pods(&self, prefix_delegation: bool) -> u32 {
-        let slots = self.ipv4_per_eni.saturating_sub(1);
-        if !prefix_delegation {
-            return self.max_enis * slots + 2;
-        }
-        let cap = if self.vcpus <= SMALL_INSTANCE_VCPUS { SMALL_INSTANCE_CAP } else { LARGE_INSTANCE_CAP };
-        (self.max_enis * slots * ADDRESSES_PER_PREFIX + 2).min(cap)
-    }
-}
-
-/// The embedded table, parsed on first use.
-pub fn network_limits(instance_type: &str) -> Option<NetworkLimits> {
-    static LIMITS: OnceLock<HashMap<&'static str, NetworkLimits>> = OnceLock::new();
-    LIMITS.get_or_init(|| parse(TABLE)).get(instance_type).copied()
-}
-
-fn parse(table: &'static str) -> HashMap<&'static str, NetworkLimits> {
-    table
-        .lines()
-        .skip(1)
-        .filter_map(|line| {
-            let f: Vec<&str> = line.split(',').collect();
-            let [name, vcpus, enis, ips, hypervisor, bare_metal] = f.as_slice() else { return None };
-            let limits = NetworkLimits {
-                vcpus: vcpus.parse().ok()?,
-                max_enis: enis.parse().ok()?,
-                ipv4_per_eni: ips.parse().ok()?,
-                nitro: *hypervisor == "nitro" || *bare_metal == "true",
-            };
-            Some((*name, limits))
-        })
-        .collect()
-}
+use trellis_ipam::{Settings, limits};
 
 #[derive(Debug)]
 pub struct MaxPods;
@@ -111,8 +51,11 @@ impl Function for MaxPods {
             .get(1)
             .and_then(Value::as_bool)
             .ok_or_else(|| FunctionError::argument(1, "prefix_delegation must be a bool"))?;
-        let limits = network_limits(instance_type).ok_or_else(|| {
-            FunctionError::argument(0, format!("unknown EC2 instance type {instance_type:?}: it is not in the provider's table of instance network limits"))
+        let limits = limits::embedded(instance_type).ok_or_else(|| {
+            FunctionError::argument(
+                0,
+                format!("unknown EC2 instance type {instance_type:?}: it is not in the provider's table of instance network limits"),
+            )
         })?;
         if prefix_delegation && !limits.nitro {
             return Err(FunctionError::argument(
@@ -120,7 +63,8 @@ impl Function for MaxPods {
                 format!("{instance_type} is not a Nitro instance type, and prefix delegation needs Nitro"),
             ));
         }
-        Ok(Value::int(i64::from(limits.max_pods(prefix_delegation))))
+        let settings = Settings { prefix_delegation, ..Settings::default() };
+        Ok(Value::int(i64::from(limits::max_pods(&limits, &settings))))
     }
 }
 
@@ -154,11 +98,5 @@ mod tests {
     fn prefix_delegation_on_xen_is_refused() {
         let e = call("t2.medium", true).expect_err("xen");
         assert_eq!(e.argument, Some(1));
-    }
-
-    #[test]
-    fn every_table_row_parses() {
-        let rows = TABLE.lines().skip(1).filter(|l| !l.is_empty()).count();
-        assert_eq!(parse(TABLE).len(), rows);
     }
 }

@@ -1,5 +1,5 @@
 #!/usr/bin/env python3
-"""Regenerate provider/src/functions/ec2_network_limits.csv.
+"""Regenerate agents/ipam/src/ec2_network_limits.csv.
 
 The CSV backs `provider::kube::max_pods(instance_type, prefix_delegation)`.
 Columns: instance_type,vcpus,max_enis,ipv4_per_eni,hypervisor,bare_metal
@@ -12,8 +12,8 @@ Inputs (any mix, several files allowed, later files win on duplicates):
       "InstanceTypes": [...]:
 
         aws ec2 describe-instance-types --region us-east-1 --output json > it.json
-        python3 provider/scripts/refresh-ec2-limits.py it.json \\
-            -o provider/src/functions/ec2_network_limits.csv
+        python3 agents/ipam/refresh-ec2-limits.py it.json \\
+            -o agents/ipam/src/ec2_network_limits.csv
 
   (b) moto's bundled DescribeInstanceTypes dump
       (moto/ec2/resources/instance_types.json[.gz], an object keyed by
@@ -21,8 +21,8 @@ Inputs (any mix, several files allowed, later files win on duplicates):
       installed for the Python running this script:
 
         python3 -m venv /tmp/motovenv && /tmp/motovenv/bin/pip install moto
-        /tmp/motovenv/bin/python provider/scripts/refresh-ec2-limits.py --moto \\
-            -o provider/src/functions/ec2_network_limits.csv
+        /tmp/motovenv/bin/python agents/ipam/refresh-ec2-limits.py --moto \\
+            -o agents/ipam/src/ec2_network_limits.csv
 
 Files ending in .gz are decompressed; "-" reads standard input. Without -o
 the CSV goes to standard output. Stdlib only.
