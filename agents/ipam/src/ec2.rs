@@ -33,6 +33,19 @@ pub mod codes {
     pub const ENI_LIMIT_EXCEEDED: &str = "AttachmentLimitExceeded";
     pub const ENI_IN_USE: &str = "InvalidNetworkInterface.InUse";
     pub const ENI_NOT_FOUND: &str = "InvalidNetworkInterfaceID.NotFound";
+    pub const SUBNET_NOT_FOUND: &str = "InvalidSubnetID.NotFound";
+    pub const INSTANCE_NOT_FOUND: &str = "InvalidInstanceID.NotFound";
+    pub const ATTACHMENT_NOT_FOUND: &str = "InvalidAttachmentID.NotFound";
+    pub const VPC_NOT_FOUND: &str = "InvalidVpcID.NotFound";
+    pub const INVALID_PARAMETER_VALUE: &str = "InvalidParameterValue";
+    pub const INVALID_INSTANCE_TYPE: &str = "InvalidInstanceType";
+    pub const INCORRECT_INSTANCE_STATE: &str = "IncorrectInstanceState";
+    pub const OPERATION_NOT_PERMITTED: &str = "OperationNotPermitted";
+    pub const IDEMPOTENT_PARAMETER_MISMATCH: &str = "IdempotentParameterMismatch";
+    pub const SUBNET_RANGE: &str = "InvalidSubnet.Range";
+    pub const SUBNET_CONFLICT: &str = "InvalidSubnet.Conflict";
+    /// Throttling: retry with backoff.
+    pub const REQUEST_LIMIT_EXCEEDED: &str = "RequestLimitExceeded";
 }
 
 /// Which ENIs to describe: any of the instances' ENIs, and/or ENIs

@@ -3,9 +3,14 @@
 //! through an `Ec2` trait. One engine serves the provider (pre-allocation
 //! at `terraform apply`) and the in-cluster operator.
 
+pub mod aws;
 pub mod ec2;
+pub mod engine;
+pub mod executor;
+pub mod fake;
 pub mod limits;
 pub mod model;
+pub mod planner;
 pub mod settings;
 
 pub use ec2::{CreateEni, Ec2, Ec2Error, EniFilter};

@@ -1,0 +1,68 @@
+//! `trellis-ipam operator [--once] [--dry-run] …`: runs the IPAM engine for
+//! a cluster's nodes, as `trellis-agent operator` will once the agent
+//! exists. With `--dry-run` it prints each node's plan and changes nothing.
+
+mod args;
+mod demand;
+
+use std::process::ExitCode;
+use std::time::{Duration, Instant};
+
+use trellis_ipam::aws::{AwsConfig, AwsEc2};
+use trellis_ipam::engine::Engine;
+
+#[tokio::main]
+async fn main() -> ExitCode {
+    let _ = rustls::crypto::aws_lc_rs::default_provider().install_default();
+    let options = match args::parse(std::env::args().skip(1)) {
+        Ok(Some(o)) => o,
+        Ok(None) => {
+            println!("{}", args::USAGE);
+            return ExitCode::SUCCESS;
+        }
+        Err(e) => {
+            eprintln!("trellis-ipam: {e}\n{}", args::USAGE);
+            return ExitCode::from(2);
+        }
+    };
+    match run(options).await {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("trellis-ipam: {e}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+async fn run(options: args::Options) -> Result<(), String> {
+    let mut aws = AwsConfig::new(&options.region);
+    aws.endpoint_url = options.endpoint.clone();
+    let ec2 = AwsEc2::new(aws).await.map_err(|e| e.to_string())?;
+    let engine = Engine::new(ec2, options.settings.clone());
+    let kube = kube::Client::try_default().await.map_err(|e| format!("cannot reach Kubernetes (KUBECONFIG): {e}"))?;
+    let mut excess_since: Option<Instant> = None;
+    loop {
+        let observation = engine.observe().await.map_err(|e| e.to_string())?;
+        let demand = demand::from_pods(&kube, &observation).await?;
+        let excess_seconds = excess_since.map_or(0, |s| s.elapsed().as_secs());
+        let plans = engine.plan(&observation, &demand, excess_seconds);
+        let any_excess = plans.iter().any(|p| p.excess > 0);
+        excess_since = match (any_excess, excess_since) {
+            (true, None) => Some(Instant::now()),
+            (true, since) => since,
+            (false, _) => None,
+        };
+        for plan in &plans {
+            println!("{}", serde_json::to_string(plan).unwrap_or_default());
+        }
+        if !options.dry_run {
+            for execution in engine.apply(&plans).await {
+                println!("{}", serde_json::to_string(&execution).unwrap_or_default());
+            }
+        }
+        if options.once {
+            return Ok(());
+        }
+        tokio::time::sleep(Duration::from_secs(options.interval_seconds)).await;
+    }
+}
