@@ -31,7 +31,7 @@ fn settings(prefix_delegation: bool) -> Settings {
 }
 
 fn demand(instances: &[String]) -> BTreeMap<String, Demand> {
-    instances.iter().map(|i| (i.clone(), Demand { used: BTreeSet::new(), pending: PODS })).collect()
+    instances.iter().map(|i| (i.clone(), Demand { pending: PODS, ..Demand::default() })).collect()
 }
 
 fn in_memory_cluster() -> (InMemoryEc2, Vec<String>) {
@@ -69,7 +69,7 @@ async fn trellis<E: Ec2>(
     let before = writes(engine.ec2());
     let start = Instant::now();
     let observation = engine.observe().await.expect("observe");
-    let plans = engine.plan(&observation, &demand(instances), 0);
+    let plans = engine.plan(&observation, &demand(instances));
     let executions = engine.apply(&plans).await;
     let ms = start.elapsed().as_secs_f64() * 1e3;
     assert!(executions.iter().all(|e| e.failed.is_none()), "{:?}", executions.iter().find(|e| e.failed.is_some()));
@@ -176,7 +176,7 @@ fn planner_time() -> f64 {
     let mut best = f64::MAX;
     for _ in 0..5 {
         let start = Instant::now();
-        let plans = engine.plan(&observation, &demand, 0);
+        let plans = engine.plan(&observation, &demand);
         best = best.min(start.elapsed().as_secs_f64() * 1e3);
         assert_eq!(plans.len(), 5_000);
     }

@@ -26,6 +26,8 @@ pub struct Observation {
 pub struct Demand {
     pub used: BTreeSet<Ipv4Addr>,
     pub pending: u32,
+    /// How long the node has had excess addresses, as its operator saw it.
+    pub excess_for_seconds: u64,
 }
 
 /// How many ENIs Trellis removed.
@@ -111,12 +113,7 @@ impl<E: Ec2> Engine<E> {
 
     /// Plans every node; subnets' free addresses are shared, so two nodes
     /// never count on the same addresses.
-    pub fn plan(
-        &self,
-        observation: &Observation,
-        demand: &BTreeMap<String, Demand>,
-        excess_for_seconds: u64,
-    ) -> Vec<NodePlan> {
+    pub fn plan(&self, observation: &Observation, demand: &BTreeMap<String, Demand>) -> Vec<NodePlan> {
         let mut subnets = observation.subnets.clone();
         observation
             .nodes
@@ -126,8 +123,8 @@ impl<E: Ec2> Engine<E> {
                 if let Some(d) = demand.get(&node.instance.id) {
                     node.used = d.used.clone();
                     node.pending = d.pending;
+                    node.excess_for_seconds = d.excess_for_seconds;
                 }
-                node.excess_for_seconds = excess_for_seconds;
                 let plan = plan_node(&node, &subnets, &self.settings);
                 consume(&mut subnets, &node, &plan);
                 plan

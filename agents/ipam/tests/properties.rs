@@ -58,7 +58,7 @@ fn demand_for(pending: &[u32]) -> BTreeMap<String, Demand> {
     pending
         .iter()
         .enumerate()
-        .map(|(n, p)| (format!("i-{n:04}"), Demand { used: BTreeSet::new(), pending: *p }))
+        .map(|(n, p)| (format!("i-{n:04}"), Demand { pending: *p, ..Demand::default() }))
         .collect()
 }
 
@@ -97,7 +97,7 @@ proptest! {
         let demand = demand_for(&pending[..types.len()]);
         runtime().block_on(async {
             let observation = engine.observe().await.expect("observe");
-            let plans = engine.plan(&observation, &demand, 0);
+            let plans = engine.plan(&observation, &demand);
             for execution in engine.apply(&plans).await {
                 if let Some((action, error)) = &execution.failed {
                     prop_assert!(!LIMIT_CODES.iter().any(|c| error.starts_with(c)), "{action:?} broke a limit: {error}");
@@ -113,7 +113,7 @@ proptest! {
             // primary address lands) and fell back; then the third has none.
             let fell_back: BTreeSet<&str> =
                 plans.iter().filter(|p| p.events.iter().any(|e| e.contains("falls back"))).map(|p| p.instance_id.as_str()).collect();
-            let mut again = engine.plan(&engine.observe().await.expect("observe"), &demand, 0);
+            let mut again = engine.plan(&engine.observe().await.expect("observe"), &demand);
             for plan in &again {
                 prop_assert!(
                     plan.actions.is_empty() || fell_back.contains(plan.instance_id.as_str()),
@@ -122,7 +122,7 @@ proptest! {
             }
             if again.iter().any(|p| !p.actions.is_empty()) {
                 engine.apply(&again).await;
-                again = engine.plan(&engine.observe().await.expect("observe"), &demand, 0);
+                again = engine.plan(&engine.observe().await.expect("observe"), &demand);
                 for plan in &again {
                     prop_assert!(plan.actions.is_empty(), "third pass for {} planned {:?}", plan.instance_id, plan.actions);
                 }
@@ -158,18 +158,18 @@ fn a_crash_between_create_and_attach_is_finished_by_the_next_run() {
     // The watermark (8) fits one pod ENI (9 slots on m5.large): one create.
     let demand = demand_for(&[0]);
     runtime().block_on(async {
-        let plans = engine.plan(&engine.observe().await.expect("observe"), &demand, 0);
+        let plans = engine.plan(&engine.observe().await.expect("observe"), &demand);
         let first = engine.apply(&plans).await;
         assert!(first[0].failed.is_some(), "the attach was made to fail");
         assert_eq!(trellis_enis(engine.ec2()), 1, "the created ENI is left, tagged");
 
-        let plans = engine.plan(&engine.observe().await.expect("observe"), &demand, 0);
+        let plans = engine.plan(&engine.observe().await.expect("observe"), &demand);
         assert!(
             plans[0].actions.iter().any(|a| matches!(a, trellis_ipam::planner::Action::AttachEni { .. })),
             "{plans:?}"
         );
         assert!(engine.apply(&plans).await[0].failed.is_none());
-        let again = engine.plan(&engine.observe().await.expect("observe"), &demand, 0);
+        let again = engine.plan(&engine.observe().await.expect("observe"), &demand);
         assert!(again[0].actions.is_empty(), "{again:?}");
         assert_eq!(trellis_enis(engine.ec2()), 1, "no second ENI was made");
     });
@@ -189,11 +189,11 @@ fn a_fragmented_subnet_falls_back_to_addresses_and_still_meets_demand() {
     let engine = Engine::new(ec2, settings);
     let demand = demand_for(&[10]);
     runtime().block_on(async {
-        let plans = engine.plan(&engine.observe().await.expect("observe"), &demand, 0);
+        let plans = engine.plan(&engine.observe().await.expect("observe"), &demand);
         assert!(plans[0].events.iter().any(|e| e.contains("falls back")), "{:?}", plans[0].events);
         let executions = engine.apply(&plans).await;
         assert!(executions[0].failed.is_none(), "{executions:?}");
-        let after = engine.plan(&engine.observe().await.expect("observe"), &demand, 0);
+        let after = engine.plan(&engine.observe().await.expect("observe"), &demand);
         assert!(after[0].available >= 18, "10 pending + 8 watermark met with single addresses: {:?}", after[0]);
         assert_eq!(engine.ec2().check_invariants(), Ok(()));
     });
@@ -210,7 +210,7 @@ fn the_sweep_removes_enis_of_terminated_nodes_and_nothing_else() {
     };
     let engine = Engine::new(ec2, settings);
     runtime().block_on(async {
-        let plans = engine.plan(&engine.observe().await.expect("observe"), &demand_for(&[0, 0]), 0);
+        let plans = engine.plan(&engine.observe().await.expect("observe"), &demand_for(&[0, 0]));
         engine.apply(&plans).await;
         assert_eq!(trellis_enis(engine.ec2()), 2);
         // A terminated node's ENIs without delete-on-termination would leak; the sweep finds them.

@@ -5,6 +5,7 @@
 mod args;
 mod demand;
 
+use std::collections::BTreeMap;
 use std::process::ExitCode;
 use std::time::{Duration, Instant};
 
@@ -40,18 +41,22 @@ async fn run(options: args::Options) -> Result<(), String> {
     let ec2 = AwsEc2::new(aws).await.map_err(|e| e.to_string())?;
     let engine = Engine::new(ec2, options.settings.clone());
     let kube = kube::Client::try_default().await.map_err(|e| format!("cannot reach Kubernetes (KUBECONFIG): {e}"))?;
-    let mut excess_since: Option<Instant> = None;
+    // Since when each node has had excess addresses: release waits for the delay.
+    let mut excess_since: BTreeMap<String, Instant> = BTreeMap::new();
     loop {
         let observation = engine.observe().await.map_err(|e| e.to_string())?;
-        let demand = demand::from_pods(&kube, &observation).await?;
-        let excess_seconds = excess_since.map_or(0, |s| s.elapsed().as_secs());
-        let plans = engine.plan(&observation, &demand, excess_seconds);
-        let any_excess = plans.iter().any(|p| p.excess > 0);
-        excess_since = match (any_excess, excess_since) {
-            (true, None) => Some(Instant::now()),
-            (true, since) => since,
-            (false, _) => None,
-        };
+        let mut demand = demand::from_pods(&kube, &observation).await?;
+        for (instance, d) in &mut demand {
+            d.excess_for_seconds = excess_since.get(instance).map_or(0, |since| since.elapsed().as_secs());
+        }
+        let plans = engine.plan(&observation, &demand);
+        for plan in &plans {
+            if plan.excess > 0 {
+                excess_since.entry(plan.instance_id.clone()).or_insert_with(Instant::now);
+            } else {
+                excess_since.remove(&plan.instance_id);
+            }
+        }
         for plan in &plans {
             println!("{}", serde_json::to_string(plan).unwrap_or_default());
         }
