@@ -222,18 +222,19 @@ impl AwsEc2 {
         filters: Vec<Filter>,
         into: &mut BTreeMap<String, Eni>,
     ) -> Result<(), Ec2Error> {
-        let mut token: Option<String> = None;
+        // The SDK's paginator follows NextToken (and stops on a repeated
+        // one); each page waits for the rate limiter.
+        let mut pages = self
+            .client
+            .describe_network_interfaces()
+            .set_filters(Some(filters))
+            .max_results(PAGE_SIZE)
+            .into_paginator()
+            .send();
         loop {
             self.limiter.acquire().await;
-            let page = self
-                .client
-                .describe_network_interfaces()
-                .set_filters(Some(filters.clone()))
-                .max_results(PAGE_SIZE)
-                .set_next_token(token.clone())
-                .send()
-                .await
-                .map_err(|e| ec2_error("DescribeNetworkInterfaces", &[], e))?;
+            let Some(page) = pages.next().await else { return Ok(()) };
+            let page = page.map_err(|e| ec2_error("DescribeNetworkInterfaces", &[], e))?;
             for eni in page.network_interfaces() {
                 match eni_from(eni) {
                     Some(eni) => {
@@ -241,10 +242,6 @@ impl AwsEc2 {
                     }
                     None => tracing::warn!(?eni, "skipping an ENI without id, subnet or primary address"),
                 }
-            }
-            match next_token(page.next_token(), &token) {
-                Some(next) => token = Some(next),
-                None => return Ok(()),
             }
         }
     }
@@ -262,17 +259,12 @@ impl Ec2 for AwsEc2 {
             let ids: Vec<&str> = chunk.iter().map(|t| t.as_str()).collect();
             // MaxResults may not be combined with InstanceTypes; EC2 still
             // pages by NextToken when it wants to.
-            let mut token: Option<String> = None;
+            let mut pages =
+                self.client.describe_instance_types().set_instance_types(Some(types)).into_paginator().send();
             loop {
                 self.limiter.acquire().await;
-                let page = self
-                    .client
-                    .describe_instance_types()
-                    .set_instance_types(Some(types.clone()))
-                    .set_next_token(token.clone())
-                    .send()
-                    .await
-                    .map_err(|e| ec2_error("DescribeInstanceTypes", &ids, e))?;
+                let Some(page) = pages.next().await else { break };
+                let page = page.map_err(|e| ec2_error("DescribeInstanceTypes", &ids, e))?;
                 for info in page.instance_types() {
                     match limits_from(info) {
                         Some((name, l)) => {
@@ -284,10 +276,6 @@ impl Ec2 for AwsEc2 {
                         ),
                     }
                 }
-                match next_token(page.next_token(), &token) {
-                    Some(next) => token = Some(next),
-                    None => break,
-                }
             }
         }
         Ok(limits)
@@ -297,18 +285,12 @@ impl Ec2 for AwsEc2 {
         let mut filters = vec![filter("instance-state-name", ["running"])];
         filters.extend(tag_filters(tags));
         let mut instances = Vec::new();
-        let mut token: Option<String> = None;
+        let mut pages =
+            self.client.describe_instances().set_filters(Some(filters)).max_results(PAGE_SIZE).into_paginator().send();
         loop {
             self.limiter.acquire().await;
-            let page = self
-                .client
-                .describe_instances()
-                .set_filters(Some(filters.clone()))
-                .max_results(PAGE_SIZE)
-                .set_next_token(token.clone())
-                .send()
-                .await
-                .map_err(|e| ec2_error("DescribeInstances", &[], e))?;
+            let Some(page) = pages.next().await else { break };
+            let page = page.map_err(|e| ec2_error("DescribeInstances", &[], e))?;
             for instance in page.reservations().iter().flat_map(|r| r.instances()) {
                 match instance_from(instance) {
                     Some(instance) => instances.push(instance),
@@ -318,10 +300,6 @@ impl Ec2 for AwsEc2 {
                     ),
                 }
             }
-            match next_token(page.next_token(), &token) {
-                Some(next) => token = Some(next),
-                None => break,
-            }
         }
         instances.sort_by(|a, b| a.id.cmp(&b.id));
         Ok(instances)
@@ -330,18 +308,12 @@ impl Ec2 for AwsEc2 {
     async fn subnets(&self, vpc_id: &str) -> Result<Vec<Subnet>, Ec2Error> {
         let filters = vec![filter("vpc-id", [vpc_id])];
         let mut subnets = Vec::new();
-        let mut token: Option<String> = None;
+        let mut pages =
+            self.client.describe_subnets().set_filters(Some(filters)).max_results(PAGE_SIZE).into_paginator().send();
         loop {
             self.limiter.acquire().await;
-            let page = self
-                .client
-                .describe_subnets()
-                .set_filters(Some(filters.clone()))
-                .max_results(PAGE_SIZE)
-                .set_next_token(token.clone())
-                .send()
-                .await
-                .map_err(|e| ec2_error("DescribeSubnets", &[vpc_id], e))?;
+            let Some(page) = pages.next().await else { break };
+            let page = page.map_err(|e| ec2_error("DescribeSubnets", &[vpc_id], e))?;
             for subnet in page.subnets() {
                 match subnet_from(subnet) {
                     Some(subnet) => subnets.push(subnet),
@@ -350,10 +322,6 @@ impl Ec2 for AwsEc2 {
                         "skipping a subnet without id, VPC, zone or IPv4 CIDR"
                     ),
                 }
-            }
-            match next_token(page.next_token(), &token) {
-                Some(next) => token = Some(next),
-                None => break,
             }
         }
         subnets.sort_by(|a, b| a.id.cmp(&b.id));
@@ -600,12 +568,6 @@ fn count(n: u32) -> Result<i32, Ec2Error> {
     i32::try_from(n).map_err(|_| Ec2Error::new(codes::INVALID_PARAMETER_VALUE, format!("count {n} too large")))
 }
 
-/// The next page's token, or `None` when done. A server that hands back
-/// the token it was given (or an empty one) would otherwise loop us for ever.
-fn next_token(next: Option<&str>, previous: &Option<String>) -> Option<String> {
-    next.filter(|t| !t.is_empty() && Some(*t) != previous.as_deref()).map(str::to_owned)
-}
-
 fn filter<'a>(name: &str, values: impl IntoIterator<Item = &'a str>) -> Filter {
     Filter::builder().name(name).set_values(Some(values.into_iter().map(str::to_owned).collect())).build()
 }
@@ -751,14 +713,6 @@ mod tests {
         let shown = format!("{:?}", AwsConfig { credentials: Some(keys), ..AwsConfig::new("us-east-1") });
         assert!(shown.contains("AKIDEXAMPLE"));
         assert!(!shown.contains("very-secret"), "{shown}");
-    }
-
-    #[test]
-    fn a_repeated_or_empty_token_ends_pagination() {
-        assert_eq!(next_token(Some("b"), &Some("a".into())), Some("b".to_owned()));
-        assert_eq!(next_token(Some("a"), &Some("a".into())), None);
-        assert_eq!(next_token(Some(""), &None), None);
-        assert_eq!(next_token(None, &None), None);
     }
 
     #[test]
