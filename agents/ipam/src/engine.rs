@@ -157,7 +157,10 @@ impl<E: Ec2> Engine<E> {
         let mut released = Released::default();
         for eni in enis.iter().filter(|e| is_trellis_eni(e, &self.settings.cluster)) {
             let node = eni.tags.get(NODE_TAG).cloned().unwrap_or_default();
-            if instance_id.is_none() && live.contains(&node) {
+            // The sweep takes only detached ENIs (as a terminated node leaves
+            // them) of nodes that are not running: an attached ENI belongs to
+            // an instance that still exists, stopped or not.
+            if instance_id.is_none() && (eni.attachment.is_some() || live.contains(&node)) {
                 continue;
             }
             if let Some(a) = &eni.attachment {

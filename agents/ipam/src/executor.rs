@@ -33,6 +33,15 @@ pub async fn execute(ec2: &dyn Ec2, plan: &NodePlan) -> Execution {
     execution
 }
 
+/// The plan's token made unique to this attempt: EC2 remembers tokens for
+/// hours, and a token reused after its ENI was deleted would return that
+/// deleted ENI. Within the attempt, the SDK's retries resend it unchanged.
+fn attempt_token(planned: &str) -> String {
+    let nanos = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_nanos());
+    // EC2 takes at most 64 ASCII characters.
+    format!("{planned}-{nanos:x}").chars().take(64).collect()
+}
+
 fn fragmented(e: &Ec2Error) -> bool {
     e.code == codes::INSUFFICIENT_CIDR_BLOCKS
 }
@@ -58,7 +67,7 @@ async fn run(ec2: &dyn Ec2, action: &Action, events: &mut Vec<String>) -> Result
                 tags: tags.clone(),
                 secondary_addresses: *addresses,
                 prefixes: *prefixes,
-                client_token: client_token.clone(),
+                client_token: attempt_token(client_token),
             };
             let eni = match ec2.create_network_interface(&request).await {
                 Err(e) if fragmented(&e) && *fallback_addresses > 0 => {
@@ -69,7 +78,7 @@ async fn run(ec2: &dyn Ec2, action: &Action, events: &mut Vec<String>) -> Result
                     let fallback = CreateEni {
                         secondary_addresses: *fallback_addresses,
                         prefixes: 0,
-                        client_token: format!("{client_token}-addresses"),
+                        client_token: format!("{}-a", request.client_token),
                         ..request
                     };
                     ec2.create_network_interface(&fallback).await?

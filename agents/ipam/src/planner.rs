@@ -80,18 +80,6 @@ pub enum Action {
     },
 }
 
-impl Action {
-    /// EC2 write calls the action takes when all goes well.
-    pub fn write_calls(&self) -> u32 {
-        match self {
-            // create, attach, modify (delete on termination)
-            Action::CreateEni { .. } => 3,
-            Action::AttachEni { .. } => 2,
-            _ => 1,
-        }
-    }
-}
-
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
 pub struct NodePlan {
     pub instance_id: String,
@@ -139,8 +127,9 @@ pub fn candidate_subnets<'a>(node: &NodeState, subnets: &'a [Subnet], settings: 
     candidates
 }
 
-/// A deterministic idempotency token: the same state plans the same token,
-/// so a retried create returns the ENI the first attempt made.
+/// The plan's part of the idempotency token: the same state plans the same
+/// prefix; the executor makes it unique per attempt, so a token is never
+/// reused for a create after its ENI was deleted.
 fn client_token(instance_id: &str, device_index: u32, subnet_id: &str, known: &[&Eni]) -> String {
     use std::hash::{Hash, Hasher};
     let mut h = std::collections::hash_map::DefaultHasher::new();
@@ -148,7 +137,7 @@ fn client_token(instance_id: &str, device_index: u32, subnet_id: &str, known: &[
     for e in known {
         e.id.hash(&mut h);
     }
-    format!("trellis-{instance_id}-{device_index}-{:016x}", h.finish())
+    format!("trellis-{device_index}-{:016x}", h.finish())
 }
 
 /// Free addresses and aligned /28s per subnet, as a plan consumes them.
@@ -190,6 +179,9 @@ fn request(
             "subnet {subnet_id} has no free aligned /28 left; prefix delegation falls back to {single} single addresses"
         ));
     }
+    // If the /28s are refused after all, the fallback shares the slots
+    // with the singles asked for beside them.
+    let fallback = fallback.min(free_slots.saturating_sub(single));
     (single, granted_prefixes, if granted_prefixes > 0 { fallback } else { 0 })
 }
 
@@ -330,9 +322,22 @@ pub fn plan_node(node: &NodeState, subnets: &[Subnet], settings: &Settings) -> N
     // 5. Release: free addresses beyond the watermark, once they have
     // lasted the delay; addresses in use never go.
     let keep = (used + node.pending + settings.pre_allocate + settings.max_above_watermark).max(settings.min_allocate);
-    let excess = available.saturating_sub(keep);
+    // Only what can really go back counts: unused single addresses and
+    // wholly unused /28s.
+    let releasable: u32 = pod_enis
+        .iter()
+        .map(|e| {
+            let singles = e.secondary_ips.iter().filter(|a| !node.used.contains(a)).count() as u32;
+            let prefixes = e.prefixes.iter().filter(|p| !node.used.iter().any(|a| p.contains(a))).count() as u32;
+            singles + prefixes * ADDRESSES_PER_PREFIX
+        })
+        .sum();
+    let excess = available.saturating_sub(keep).min(releasable);
+    // A pod waiting for its address may already hold one the agent handed
+    // out but Kubernetes does not show yet: release nothing meanwhile.
     if settings.release_excess
         && gained == 0
+        && node.pending == 0
         && excess > 0
         && node.excess_for_seconds >= settings.excess_release_delay_seconds
     {
@@ -561,6 +566,12 @@ mod tests {
         n.excess_for_seconds = 10;
         assert!(plan_node(&n, &subnets(), &s).actions.is_empty(), "too early");
         n.excess_for_seconds = 600;
+        n.pending = 1;
+        assert!(
+            plan_node(&n, &subnets(), &s).actions.is_empty(),
+            "a pod waiting for its address may hold one Kubernetes does not show yet"
+        );
+        n.pending = 0;
         let plan = plan_node(&n, &subnets(), &s);
         match plan.actions.as_slice() {
             [Action::UnassignAddresses { addresses, .. }] => {

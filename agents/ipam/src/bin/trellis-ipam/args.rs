@@ -4,9 +4,9 @@ use trellis_ipam::Settings;
 
 pub const USAGE: &str = "\
 usage: trellis-ipam operator [--once] [--dry-run] [--cluster NAME] [--region R] [--endpoint URL]
-                             [--prefix-delegation] [--pre-allocate N] [--min-allocate N] [--max-above-watermark N]
+                             [--prefix-delegation] [--pre-allocate N] [--min-allocate N] [--max-allocate N] [--max-above-watermark N]
                              [--first-interface-index 0|1] [--subnet-id ID]... [--subnet-tag KEY=VALUE]...
-                             [--security-group ID]... [--release-excess] [--interval SECONDS]
+                             [--security-group ID]... [--release-excess] [--excess-ip-release-delay SECONDS] [--interval SECONDS]
 Defaults come from TRELLIS_CLUSTER_NAME, AWS_REGION and AWS_ENDPOINT_URL; Kubernetes from KUBECONFIG.";
 
 #[derive(Debug, Clone)]
@@ -65,6 +65,10 @@ pub fn parse(args: impl IntoIterator<Item = String>) -> Result<Option<Options>, 
             "--pre-allocate" => number(value()).map(|n| o.settings.pre_allocate = n),
             "--min-allocate" => number(value()).map(|n| o.settings.min_allocate = n),
             "--max-above-watermark" => number(value()).map(|n| o.settings.max_above_watermark = n),
+            "--max-allocate" => number(value()).map(|n| o.settings.max_allocate = n),
+            "--excess-ip-release-delay" => {
+                number(value()).map(|n| o.settings.excess_release_delay_seconds = u64::from(n))
+            }
             "--first-interface-index" => number(value()).and_then(|n| match n {
                 0 | 1 => {
                     o.settings.first_interface_index = n;

@@ -44,30 +44,50 @@ async fn run(options: args::Options) -> Result<(), String> {
     // Since when each node has had excess addresses: release waits for the delay.
     let mut excess_since: BTreeMap<String, Instant> = BTreeMap::new();
     loop {
-        let observation = engine.observe().await.map_err(|e| e.to_string())?;
-        let mut demand = demand::from_pods(&kube, &observation).await?;
-        for (instance, d) in &mut demand {
-            d.excess_for_seconds = excess_since.get(instance).map_or(0, |since| since.elapsed().as_secs());
-        }
-        let plans = engine.plan(&observation, &demand);
-        for plan in &plans {
-            if plan.excess > 0 {
-                excess_since.entry(plan.instance_id.clone()).or_insert_with(Instant::now);
-            } else {
-                excess_since.remove(&plan.instance_id);
-            }
-        }
-        for plan in &plans {
-            println!("{}", serde_json::to_string(plan).unwrap_or_default());
-        }
-        if !options.dry_run {
-            for execution in engine.apply(&plans).await {
-                println!("{}", serde_json::to_string(&execution).unwrap_or_default());
-            }
+        match pass(&engine, &kube, &options, &mut excess_since).await {
+            Ok(()) => {}
+            // One bad pass (a throttle, an API hiccup) must not stop the
+            // operator and lose what it tracks; a single run reports it.
+            Err(e) if !options.once => eprintln!("trellis-ipam: {e}; retrying in {}s", options.interval_seconds),
+            Err(e) => return Err(e),
         }
         if options.once {
             return Ok(());
         }
         tokio::time::sleep(Duration::from_secs(options.interval_seconds)).await;
     }
+}
+
+async fn pass(
+    engine: &Engine<AwsEc2>,
+    kube: &kube::Client,
+    options: &args::Options,
+    excess_since: &mut BTreeMap<String, Instant>,
+) -> Result<(), String> {
+    let observation = engine.observe().await.map_err(|e| e.to_string())?;
+    let mut demand = demand::from_pods(kube, &observation).await?;
+    for (instance, d) in &mut demand {
+        d.excess_for_seconds = excess_since.get(instance).map_or(0, |since| since.elapsed().as_secs());
+    }
+    let plans = engine.plan(&observation, &demand);
+    for plan in &plans {
+        if plan.excess > 0 {
+            excess_since.entry(plan.instance_id.clone()).or_insert_with(Instant::now);
+        } else {
+            excess_since.remove(&plan.instance_id);
+        }
+        println!("{}", serde_json::to_string(plan).unwrap_or_default());
+    }
+    if options.dry_run {
+        return Ok(());
+    }
+    for execution in engine.apply(&plans).await {
+        println!("{}", serde_json::to_string(&execution).unwrap_or_default());
+    }
+    // ENIs a terminated node left behind (detached, not deleted with it).
+    let swept = engine.release(None).await.map_err(|e| e.to_string())?;
+    if swept.deleted > 0 {
+        println!("{}", serde_json::json!({"swept": swept}));
+    }
+    Ok(())
 }
