@@ -364,6 +364,7 @@ async fn resource(shared: &Arc<Shared>, req: Request<Incoming>, t: Target) -> Re
                 patch(shared, &t.rt, ns, name, &body, &content_type, &params, status_only).await?;
             Ok(with_warnings(json_response(code, &object), &warnings))
         }
+        (&Method::DELETE, Some(_)) if t.subresource.is_some() => Err(ApiError::method_not_allowed()),
         (&Method::DELETE, Some(name)) => {
             let body = read_body(req.into_body()).await?;
             let propagation = propagation(&params, &body)?;
@@ -388,7 +389,12 @@ async fn resource(shared: &Arc<Shared>, req: Request<Incoming>, t: Target) -> Re
                 let mut items = Vec::new();
                 for (item_ns, name) in names {
                     let item_ns = (!item_ns.is_empty()).then_some(item_ns);
-                    items.push(s.delete(&t.rt, item_ns.as_deref(), &name, propagation)?);
+                    match s.delete(&t.rt, item_ns.as_deref(), &name, propagation) {
+                        Ok(item) => items.push(item),
+                        // Collected already with an owner deleted earlier in this loop.
+                        Err(e) if e.code == 404 => {}
+                        Err(e) => return Err(e),
+                    }
                 }
                 Ok(json!(items))
             })?;

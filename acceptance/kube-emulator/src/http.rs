@@ -75,17 +75,17 @@ fn percent_decode(s: &str) -> String {
 /// Reads the whole request body, up to a limit a real apiserver would also refuse.
 pub async fn read_body(body: hyper::body::Incoming) -> Result<Bytes, ApiError> {
     const LIMIT: usize = 3 << 20;
-    let bytes =
-        body.collect().await.map_err(|e| ApiError::bad_request(format!("reading the request body: {e}")))?.to_bytes();
-    if bytes.len() > LIMIT {
-        return Err(ApiError {
+    // Limited stops reading at the limit rather than buffering a huge body first.
+    match http_body_util::Limited::new(body, LIMIT).collect().await {
+        Ok(collected) => Ok(collected.to_bytes()),
+        Err(e) if e.downcast_ref::<http_body_util::LengthLimitError>().is_some() => Err(ApiError {
             code: 413,
             reason: "RequestEntityTooLarge",
             message: "Request entity too large: limit is 3145728".into(),
             details: None,
-        });
+        }),
+        Err(e) => Err(ApiError::bad_request(format!("reading the request body: {e}"))),
     }
-    Ok(bytes)
 }
 
 /// Parses a JSON or YAML body (apply patches and `kubectl apply` send

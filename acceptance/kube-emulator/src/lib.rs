@@ -175,12 +175,21 @@ impl Emulator {
 async fn accept(listener: TcpListener, acceptor: tokio_rustls::TlsAcceptor, shared: Arc<Shared>) {
     let mut connections = JoinSet::new();
     loop {
-        let Ok((stream, _)) = listener.accept().await else { continue };
+        let stream = match listener.accept().await {
+            Ok((stream, _)) => stream,
+            Err(_) => {
+                // Out of descriptors, say: back off instead of spinning.
+                tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+                continue;
+            }
+        };
         let _ = stream.set_nodelay(true);
         let acceptor = acceptor.clone();
         let shared = Arc::clone(&shared);
         connections.spawn(async move {
-            let Ok(tls) = acceptor.accept(stream).await else { return };
+            // A client that never finishes its handshake does not keep a task forever.
+            let handshake = tokio::time::timeout(std::time::Duration::from_secs(10), acceptor.accept(stream));
+            let Ok(Ok(tls)) = handshake.await else { return };
             let service = service_fn(move |req| {
                 let shared = Arc::clone(&shared);
                 async move { Ok::<_, std::convert::Infallible>(api::handle(shared, req).await) }

@@ -303,6 +303,9 @@ impl Store {
         mut object: Value,
         status_only: bool,
     ) -> Result<Value, ApiError> {
+        if !object.is_object() {
+            return Err(ApiError::bad_request("the object must be a JSON object"));
+        }
         let key = Self::key(rt, namespace, name);
         let old = self.objects.get(&key).cloned().ok_or_else(|| ApiError::not_found(&rt.plural, &rt.group, name))?;
         if meta(&object, "name").is_some_and(|n| n != name) {
@@ -318,8 +321,12 @@ impl Store {
         }
         if status_only {
             let status = object.get("status").cloned().unwrap_or(Value::Null);
+            let managed = object.pointer("/metadata/managedFields").cloned();
             object = old.clone();
             object["status"] = status;
+            if let Some(m) = managed {
+                meta_mut(&mut object).insert("managedFields".into(), m);
+            }
         } else if rt.status && rt.kind != "Namespace" {
             match old.get("status") {
                 Some(s) => object["status"] = s.clone(),
@@ -430,6 +437,10 @@ impl Store {
         self.record(EventType::Modified, key.clone(), terminating.clone(), Some(current));
         let contents: Vec<ObjectKey> = self.objects.keys().filter(|k| k.namespace == key.name).cloned().collect();
         for k in contents {
+            // Garbage collection of an owner deleted earlier in this loop may have taken it.
+            if !self.objects.contains_key(&k) {
+                continue;
+            }
             if let Some(t) = self.type_of(&k) {
                 self.force_remove(&t, &k)?;
             }
@@ -463,6 +474,10 @@ impl Store {
         let dependents: Vec<ObjectKey> =
             self.objects.iter().filter(|(_, o)| owned_by(o)).map(|(k, _)| k.clone()).collect();
         for key in dependents {
+            // Reached already through another owner reference.
+            if !self.objects.contains_key(&key) {
+                continue;
+            }
             let Some(rt) = self.type_of(&key) else { continue };
             let ns = (!key.namespace.is_empty()).then_some(key.namespace.clone());
             if propagation == Propagation::Orphan {
@@ -484,10 +499,10 @@ impl Store {
         let plural = crd.pointer("/spec/names/plural").and_then(Value::as_str).unwrap_or_default().to_owned();
         let instances: Vec<ObjectKey> =
             self.objects.keys().filter(|k| k.group == group && k.plural == plural).cloned().collect();
-        for key in instances {
-            if let Some(object) = self.objects.remove(&key) {
-                self.rv += 1;
-                self.record(EventType::Deleted, key, object, None);
+        if let Some(rt) = instances.first().and_then(|k| self.type_of(k)) {
+            for key in instances {
+                // Stamps the DELETED event with a fresh resourceVersion, as for any deletion.
+                let _ = self.remove(&rt, &key);
             }
         }
         self.registry.unregister_crd(crd);
@@ -594,6 +609,15 @@ mod tests {
     }
 
     #[test]
+    fn a_non_object_update_is_a_bad_request_not_a_panic() {
+        let mut s = Store::new(100);
+        let cm = rt(&s, "", "configmaps");
+        s.create(&cm, Some("default"), json!({"metadata": {"name": "a"}})).expect("create");
+        assert_eq!(s.update(&cm, Some("default"), "a", json!(5), false).expect_err("number").code, 400);
+        assert_eq!(s.update(&cm, Some("default"), "a", json!([]), true).expect_err("array").code, 400);
+    }
+
+    #[test]
     fn history_serves_resumes_and_expires() {
         let mut s = Store::new(3);
         let cm = rt(&s, "", "configmaps");
@@ -627,6 +651,12 @@ mod tests {
         let cm = rt(&s, "", "configmaps");
         s.create(&ns, None, json!({"metadata": {"name": "team"}})).expect("ns");
         s.create(&cm, Some("team"), json!({"metadata": {"name": "c"}})).expect("cm");
+        // An owner and its dependent in the namespace: the dependent goes with
+        // its owner, and the namespace deletion must not trip over it.
+        let owner = s.create(&cm, Some("team"), json!({"metadata": {"name": "a-owner"}})).expect("owner");
+        let refs = json!([{"apiVersion": "v1", "kind": "ConfigMap", "name": "a-owner", "uid": owner.pointer("/metadata/uid")}]);
+        s.create(&cm, Some("team"), json!({"metadata": {"name": "b-dependent", "ownerReferences": refs}}))
+            .expect("dependent");
         s.delete(&ns, None, "team", Propagation::Background).expect("delete ns");
         assert_eq!(s.get(&cm, Some("team"), "c").expect_err("gone").code, 404);
         assert_eq!(s.get(&ns, None, "team").expect_err("gone").code, 404);

@@ -69,7 +69,8 @@ async fn stream(
     params: Params,
     tx: mpsc::Sender<Bytes>,
 ) -> Result<(), ClientGone> {
-    let deadline = params.timeout_seconds.map(|s| tokio::time::Instant::now() + Duration::from_secs(s));
+    // A deadline too far to represent is no deadline.
+    let deadline = params.timeout_seconds.and_then(|s| tokio::time::Instant::now().checked_add(Duration::from_secs(s)));
     let mut changed = shared.changed.subscribe();
     let selected = |object: &Value, object_ns: &str| {
         namespace.as_deref().is_none_or(|ns| ns == object_ns)
