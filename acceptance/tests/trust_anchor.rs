@@ -126,6 +126,22 @@ fn an_expiring_anchor_warns_and_early_renewal_replaces_it() {
     case.destroy_and_check(|_| {});
 }
 
+/// Adopting an existing anchor must not rotate it: with validity left out
+/// of the configuration, the imported anchor's own validity stands.
+#[test]
+fn an_imported_anchor_is_adopted_without_replacement() {
+    let mut case = TestCase::new(Launch::DevOverrides);
+    let bundle = case.scratch_dir().join("existing-anchor.pem");
+    std::fs::write(&bundle, expiring_anchor_pem()).expect("write the anchor");
+    let import = format!("import {{\n  to = {ADDR}\n  id = {:?}\n}}\n", bundle.to_str().expect("utf-8 path"));
+    case.step(
+        Step::config(format!("{import}{}", config("")))
+            .expect_actions(ADDR, &[Action::NoOp])
+            .check(|s| assert_eq!(s.attr(ADDR, "validity_hours"), 48)),
+    );
+    case.destroy_and_check(|_| {});
+}
+
 /// A P-256 trust anchor for cluster.local, valid 48 hours, 47 of them past.
 fn expiring_anchor_pem() -> String {
     use rcgen::{BasicConstraints, CertificateParams, DnType, IsCa, KeyPair, KeyUsagePurpose, SanType};

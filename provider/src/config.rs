@@ -64,20 +64,32 @@ fn check_region(v: &Value) -> Result<(), String> {
     if well_formed { Ok(()) } else { Err(format!("{s:?} is not an AWS region name such as \"eu-west-1\"")) }
 }
 
-fn check_url(v: &Value) -> Result<(), String> {
+/// A URL with one of `schemes` and a host.
+fn url_with_scheme(v: &Value, schemes: &[&str]) -> bool {
     let s = v.as_str().unwrap_or_default();
-    let rest = s.strip_prefix("https://").or_else(|| s.strip_prefix("http://"));
-    match rest {
-        Some(host) if !host.is_empty() && !host.starts_with('/') => Ok(()),
-        _ => Err(format!("{s:?} is not an http:// or https:// URL")),
+    schemes.iter().any(|scheme| {
+        s.strip_prefix(scheme)
+            .and_then(|rest| rest.strip_prefix("://"))
+            .is_some_and(|host| !host.is_empty() && !host.starts_with('/'))
+    })
+}
+
+fn check_url(v: &Value) -> Result<(), String> {
+    if url_with_scheme(v, &["http", "https"]) {
+        Ok(())
+    } else {
+        Err(format!("{:?} is not an http:// or https:// URL", v.as_str().unwrap_or_default()))
     }
 }
 
 fn check_https_url(v: &Value) -> Result<(), String> {
-    let s = v.as_str().unwrap_or_default();
-    match s.strip_prefix("https://") {
-        Some(host) if !host.is_empty() && !host.starts_with('/') => Ok(()),
-        _ => Err(format!("{s:?} is not an https:// URL; the Kubernetes API is only reached over TLS")),
+    if url_with_scheme(v, &["https"]) {
+        Ok(())
+    } else {
+        Err(format!(
+            "{:?} is not an https:// URL; the Kubernetes API is only reached over TLS",
+            v.as_str().unwrap_or_default()
+        ))
     }
 }
 
@@ -121,14 +133,10 @@ impl Provider for KubeProvider {
         }
     }
 
-    async fn configure(&self, config: &Config, _terraform_version: &str) -> Diagnostics {
-        // Nothing reaches AWS or Kubernetes yet; the checks run again here
-        // because Configure is the only call that sees values computed
-        // during apply.
-        let mut diags = Diagnostics::default();
-        schema().block.validate(config.value(), &AttributePath::root(), &mut diags);
-        self.validate(config, &mut diags);
-        diags
+    async fn configure(&self, _config: &Config, _terraform_version: &str) -> Diagnostics {
+        // Terraform validated this configuration (PrepareProviderConfig)
+        // just before; nothing reaches AWS or Kubernetes yet.
+        Diagnostics::default()
     }
 
     fn resources(&self) -> Vec<Arc<dyn ErasedResource>> {

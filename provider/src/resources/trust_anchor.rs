@@ -114,7 +114,7 @@ impl Resource for TrustAnchor {
                         .validate(Validator::Custom { description: "a SPIFFE trust domain", check: check_trust_domain })
                         .replaces(),
                     Attribute::with_default("validity_hours", Type::Number, 8760)
-                        .describe("Hours the certificate is valid from creation.")
+                        .describe("Hours the certificate is valid from creation. Left out of the configuration of an existing anchor (an imported one, say), it keeps the anchor's own validity instead of the default.")
                         .validate(Validator::IntegerBetween(1, MAX_HOURS))
                         .replaces(),
                     Attribute::with_default("early_renewal_hours", Type::Number, 0)
@@ -160,6 +160,14 @@ impl Resource for TrustAnchor {
             plan.set("ready_for_renewal", Value::Bool(false));
             return;
         };
+        // Validity only shapes a new certificate. Left out of the
+        // configuration, it keeps what the anchor has (an imported anchor's
+        // own validity) rather than replacing the mesh's root for a default.
+        if plan.config().get("validity_hours").is_null()
+            && let Some(validity) = prior.get("validity_hours").filter(|v| !v.is_null())
+        {
+            plan.set("validity_hours", validity.clone());
+        }
         let Some(not_after) =
             prior.get("not_after").and_then(Value::as_str).and_then(|s| OffsetDateTime::parse(s, &Rfc3339).ok())
         else {

@@ -32,9 +32,6 @@ impl<'a> Plan<'a> {
     pub fn prior(&self) -> Option<&Value> {
         self.prior
     }
-    pub fn prior_typed<T: DeserializeOwned>(&self) -> Option<Result<T, Diagnostics>> {
-        self.prior.map(from_value)
-    }
     pub fn planned(&self, attribute: &str) -> &Value {
         self.planned.get(attribute).unwrap_or(&Value::Null)
     }
@@ -90,7 +87,7 @@ impl<'a> Plan<'a> {
 /// What the framework computes before the resource's own adjustments:
 /// configuration values, defaults for open optional attributes, prior
 /// values for computed ones, and unknown where nothing is known yet.
-pub(crate) fn draw(block: &Block, config: &Value, prior: Option<&Value>, proposed: &Value) -> Value {
+pub(crate) fn draw(block: &Block, config: &Value, prior: Option<&Value>) -> Value {
     let mut out = BTreeMap::new();
     for attr in &block.attributes {
         let configured = config.get(&attr.name).unwrap_or(&Value::Null);
@@ -108,25 +105,22 @@ pub(crate) fn draw(block: &Block, config: &Value, prior: Option<&Value>, propose
     for nb in &block.blocks {
         let cfg = config.get(&nb.name).unwrap_or(&Value::Null);
         let pri = prior.and_then(|p| p.get(&nb.name)).filter(|v| !v.is_null());
-        let prop = proposed.get(&nb.name).unwrap_or(&Value::Null);
         let item = |i: usize, c: &Value| {
             let p = match pri {
                 Some(Value::List(items)) => items.get(i),
                 _ => None,
             };
-            draw(&nb.block, c, p, c)
+            draw(&nb.block, c, p)
         };
         let value = match (nb.nesting, cfg) {
             (Nesting::Single, Value::Null) => Value::Null,
-            (Nesting::Single | Nesting::Group, c) => draw(&nb.block, c, pri, prop),
+            (Nesting::Single | Nesting::Group, c) => draw(&nb.block, c, pri),
             (Nesting::List, Value::List(items)) => {
                 Value::List(items.iter().enumerate().map(|(i, c)| item(i, c)).collect())
             }
-            (Nesting::Set, Value::Set(items)) => {
-                Value::Set(items.iter().map(|c| draw(&nb.block, c, None, c)).collect())
-            }
+            (Nesting::Set, Value::Set(items)) => Value::Set(items.iter().map(|c| draw(&nb.block, c, None)).collect()),
             (Nesting::Map, Value::Map(items)) => Value::Map(
-                items.iter().map(|(k, c)| (k.clone(), draw(&nb.block, c, pri.and_then(|p| p.get(k)), c))).collect(),
+                items.iter().map(|(k, c)| (k.clone(), draw(&nb.block, c, pri.and_then(|p| p.get(k))))).collect(),
             ),
             // Terraform wants empty collections, never null, for absent blocks.
             (Nesting::List, _) => Value::List(Vec::new()),
@@ -279,14 +273,7 @@ pub trait ErasedResource: Send + Sync {
     fn type_name(&self) -> &'static str;
     fn schema(&self) -> Schema;
     fn validate(&self, config: &Config, diags: &mut Diagnostics);
-    async fn plan(
-        &self,
-        schema: &Schema,
-        config: &Config,
-        prior: Option<&Value>,
-        proposed: &Value,
-        prior_private: &[u8],
-    ) -> PlanOutcome;
+    async fn plan(&self, schema: &Schema, config: &Config, prior: Option<&Value>, prior_private: &[u8]) -> PlanOutcome;
     async fn apply(
         &self,
         schema: &Schema,
@@ -313,20 +300,13 @@ impl<R: Resource> ErasedResource for Typed<R> {
         self.0.validate(config, diags);
     }
 
-    async fn plan(
-        &self,
-        schema: &Schema,
-        config: &Config,
-        prior: Option<&Value>,
-        proposed: &Value,
-        prior_private: &[u8],
-    ) -> PlanOutcome {
+    async fn plan(&self, schema: &Schema, config: &Config, prior: Option<&Value>, prior_private: &[u8]) -> PlanOutcome {
         let block = &schema.block;
         let mut plan = Plan {
             block,
             config,
             prior,
-            planned: draw(block, config.value(), prior, proposed),
+            planned: draw(block, config.value(), prior),
             requires_replace: Vec::new(),
             diagnostics: Diagnostics::default(),
         };
@@ -389,6 +369,9 @@ impl<R: Resource> ErasedResource for Typed<R> {
             Err(Failure { diagnostics, partial_state }) => (partial_state, Some(diagnostics)),
         };
         let new_state = match state.map(|s| to_value(&s, ty)) {
+            // A partial state after a failure says what really exists; made
+            // to look like the plan, the failed change would never be retried.
+            Some(Ok(v)) if failure.is_some() => v.unknowns_as_null(),
             Some(Ok(v)) => reconcile(&schema.block, planned, &v, &AttributePath::root(), &mut diagnostics),
             Some(Err(d)) => {
                 diagnostics.extend(d);
@@ -468,7 +451,7 @@ impl<D: DataSource> ErasedDataSource for Typed<D> {
         let mut diagnostics = Diagnostics::default();
         // Computed attributes arrive null; drawn like a create, they are
         // open for the data source to fill and configured ones stay as given.
-        let planned = draw(&schema.block, config, None, config);
+        let planned = draw(&schema.block, config, None);
         let result = match from_value::<D::State>(&planned.unknowns_as_null()) {
             Ok(c) => self.0.read(c).await.and_then(|s| to_value(&s, ty)),
             Err(d) => Err(d),
@@ -525,7 +508,7 @@ mod tests {
     #[test]
     fn create_plans_defaults_unknown_computed_and_empty_blocks() {
         let c = config(Value::Null);
-        let planned = draw(&block(), &c, None, &c);
+        let planned = draw(&block(), &c, None);
         assert_eq!(planned.get("size"), Some(&Value::int(3)));
         assert_eq!(planned.get("note"), Some(&Value::Null));
         assert!(planned.get("id").is_some_and(Value::is_unknown));
@@ -542,7 +525,7 @@ mod tests {
             ("rule", Value::List(vec![])),
         ]);
         let c = config(Value::int(4));
-        let planned = draw(&block(), &c, Some(&prior), &c);
+        let planned = draw(&block(), &c, Some(&prior));
         assert_eq!(planned.get("id"), Some(&Value::string("x1")));
         let mut paths = Vec::new();
         replacement_paths(&block(), &prior, &planned, &AttributePath::root(), &mut paths);
@@ -595,7 +578,7 @@ mod tests {
             block: &schema_block,
             config: &c,
             prior: None,
-            planned: draw(&schema_block, c.value(), None, c.value()),
+            planned: draw(&schema_block, c.value(), None),
             requires_replace: Vec::new(),
             diagnostics: Diagnostics::default(),
         };

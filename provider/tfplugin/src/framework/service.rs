@@ -289,6 +289,9 @@ impl ProviderRpc for ProviderService {
     async fn configure(&self, r: Request<pb::configure::Request>) -> RpcResult<pb::configure::Response> {
         let req = r.get_ref();
         let c = &self.catalog;
+        // A reattached provider serves one Terraform run after another, and
+        // each begins here: a Stop from an earlier run no longer holds.
+        self.stopped.store(false, Ordering::SeqCst);
         let diags = match decode(req.config.as_ref(), &c.provider_ty) {
             Ok(v) => c.provider.configure(&Config::new(v), &req.terraform_version).await,
             Err(d) => d,
@@ -325,16 +328,15 @@ impl ProviderRpc for ProviderService {
         let decoded = self.refuse_if_stopped().and_then(|()| {
             let e = self.catalog.resource(&req.type_name)?;
             let prior = decode(req.prior_state.as_ref(), &e.ty)?;
-            let proposed = decode(req.proposed_new_state.as_ref(), &e.ty)?;
             let config = decode(req.config.as_ref(), &e.ty)?;
-            Ok((e, prior, proposed, config))
+            Ok((e, prior, config))
         });
+        // Destroys are never planned here: without the plan_destroy
+        // capability Terraform plans them itself.
         match decoded {
-            // Destroy: Terraform plans it itself (no plan_destroy capability).
-            Ok((e, _, Value::Null, _)) => response.planned_state = encode_into(&Value::Null, &e.ty, &mut diags),
-            Ok((e, prior, proposed, config)) => {
+            Ok((e, prior, config)) => {
                 let prior = (!prior.is_null()).then_some(&prior);
-                let outcome = e.imp.plan(&e.schema, &Config::new(config), prior, &proposed, &req.prior_private).await;
+                let outcome = e.imp.plan(&e.schema, &Config::new(config), prior, &req.prior_private).await;
                 diags.extend(outcome.diagnostics);
                 response.planned_state = encode_into(&outcome.planned, &e.ty, &mut diags);
                 response.requires_replace = outcome.requires_replace.iter().map(AttributePath::to_proto).collect();

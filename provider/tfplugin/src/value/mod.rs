@@ -229,14 +229,6 @@ impl Value {
         }
     }
 
-    /// The value with its `Dynamic` wrapper (if any) removed.
-    pub fn without_dynamic(&self) -> &Value {
-        match self {
-            Value::Dynamic(_, v) => v.without_dynamic(),
-            v => v,
-        }
-    }
-
     /// Semantic equality: sets compare as multisets, and unknowns compare
     /// equal to each other (both mean "not known yet", refinements aside).
     pub fn same_as(&self, other: &Value) -> bool {
