@@ -11,7 +11,9 @@ use serde::Serialize;
 use crate::ec2::{Ec2, Ec2Error, EniFilter, codes};
 use crate::executor::{Execution, execute};
 use crate::model::{Eni, InstanceLimits, NodeState, Subnet, Tags};
-use crate::planner::{Action, CLUSTER_TAG, MANAGED_BY, MANAGED_BY_TAG, NODE_TAG, NodePlan, is_trellis_eni, plan_node};
+use crate::planner::{
+    CLUSTER_TAG, MANAGED_BY, MANAGED_BY_TAG, NODE_TAG, NodePlan, SubnetBudget, is_trellis_eni, plan_node_within,
+};
 use crate::settings::Settings;
 
 /// What one pass sees.
@@ -114,7 +116,7 @@ impl<E: Ec2> Engine<E> {
     /// Plans every node; subnets' free addresses are shared, so two nodes
     /// never count on the same addresses.
     pub fn plan(&self, observation: &Observation, demand: &BTreeMap<String, Demand>) -> Vec<NodePlan> {
-        let mut subnets = observation.subnets.clone();
+        let mut budget = SubnetBudget::new(&observation.subnets);
         observation
             .nodes
             .iter()
@@ -125,9 +127,7 @@ impl<E: Ec2> Engine<E> {
                     node.pending = d.pending;
                     node.excess_for_seconds = d.excess_for_seconds;
                 }
-                let plan = plan_node(&node, &subnets, &self.settings);
-                consume(&mut subnets, &node, &plan);
-                plan
+                plan_node_within(&node, &observation.subnets, &mut budget, &self.settings)
             })
             .collect()
     }
@@ -188,25 +188,4 @@ async fn delete_when_detached<E: Ec2>(ec2: &E, eni_id: &str) -> Result<(), Ec2Er
         }
     }
     ec2.delete_network_interface(eni_id).await
-}
-
-/// Takes what a plan will use out of the subnets' free counts.
-fn consume(subnets: &mut [Subnet], node: &NodeState, plan: &NodePlan) {
-    let eni_subnet = |id: &str| node.enis.iter().find(|e| e.id == id).map(|e| e.subnet_id.clone());
-    for action in &plan.actions {
-        let (subnet, addresses, prefixes) = match action {
-            // One more address: the new ENI's primary.
-            Action::CreateEni { subnet_id, addresses, prefixes, .. } => {
-                (Some(subnet_id.clone()), *addresses + 1, *prefixes)
-            }
-            Action::AssignAddresses { eni_id, count } => (eni_subnet(eni_id), *count, 0),
-            Action::AssignPrefixes { eni_id, count, .. } => (eni_subnet(eni_id), 0, *count),
-            _ => (None, 0, 0),
-        };
-        if let Some(s) = subnet.and_then(|id| subnets.iter_mut().find(|s| s.id == id)) {
-            s.available_addresses =
-                s.available_addresses.saturating_sub(addresses + prefixes * crate::limits::ADDRESSES_PER_PREFIX);
-            s.free_prefixes = s.free_prefixes.map(|f| f.saturating_sub(prefixes));
-        }
-    }
 }

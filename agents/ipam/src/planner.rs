@@ -140,8 +140,21 @@ fn client_token(instance_id: &str, device_index: u32, subnet_id: &str, known: &[
     format!("trellis-{device_index}-{:016x}", h.finish())
 }
 
-/// Free addresses and aligned /28s per subnet, as a plan consumes them.
-type SubnetFree = BTreeMap<String, (u32, Option<u32>)>;
+/// Free addresses and aligned /28s per subnet, as plans consume them: one
+/// budget across all nodes of a pass, so two nodes never count on the same
+/// addresses.
+#[derive(Debug, Clone, Default)]
+pub struct SubnetBudget(BTreeMap<String, (u32, Option<u32>)>);
+
+impl SubnetBudget {
+    pub fn new(subnets: &[Subnet]) -> Self {
+        SubnetBudget(subnets.iter().map(|s| (s.id.clone(), (s.available_addresses, s.free_prefixes))).collect())
+    }
+
+    fn free(&self, subnet_id: &str) -> u32 {
+        self.0.get(subnet_id).map_or(0, |f| f.0)
+    }
+}
 
 /// What to ask one ENI for within `free_slots`: (addresses, prefixes,
 /// fallback addresses). With prefix delegation, /28s while the subnet can
@@ -149,7 +162,7 @@ type SubnetFree = BTreeMap<String, (u32, Option<u32>)>;
 /// event says so); the fallback is what to ask instead if EC2 refuses the
 /// /28s after all.
 fn request(
-    subnet_free: &mut SubnetFree,
+    budget: &mut SubnetBudget,
     settings: &Settings,
     prefixes: bool,
     subnet_id: &str,
@@ -158,7 +171,7 @@ fn request(
     events: &mut Vec<String>,
 ) -> (u32, u32, u32) {
     let want = need + settings.max_above_watermark;
-    let entry = subnet_free.entry(subnet_id.to_owned()).or_insert((0, None));
+    let entry = budget.0.entry(subnet_id.to_owned()).or_insert((0, None));
     let fallback = free_slots.min(want).min(entry.0);
     let mut granted_prefixes = 0;
     if prefixes {
@@ -185,7 +198,18 @@ fn request(
     (single, granted_prefixes, if granted_prefixes > 0 { fallback } else { 0 })
 }
 
+/// Plans one node on its own.
 pub fn plan_node(node: &NodeState, subnets: &[Subnet], settings: &Settings) -> NodePlan {
+    plan_node_within(node, subnets, &mut SubnetBudget::new(subnets), settings)
+}
+
+/// Plans one node, taking what it uses out of `budget`.
+pub fn plan_node_within(
+    node: &NodeState,
+    subnets: &[Subnet],
+    budget: &mut SubnetBudget,
+    settings: &Settings,
+) -> NodePlan {
     let instance_id = node.instance.id.clone();
     let prefixes = settings.prefix_delegation && node.limits.nitro;
     let mut capacity = pod_capacity(&node.limits, settings);
@@ -212,9 +236,6 @@ pub fn plan_node(node: &NodeState, subnets: &[Subnet], settings: &Settings) -> N
     let mut need = wanted.saturating_sub(available);
     let mut actions = Vec::new();
     let mut gained = 0u32;
-    // Subnet free counts as this plan consumes them.
-    let mut subnet_free: SubnetFree =
-        subnets.iter().map(|s| (s.id.clone(), (s.available_addresses, s.free_prefixes))).collect();
 
     // 1. Free slots on the ENIs the node already has.
     for eni in &pod_enis {
@@ -226,7 +247,7 @@ pub fn plan_node(node: &NodeState, subnets: &[Subnet], settings: &Settings) -> N
             continue;
         }
         let (addresses, prefixes_n, fallback) =
-            request(&mut subnet_free, settings, prefixes, &eni.subnet_id, free_slots, need, &mut events);
+            request(budget, settings, prefixes, &eni.subnet_id, free_slots, need, &mut events);
         if prefixes_n > 0 {
             actions.push(Action::AssignPrefixes {
                 eni_id: eni.id.clone(),
@@ -277,7 +298,9 @@ pub fn plan_node(node: &NodeState, subnets: &[Subnet], settings: &Settings) -> N
     } else {
         settings.security_group_ids.clone()
     };
-    let candidates = candidate_subnets(node, subnets, settings);
+    // Roomiest first by what this pass has left, not by what EC2 last said.
+    let mut candidates = candidate_subnets(node, subnets, settings);
+    candidates.sort_by(|a, b| budget.free(&b.id).cmp(&budget.free(&a.id)).then(a.id.cmp(&b.id)));
     let known: Vec<&Eni> = node.enis.iter().collect();
     while need > 0 {
         let Some(device) = free_devices.next() else {
@@ -285,20 +308,20 @@ pub fn plan_node(node: &NodeState, subnets: &[Subnet], settings: &Settings) -> N
             break;
         };
         // A new ENI's own primary address comes out of the subnet too.
-        let Some(subnet) = candidates.iter().find(|s| subnet_free.get(&s.id).is_some_and(|f| f.0 >= 2)) else {
+        let Some(subnet) = candidates.iter().find(|s| budget.free(&s.id) >= 2) else {
             events.push(format!(
                 "no subnet in {} with free addresses for {instance_id}; {need} addresses short",
                 node.instance.az
             ));
             break;
         };
-        if let Some(free) = subnet_free.get_mut(&subnet.id) {
+        if let Some(free) = budget.0.get_mut(&subnet.id) {
             free.0 -= 1;
             // It may land in a free /28 and break it up.
             free.1 = free.1.map(|f| f.saturating_sub(1));
         }
         let (addresses, prefixes_n, fallback) =
-            request(&mut subnet_free, settings, prefixes, &subnet.id, slots, need, &mut events);
+            request(budget, settings, prefixes, &subnet.id, slots, need, &mut events);
         let got = addresses + prefixes_n * ADDRESSES_PER_PREFIX;
         if got == 0 {
             break;
