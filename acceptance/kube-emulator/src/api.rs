@@ -624,19 +624,22 @@ fn apply_error(e: &crate::ssa::ApplyError) -> ApiError {
 
 fn list(shared: &Shared, rt: &ResourceType, ns: Option<&str>, params: &Params) -> Result<Response<Body>, ApiError> {
     let store = shared.store();
-    let rv = store.resource_version();
+    let mut rv = store.resource_version();
     let mut items = store.list(rt, ns, &params.label_selector, &params.field_selector);
     drop(store);
     if let Some(token) = &params.continue_token {
-        let after = decode_continue(token)?;
-        items.retain(|(k, _)| (k.namespace.as_str(), k.name.as_str()) > (after.0.as_str(), after.1.as_str()));
+        let (first_rv, after_ns, after_name) = decode_continue(token)?;
+        // Every page reports the first page's resourceVersion: a watch
+        // from it then replays whatever changed while the pages were read.
+        rv = first_rv;
+        items.retain(|(k, _)| (k.namespace.as_str(), k.name.as_str()) > (after_ns.as_str(), after_name.as_str()));
     }
     let mut next = None;
     if let Some(limit) = params.limit
         && items.len() > limit
     {
         items.truncate(limit);
-        next = items.last().map(|(k, _)| encode_continue(&k.namespace, &k.name));
+        next = items.last().map(|(k, _)| encode_continue(rv, &k.namespace, &k.name));
     }
     let items: Vec<Value> = items.into_iter().map(|(_, o)| strip_type(o)).collect();
     Ok(json_response(StatusCode::OK, &list_document(rt, json!(items), rv, next)))
@@ -658,13 +661,13 @@ pub fn list_document(rt: &ResourceType, items: Value, rv: u64, next: Option<Stri
     json!({"kind": format!("{}List", rt.kind), "apiVersion": rt.api_version(), "metadata": metadata, "items": items})
 }
 
-/// Continue tokens name the last (namespace, name) served, hex-encoded so
-/// no client treats them as meaningful.
-fn encode_continue(ns: &str, name: &str) -> String {
-    format!("{ns}/{name}").bytes().map(|b| format!("{b:02x}")).collect()
+/// Continue tokens carry the first page's resourceVersion and the last
+/// (namespace, name) served, hex-encoded so no client treats them as meaningful.
+fn encode_continue(rv: u64, ns: &str, name: &str) -> String {
+    format!("{rv}/{ns}/{name}").bytes().map(|b| format!("{b:02x}")).collect()
 }
 
-fn decode_continue(token: &str) -> Result<(String, String), ApiError> {
+fn decode_continue(token: &str) -> Result<(u64, String, String), ApiError> {
     let bad = || ApiError::bad_request("continue key is not valid");
     let bytes: Vec<u8> = (0..token.len())
         .step_by(2)
@@ -672,6 +675,7 @@ fn decode_continue(token: &str) -> Result<(String, String), ApiError> {
         .collect::<Option<_>>()
         .ok_or_else(bad)?;
     let text = String::from_utf8(bytes).map_err(|_| bad())?;
-    let (ns, name) = text.split_once('/').ok_or_else(bad)?;
-    Ok((ns.to_owned(), name.to_owned()))
+    let mut parts = text.splitn(3, '/');
+    let (Some(rv), Some(ns), Some(name)) = (parts.next(), parts.next(), parts.next()) else { return Err(bad()) };
+    Ok((rv.parse().map_err(|_| bad())?, ns.to_owned(), name.to_owned()))
 }

@@ -66,13 +66,19 @@ async fn typed_crud_selectors_and_errors() {
     let page = cms.list(&ListParams::default().limit(1)).await.expect("page");
     assert_eq!(page.items.len(), 1);
     let token = page.metadata.continue_.expect("continue token");
+    // A write between pages must not move the list's version forward.
+    cms.create(&pp, &cm("between", &[("app", "other")])).await.expect("create between pages");
     let rest = cms.list(&ListParams::default().limit(1).continue_token(&token)).await.expect("next page");
     assert_eq!(rest.items.len(), 1);
+    assert_eq!(
+        rest.metadata.resource_version, page.metadata.resource_version,
+        "every page reports the first page's version"
+    );
     assert_ne!(rest.items[0].name_any(), page.items[0].name_any());
 
     cms.delete("a", &DeleteParams::default()).await.expect("delete");
     assert_eq!(status_code(&cms.get("a").await.expect_err("deleted")), 404);
-    cms.delete_collection(&DeleteParams::default(), &ListParams::default().labels("app=db"))
+    cms.delete_collection(&DeleteParams::default(), &ListParams::default().labels("app in (db, other)"))
         .await
         .expect("deletecollection");
     assert!(cms.list(&ListParams::default()).await.expect("list").items.is_empty());
