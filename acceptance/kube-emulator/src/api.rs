@@ -41,7 +41,7 @@ impl Shared {
     ) -> Result<Value, ApiError> {
         let mut store = self.store();
         if dry_run {
-            let mut copy = store.clone();
+            let mut copy = store.dry_run_copy();
             return f(&mut copy);
         }
         let result = f(&mut store);

@@ -62,8 +62,7 @@ pub enum Propagation {
 /// Namespaces a fresh cluster has.
 const INITIAL_NAMESPACES: &[&str] = &["default", "kube-system", "kube-public", "kube-node-lease"];
 
-/// Cloned only for dry runs, which apply a write to a copy.
-#[derive(Debug, Clone)]
+#[derive(Debug)]
 pub struct Store {
     registry: Registry,
     objects: BTreeMap<ObjectKey, Value>,
@@ -132,6 +131,18 @@ impl Store {
         store
     }
 
+    /// A copy for a dry run to write to: objects and types, without the
+    /// event history no dry run reads.
+    pub fn dry_run_copy(&self) -> Store {
+        Store {
+            registry: self.registry.clone(),
+            objects: self.objects.clone(),
+            rv: self.rv,
+            history: VecDeque::new(),
+            history_limit: self.history_limit,
+        }
+    }
+
     pub fn registry(&self) -> &Registry {
         &self.registry
     }
@@ -161,18 +172,28 @@ impl Store {
         self.rv.to_string()
     }
 
-    /// Events after `rv`, or 410 when the history no longer reaches back
-    /// that far.
-    pub fn events_after(&self, rv: u64, max: usize) -> Result<Vec<Event>, ApiError> {
+    /// Events of one type after `rv`, reading at most `max` events of the
+    /// history, and the resourceVersion reading stopped at; or 410 when the
+    /// history no longer reaches back that far. Only matching events are
+    /// copied, so a watch costs little while other types change.
+    pub fn events_after(&self, rv: u64, max: usize, group: &str, plural: &str) -> Result<(Vec<Event>, u64), ApiError> {
         if rv >= self.rv {
-            return Ok(Vec::new());
+            return Ok((Vec::new(), rv));
         }
         let oldest = self.history.front().map_or(self.rv + 1, |e| e.rv);
         if rv + 1 < oldest {
             return Err(ApiError::gone(format!("too old resource version: {rv} ({})", oldest.saturating_sub(1))));
         }
         let start = self.history.partition_point(|e| e.rv <= rv);
-        Ok(self.history.iter().skip(start).take(max).cloned().collect())
+        let mut reached = rv;
+        let mut events = Vec::new();
+        for e in self.history.range(start..).take(max) {
+            reached = e.rv;
+            if e.key.group == group && e.key.plural == plural {
+                events.push(e.clone());
+            }
+        }
+        Ok((events, reached))
     }
 
     pub fn get(&self, rt: &ResourceType, namespace: Option<&str>, name: &str) -> Result<Value, ApiError> {
@@ -625,8 +646,10 @@ mod tests {
         for i in 0..5 {
             s.create(&cm, Some("default"), json!({"metadata": {"name": format!("c{i}")}})).expect("create");
         }
-        assert_eq!(s.events_after(s.resource_version() - 2, 10).expect("recent").len(), 2);
-        assert_eq!(s.events_after(start, 10).expect_err("expired").code, 410);
+        let (recent, reached) = s.events_after(s.resource_version() - 2, 10, "", "configmaps").expect("recent");
+        assert_eq!((recent.len(), reached), (2, s.resource_version()));
+        assert!(s.events_after(s.resource_version() - 2, 10, "", "secrets").expect("other type").0.is_empty());
+        assert_eq!(s.events_after(start, 10, "", "configmaps").expect_err("expired").code, 410);
     }
 
     #[test]

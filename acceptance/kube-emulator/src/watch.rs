@@ -105,17 +105,18 @@ async fn stream(
             rv
         }
     };
+    // One timer for the whole watch: steady writes to other types must not
+    // keep pushing the next bookmark away.
+    let mut bookmarks = tokio::time::interval_at(tokio::time::Instant::now() + BOOKMARK_INTERVAL, BOOKMARK_INTERVAL);
     loop {
-        let batch = shared.store().events_after(last, BATCH);
-        let events = match batch {
-            Ok(events) => events,
+        let batch = shared.store().events_after(last, BATCH, &rt.group, &rt.plural);
+        let (events, reached) = match batch {
+            Ok(read) => read,
             Err(e) => return send(&tx, line("ERROR", &e.status())).await,
         };
+        let caught_up = reached == last || shared.store().resource_version() <= reached;
+        last = reached;
         for event in &events {
-            last = event.rv;
-            if event.key.group != rt.group || event.key.plural != rt.plural {
-                continue;
-            }
             let now_in = selected(&event.object, &event.key.namespace);
             let was_in = event.previous.as_ref().is_some_and(|p| selected(p, &event.key.namespace));
             let kind = match (event.kind, was_in, now_in) {
@@ -129,13 +130,12 @@ async fn stream(
                 send(&tx, line(kind.as_str(), &with_type(&event.object, &rt))).await?;
             }
         }
-        if events.len() == BATCH {
+        if !caught_up {
             continue;
         }
-        let wait = tokio::time::sleep(BOOKMARK_INTERVAL);
         tokio::select! {
             result = changed.changed() => if result.is_err() { return Ok(()) },
-            () = wait => if params.allow_bookmarks { send(&tx, line("BOOKMARK", &bookmark(&rt, last, false))).await? },
+            _ = bookmarks.tick() => if params.allow_bookmarks { send(&tx, line("BOOKMARK", &bookmark(&rt, last, false))).await? },
             () = sleep_until(deadline) => return Ok(()),
             () = tx.closed() => return Err(ClientGone),
         }
