@@ -217,7 +217,12 @@ pub fn plan_node_within(
         capacity = capacity.min(settings.max_allocate);
     }
     let slots = slots_per_eni(node);
-    let is_pod_eni = |e: &Eni| e.device_index().is_some_and(|d| d >= settings.first_interface_index);
+    // Pod addresses go on the primary ENI (when it hosts pods) and on
+    // Trellis's own ENIs; an ENI another tool attached only takes its slot.
+    let is_pod_eni = |e: &Eni| {
+        e.device_index()
+            .is_some_and(|d| d >= settings.first_interface_index && (d == 0 || is_trellis_eni(e, &settings.cluster)))
+    };
     let pod_enis: Vec<&Eni> = {
         let mut v: Vec<&Eni> = node.enis.iter().filter(|e| is_pod_eni(e)).collect();
         v.sort_by_key(|e| e.device_index());
@@ -577,6 +582,23 @@ mod tests {
         n.pending = 0;
         let plan = plan_node(&n, &subnets(), &settings());
         assert_eq!(plan.actions, [Action::DeleteEni { eni_id: "eni-stranded".into() }]);
+    }
+
+    #[test]
+    fn enis_other_tools_attached_are_left_alone() {
+        let foreign =
+            eni("eni-efa", Some(1), "subnet-node", 0, [("owner".to_owned(), "someone-else".to_owned())].into());
+        let mut n = node("m5.large", vec![eni("eni-primary", Some(0), "subnet-node", 9, Tags::new()), foreign]);
+        n.pending = 5;
+        let plan = plan_node(&n, &subnets(), &settings());
+        assert!(
+            !plan.actions.iter().any(|a| matches!(a, Action::AssignAddresses { eni_id, .. } if eni_id == "eni-efa"))
+        );
+        assert!(
+            matches!(&plan.actions[..], [Action::CreateEni { device_index: 2, .. }]),
+            "the foreign ENI's device index stays taken: {:?}",
+            plan.actions
+        );
     }
 
     #[test]
