@@ -13,7 +13,7 @@ use crate::error::ApiError;
 use crate::http::{Body, error_response, json_response, json_response_as, parse_document, query_pairs, read_body};
 use crate::resources::ResourceType;
 use crate::selector::{FieldSelector, LabelSelector};
-use crate::store::{Propagation, Store};
+use crate::store::{Propagation, Store, strip_type};
 use crate::watch;
 
 /// State every connection shares.
@@ -641,16 +641,14 @@ fn list(shared: &Shared, rt: &ResourceType, ns: Option<&str>, params: &Params) -
         items.truncate(limit);
         next = items.last().map(|(k, _)| encode_continue(rv, &k.namespace, &k.name));
     }
-    let items: Vec<Value> = items.into_iter().map(|(_, o)| strip_type(o)).collect();
+    let items: Vec<Value> = items
+        .into_iter()
+        .map(|(_, mut o)| {
+            strip_type(&mut o);
+            o
+        })
+        .collect();
     Ok(json_response(StatusCode::OK, &list_document(rt, json!(items), rv, next)))
-}
-
-fn strip_type(mut o: Value) -> Value {
-    if let Value::Object(m) = &mut o {
-        m.remove("kind");
-        m.remove("apiVersion");
-    }
-    o
 }
 
 pub fn list_document(rt: &ResourceType, items: Value, rv: u64, next: Option<String>) -> Value {

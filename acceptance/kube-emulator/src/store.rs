@@ -531,8 +531,9 @@ impl Store {
 }
 
 /// Stored objects carry no kind/apiVersion (as etcd holds them per type);
-/// responses get the type of the URL they were read through.
-fn strip_type(object: &mut Value) {
+/// responses get the type of the URL they were read through, and list items
+/// go without it, as the apiserver sends them.
+pub(crate) fn strip_type(object: &mut Value) {
     if let Value::Object(m) = object {
         m.remove("kind");
         m.remove("apiVersion");

@@ -10,9 +10,9 @@ use std::time::Duration;
 use futures::{StreamExt, TryStreamExt};
 use k8s_openapi::api::apps::v1::DaemonSet;
 use k8s_openapi::api::core::v1::{ConfigMap, Namespace};
+use kube::ResourceExt;
 use kube::api::{Api, DeleteParams, ListParams, ObjectMeta, PostParams, WatchEvent, WatchParams};
 use kube::runtime::{WatchStreamExt, reflector, watcher};
-use kube::{Error, ResourceExt};
 use kube_emulator::Options;
 use serde_json::json;
 
@@ -25,13 +25,6 @@ fn cm(name: &str, labels: &[(&str, &str)]) -> ConfigMap {
         },
         data: Some([("k".to_owned(), "v".to_owned())].into()),
         ..ConfigMap::default()
-    }
-}
-
-fn status_code(e: &Error) -> u16 {
-    match e {
-        Error::Api(s) => s.code,
-        other => panic!("expected an API error, got {other:?}"),
     }
 }
 
@@ -50,9 +43,9 @@ async fn typed_crud_selectors_and_errors() {
     let named = cms.list(&ListParams::default().fields("metadata.name=b")).await.expect("list by name");
     assert_eq!(named.items.len(), 1);
 
-    assert_eq!(status_code(&cms.create(&pp, &cm("a", &[])).await.expect_err("duplicate")), 409);
-    assert_eq!(status_code(&cms.get("nope").await.expect_err("missing")), 404);
-    assert_eq!(status_code(&cms.create(&pp, &cm("Not_Valid", &[])).await.expect_err("bad name")), 422);
+    assert_eq!(common::status_code(&cms.create(&pp, &cm("a", &[])).await.expect_err("duplicate")), 409);
+    assert_eq!(common::status_code(&cms.get("nope").await.expect_err("missing")), 404);
+    assert_eq!(common::status_code(&cms.create(&pp, &cm("Not_Valid", &[])).await.expect_err("bad name")), 422);
 
     // Updating from a stale copy is a conflict.
     let mut fresh = cms.get("a").await.expect("get");
@@ -60,7 +53,7 @@ async fn typed_crud_selectors_and_errors() {
     cms.replace("a", &pp, &fresh).await.expect("replace");
     let mut stale = a.clone();
     stale.data = Some([("k".to_owned(), "v3".to_owned())].into());
-    assert_eq!(status_code(&cms.replace("a", &pp, &stale).await.expect_err("stale")), 409);
+    assert_eq!(common::status_code(&cms.replace("a", &pp, &stale).await.expect_err("stale")), 409);
 
     // Pagination hands out continue tokens until the list is exhausted.
     let page = cms.list(&ListParams::default().limit(1)).await.expect("page");
@@ -77,7 +70,7 @@ async fn typed_crud_selectors_and_errors() {
     assert_ne!(rest.items[0].name_any(), page.items[0].name_any());
 
     cms.delete("a", &DeleteParams::default()).await.expect("delete");
-    assert_eq!(status_code(&cms.get("a").await.expect_err("deleted")), 404);
+    assert_eq!(common::status_code(&cms.get("a").await.expect_err("deleted")), 404);
     cms.delete_collection(&DeleteParams::default(), &ListParams::default().labels("app in (db, other)"))
         .await
         .expect("deletecollection");

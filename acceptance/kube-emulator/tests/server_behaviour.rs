@@ -12,25 +12,11 @@ use base64::Engine;
 use futures::StreamExt;
 use k8s_openapi::api::core::v1::{ConfigMap, Pod};
 use k8s_openapi::apiextensions_apiserver::pkg::apis::apiextensions::v1::CustomResourceDefinition;
+use kube::ResourceExt;
 use kube::api::{Api, DeleteParams, DynamicObject, Patch, PatchParams, PostParams, WatchParams};
 use kube::core::{ApiResource, GroupVersionKind};
-use kube::{Error, ResourceExt};
 use kube_emulator::Options;
 use serde_json::{Value, json};
-
-fn code(e: &Error) -> u16 {
-    match e {
-        Error::Api(s) => s.code,
-        other => panic!("expected an API error, got {other:?}"),
-    }
-}
-
-fn message(e: &Error) -> String {
-    match e {
-        Error::Api(s) => s.message.clone(),
-        other => panic!("expected an API error, got {other:?}"),
-    }
-}
 
 #[tokio::test]
 async fn server_side_apply_tracks_owners_and_reports_conflicts() {
@@ -45,8 +31,8 @@ async fn server_side_apply_tracks_owners_and_reports_conflicts() {
     let other = json!({"apiVersion": "v1", "kind": "ConfigMap", "metadata": {"name": "owned"}, "data": {"a": "2"}});
     let e =
         cms.patch("owned", &PatchParams::apply("intruder"), &Patch::Apply(other.clone())).await.expect_err("conflict");
-    assert_eq!(code(&e), 409);
-    assert_eq!(message(&e), "Apply failed with 1 conflict: conflict with \"trellis\": .data.a");
+    assert_eq!(common::status_code(&e), 409);
+    assert_eq!(common::status_message(&e), "Apply failed with 1 conflict: conflict with \"trellis\": .data.a");
     let forced =
         cms.patch("owned", &PatchParams::apply("intruder").force(), &Patch::Apply(other)).await.expect("force");
     assert_eq!(forced.data.as_ref().and_then(|d| d.get("a")).map(String::as_str), Some("2"));
@@ -94,10 +80,10 @@ async fn custom_resources_are_served_once_their_crd_exists() {
     // Strategic merge does not exist for custom resources.
     let smp =
         policies.patch("strict", &PatchParams::default(), &Patch::Strategic(json!({"spec": {"mtls": "off"}}))).await;
-    assert_eq!(code(&smp.expect_err("415")), 415);
+    assert_eq!(common::status_code(&smp.expect_err("415")), 415);
 
     crds.delete("meshpolicies.trellis.io", &DeleteParams::default()).await.expect("delete crd");
-    assert_eq!(code(&policies.get("strict").await.expect_err("type gone")), 404);
+    assert_eq!(common::status_code(&policies.get("strict").await.expect_err("type gone")), 404);
     emulator.shutdown().await;
 }
 
@@ -113,7 +99,7 @@ async fn dependents_are_collected_and_finalizers_hold_deletion() {
         {"apiVersion": "v1", "kind": "ConfigMap", "name": "owner", "uid": owner.uid().expect("uid")}]}});
     cms.create(&PostParams::default(), &serde_json::from_value(dependent).expect("cm")).await.expect("dependent");
     cms.delete("owner", &DeleteParams::background()).await.expect("delete owner");
-    assert_eq!(code(&cms.get("dependent").await.expect_err("collected")), 404);
+    assert_eq!(common::status_code(&cms.get("dependent").await.expect_err("collected")), 404);
 
     let held = json!({"metadata": {"name": "held", "finalizers": ["trellis.io/cleanup"]}});
     cms.create(&PostParams::default(), &serde_json::from_value(held).expect("cm")).await.expect("held");
@@ -121,7 +107,7 @@ async fn dependents_are_collected_and_finalizers_hold_deletion() {
     assert!(cms.get("held").await.expect("still there").metadata.deletion_timestamp.is_some());
     let release = json!({"metadata": {"finalizers": null}});
     cms.patch("held", &PatchParams::default(), &Patch::Merge(release)).await.expect("remove finalizer");
-    assert_eq!(code(&cms.get("held").await.expect_err("gone")), 404);
+    assert_eq!(common::status_code(&cms.get("held").await.expect_err("gone")), 404);
     emulator.shutdown().await;
 }
 
@@ -138,9 +124,9 @@ async fn bad_input_gets_a_status_and_a_dropped_watch_leaves_the_server_healthy()
             .expect("request")
     };
     let invalid = client.request::<Value>(raw("POST", "/api/v1/namespaces/default/configmaps", "{not json")).await;
-    assert_eq!(code(&invalid.expect_err("400")), 400);
+    assert_eq!(common::status_code(&invalid.expect_err("400")), 400);
     let unknown = client.request::<Value>(raw("GET", "/apis/example.com/v1/namespaces/default/widgets", "")).await;
-    assert_eq!(code(&unknown.expect_err("404")), 404);
+    assert_eq!(common::status_code(&unknown.expect_err("404")), 404);
     let wrong_kind = client
         .request::<Value>(raw(
             "POST",
@@ -148,7 +134,7 @@ async fn bad_input_gets_a_status_and_a_dropped_watch_leaves_the_server_healthy()
             r#"{"apiVersion":"v1","kind":"Secret","metadata":{"name":"x"}}"#,
         ))
         .await;
-    assert_eq!(code(&wrong_kind.expect_err("400")), 400);
+    assert_eq!(common::status_code(&wrong_kind.expect_err("400")), 400);
 
     let cms: Api<ConfigMap> = Api::namespaced(client.clone(), "default");
     for _ in 0..5 {

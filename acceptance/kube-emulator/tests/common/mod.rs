@@ -2,8 +2,8 @@
 
 #![allow(dead_code)]
 
-use kube::Client;
 use kube::config::{KubeConfigOptions, Kubeconfig};
+use kube::{Client, Error};
 use kube_emulator::{Emulator, Options};
 
 pub async fn emulator(options: Options) -> Emulator {
@@ -16,4 +16,20 @@ pub async fn client(emulator: &Emulator) -> Client {
     let kubeconfig = Kubeconfig::from_yaml(&emulator.kubeconfig_yaml()).expect("kubeconfig parses");
     let config = kube::Config::from_custom_kubeconfig(kubeconfig, &KubeConfigOptions::default()).await.expect("config");
     Client::try_from(config).expect("client")
+}
+
+/// The HTTP code of an API error (a Status from the server).
+pub fn status_code(e: &Error) -> u16 {
+    match e {
+        Error::Api(s) => s.code,
+        other => panic!("expected an API error, got {other:?}"),
+    }
+}
+
+/// The message of an API error.
+pub fn status_message(e: &Error) -> String {
+    match e {
+        Error::Api(s) => s.message.clone(),
+        other => panic!("expected an API error, got {other:?}"),
+    }
 }
