@@ -106,9 +106,7 @@ fn bad_attributes_are_reported_on_the_attribute_and_nothing_is_written() {
 #[test]
 fn an_expiring_anchor_warns_and_early_renewal_replaces_it() {
     let mut case = TestCase::new(Launch::DevOverrides);
-    let bundle = case.scratch_dir().join("old-anchor.pem");
-    std::fs::write(&bundle, expiring_anchor_pem()).expect("write the old anchor");
-    let import = format!("import {{\n  to = {ADDR}\n  id = {:?}\n}}\n", bundle.to_str().expect("utf-8 path"));
+    let import = import_expiring_anchor(&case);
 
     case.step(
         Step::config(format!("{import}{}", config("validity_hours = 48")))
@@ -131,15 +129,21 @@ fn an_expiring_anchor_warns_and_early_renewal_replaces_it() {
 #[test]
 fn an_imported_anchor_is_adopted_without_replacement() {
     let mut case = TestCase::new(Launch::DevOverrides);
-    let bundle = case.scratch_dir().join("existing-anchor.pem");
-    std::fs::write(&bundle, expiring_anchor_pem()).expect("write the anchor");
-    let import = format!("import {{\n  to = {ADDR}\n  id = {:?}\n}}\n", bundle.to_str().expect("utf-8 path"));
+    let import = import_expiring_anchor(&case);
     case.step(
         Step::config(format!("{import}{}", config("")))
             .expect_actions(ADDR, &[Action::NoOp])
             .check(|s| assert_eq!(s.attr(ADDR, "validity_hours"), 48)),
     );
     case.destroy_and_check(|_| {});
+}
+
+/// Writes an expiring anchor (below) to the case's scratch directory and
+/// returns the `import` block that adopts it as `kube_trust_anchor.mesh`.
+fn import_expiring_anchor(case: &TestCase) -> String {
+    let bundle = case.scratch_dir().join("existing-anchor.pem");
+    std::fs::write(&bundle, expiring_anchor_pem()).expect("write the anchor");
+    format!("import {{\n  to = {ADDR}\n  id = {:?}\n}}\n", bundle.to_str().expect("utf-8 path"))
 }
 
 /// A P-256 trust anchor for cluster.local, valid 48 hours, 47 of them past.
