@@ -217,6 +217,21 @@ impl AwsEc2 {
         &self.client
     }
 
+    /// Waits for the rate limiter, then sends one request: every
+    /// single-shot call goes through here, so none can skip the limit.
+    async fn limited<T, E>(
+        &self,
+        operation: &str,
+        ids: &[&str],
+        request: impl std::future::Future<Output = Result<T, SdkError<E, HttpResponse>>>,
+    ) -> Result<T, Ec2Error>
+    where
+        E: ProvideErrorMetadata + std::error::Error + Send + Sync + 'static,
+    {
+        self.limiter.acquire().await;
+        request.await.map_err(|e| ec2_error(operation, ids, e))
+    }
+
     async fn describe_network_interfaces(
         &self,
         filters: Vec<Filter>,
@@ -376,9 +391,7 @@ impl Ec2 for AwsEc2 {
         if !request.client_token.is_empty() {
             call = call.client_token(&request.client_token);
         }
-        self.limiter.acquire().await;
-        let output =
-            call.send().await.map_err(|e| ec2_error("CreateNetworkInterface", &[request.subnet_id.as_str()], e))?;
+        let output = self.limited("CreateNetworkInterface", &[request.subnet_id.as_str()], call.send()).await?;
         output.network_interface().and_then(eni_from).ok_or_else(|| {
             incomplete(format!("CreateNetworkInterface in {} returned no usable NetworkInterface", request.subnet_id))
         })
@@ -393,35 +406,39 @@ impl Ec2 for AwsEc2 {
         let device_index = i32::try_from(device_index).map_err(|_| {
             Ec2Error::new(codes::INVALID_PARAMETER_VALUE, format!("device index {device_index} too large"))
         })?;
-        self.limiter.acquire().await;
         let output = self
-            .client
-            .attach_network_interface()
-            .network_interface_id(eni_id)
-            .instance_id(instance_id)
-            .device_index(device_index)
-            .send()
-            .await
-            .map_err(|e| ec2_error("AttachNetworkInterface", &[eni_id, instance_id], e))?;
+            .limited(
+                "AttachNetworkInterface",
+                &[eni_id, instance_id],
+                self.client
+                    .attach_network_interface()
+                    .network_interface_id(eni_id)
+                    .instance_id(instance_id)
+                    .device_index(device_index)
+                    .send(),
+            )
+            .await?;
         output.attachment_id().map(str::to_owned).ok_or_else(|| {
             incomplete(format!("AttachNetworkInterface {eni_id} to {instance_id} returned no AttachmentId"))
         })
     }
 
     async fn set_delete_on_termination(&self, eni_id: &str, attachment_id: &str) -> Result<(), Ec2Error> {
-        self.limiter.acquire().await;
-        self.client
-            .modify_network_interface_attribute()
-            .network_interface_id(eni_id)
-            .attachment(
-                NetworkInterfaceAttachmentChanges::builder()
-                    .attachment_id(attachment_id)
-                    .delete_on_termination(true)
-                    .build(),
-            )
-            .send()
-            .await
-            .map_err(|e| ec2_error("ModifyNetworkInterfaceAttribute", &[eni_id, attachment_id], e))?;
+        self.limited(
+            "ModifyNetworkInterfaceAttribute",
+            &[eni_id, attachment_id],
+            self.client
+                .modify_network_interface_attribute()
+                .network_interface_id(eni_id)
+                .attachment(
+                    NetworkInterfaceAttachmentChanges::builder()
+                        .attachment_id(attachment_id)
+                        .delete_on_termination(true)
+                        .build(),
+                )
+                .send(),
+        )
+        .await?;
         Ok(())
     }
 
@@ -429,15 +446,17 @@ impl Ec2 for AwsEc2 {
         if n == 0 {
             return Ok(Vec::new());
         }
-        self.limiter.acquire().await;
         let output = self
-            .client
-            .assign_private_ip_addresses()
-            .network_interface_id(eni_id)
-            .secondary_private_ip_address_count(count(n)?)
-            .send()
-            .await
-            .map_err(|e| ec2_error("AssignPrivateIpAddresses", &[eni_id], e))?;
+            .limited(
+                "AssignPrivateIpAddresses",
+                &[eni_id],
+                self.client
+                    .assign_private_ip_addresses()
+                    .network_interface_id(eni_id)
+                    .secondary_private_ip_address_count(count(n)?)
+                    .send(),
+            )
+            .await?;
         let mut assigned: Vec<Ipv4Addr> =
             output.assigned_private_ip_addresses().iter().filter_map(|a| parse(a.private_ip_address())).collect();
         // EC2 answers with just the new addresses. moto answers with all of
@@ -452,15 +471,17 @@ impl Ec2 for AwsEc2 {
         if n == 0 {
             return Ok(Vec::new());
         }
-        self.limiter.acquire().await;
         let output = self
-            .client
-            .assign_private_ip_addresses()
-            .network_interface_id(eni_id)
-            .ipv4_prefix_count(count(n)?)
-            .send()
-            .await
-            .map_err(|e| ec2_error("AssignPrivateIpAddresses", &[eni_id], e))?;
+            .limited(
+                "AssignPrivateIpAddresses",
+                &[eni_id],
+                self.client
+                    .assign_private_ip_addresses()
+                    .network_interface_id(eni_id)
+                    .ipv4_prefix_count(count(n)?)
+                    .send(),
+            )
+            .await?;
         let prefixes: Vec<Ipv4Net> =
             output.assigned_ipv4_prefixes().iter().filter_map(|p| parse(p.ipv4_prefix())).collect();
         if prefixes.len() != n as usize {
@@ -474,14 +495,16 @@ impl Ec2 for AwsEc2 {
         if addresses.is_empty() {
             return Ok(());
         }
-        self.limiter.acquire().await;
-        self.client
-            .unassign_private_ip_addresses()
-            .network_interface_id(eni_id)
-            .set_private_ip_addresses(Some(addresses.iter().map(Ipv4Addr::to_string).collect()))
-            .send()
-            .await
-            .map_err(|e| ec2_error("UnassignPrivateIpAddresses", &[eni_id], e))?;
+        self.limited(
+            "UnassignPrivateIpAddresses",
+            &[eni_id],
+            self.client
+                .unassign_private_ip_addresses()
+                .network_interface_id(eni_id)
+                .set_private_ip_addresses(Some(addresses.iter().map(Ipv4Addr::to_string).collect()))
+                .send(),
+        )
+        .await?;
         Ok(())
     }
 
@@ -489,36 +512,36 @@ impl Ec2 for AwsEc2 {
         if prefixes.is_empty() {
             return Ok(());
         }
-        self.limiter.acquire().await;
-        self.client
-            .unassign_private_ip_addresses()
-            .network_interface_id(eni_id)
-            .set_ipv4_prefixes(Some(prefixes.iter().map(Ipv4Net::to_string).collect()))
-            .send()
-            .await
-            .map_err(|e| ec2_error("UnassignPrivateIpAddresses", &[eni_id], e))?;
+        self.limited(
+            "UnassignPrivateIpAddresses",
+            &[eni_id],
+            self.client
+                .unassign_private_ip_addresses()
+                .network_interface_id(eni_id)
+                .set_ipv4_prefixes(Some(prefixes.iter().map(Ipv4Net::to_string).collect()))
+                .send(),
+        )
+        .await?;
         Ok(())
     }
 
     async fn detach_network_interface(&self, attachment_id: &str) -> Result<(), Ec2Error> {
-        self.limiter.acquire().await;
-        self.client
-            .detach_network_interface()
-            .attachment_id(attachment_id)
-            .send()
-            .await
-            .map_err(|e| ec2_error("DetachNetworkInterface", &[attachment_id], e))?;
+        self.limited(
+            "DetachNetworkInterface",
+            &[attachment_id],
+            self.client.detach_network_interface().attachment_id(attachment_id).send(),
+        )
+        .await?;
         Ok(())
     }
 
     async fn delete_network_interface(&self, eni_id: &str) -> Result<(), Ec2Error> {
-        self.limiter.acquire().await;
-        self.client
-            .delete_network_interface()
-            .network_interface_id(eni_id)
-            .send()
-            .await
-            .map_err(|e| ec2_error("DeleteNetworkInterface", &[eni_id], e))?;
+        self.limited(
+            "DeleteNetworkInterface",
+            &[eni_id],
+            self.client.delete_network_interface().network_interface_id(eni_id).send(),
+        )
+        .await?;
         Ok(())
     }
 }
