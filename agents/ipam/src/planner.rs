@@ -107,8 +107,14 @@ fn slots_per_eni(node: &NodeState) -> u32 {
 
 /// Subnets a new ENI of this node may use: explicit ids win over tags (all
 /// must match); none of either means the node's own subnet. Same VPC and
-/// AZ as the node; most free addresses first.
-pub fn candidate_subnets<'a>(node: &NodeState, subnets: &'a [Subnet], settings: &Settings) -> Vec<&'a Subnet> {
+/// AZ as the node; roomiest first by what `budget` has left this pass, not
+/// by what EC2 last said.
+pub fn candidate_subnets<'a>(
+    node: &NodeState,
+    subnets: &'a [Subnet],
+    settings: &Settings,
+    budget: &SubnetBudget,
+) -> Vec<&'a Subnet> {
     let instance = &node.instance;
     let mut candidates: Vec<&Subnet> = subnets
         .iter()
@@ -123,7 +129,7 @@ pub fn candidate_subnets<'a>(node: &NodeState, subnets: &'a [Subnet], settings: 
             }
         })
         .collect();
-    candidates.sort_by(|a, b| b.available_addresses.cmp(&a.available_addresses).then(a.id.cmp(&b.id)));
+    candidates.sort_by(|a, b| budget.free(&b.id).cmp(&budget.free(&a.id)).then(a.id.cmp(&b.id)));
     candidates
 }
 
@@ -303,9 +309,7 @@ pub fn plan_node_within(
     } else {
         settings.security_group_ids.clone()
     };
-    // Roomiest first by what this pass has left, not by what EC2 last said.
-    let mut candidates = candidate_subnets(node, subnets, settings);
-    candidates.sort_by(|a, b| budget.free(&b.id).cmp(&budget.free(&a.id)).then(a.id.cmp(&b.id)));
+    let candidates = candidate_subnets(node, subnets, settings, budget);
     let known: Vec<&Eni> = node.enis.iter().collect();
     while need > 0 {
         let Some(device) = free_devices.next() else {
