@@ -21,6 +21,17 @@ if ! rustup component list --installed 2>/dev/null | grep -q '^clippy'; then
   rustup component add clippy rustfmt >/dev/null 2>&1 || true
 fi
 
+# The privileged tier (network namespaces, the proxy's redirect rules) runs as root and needs
+# iproute2 and iptables; install what is missing rather than skip those tests.
+[ "$(id -u)" = 0 ] || { echo "test.sh: the privileged tests need root (network namespaces, iptables)" >&2; exit 1; }
+missing=()
+command -v ip >/dev/null 2>&1 || missing+=(iproute2)
+command -v iptables-nft-restore >/dev/null 2>&1 || missing+=(iptables)
+if [ ${#missing[@]} -gt 0 ]; then
+  echo "== installing ${missing[*]}"
+  apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends "${missing[@]}" >/dev/null
+fi
+
 echo "== format and lints"
 cargo fmt --all --check
 cargo clippy --workspace --all-targets --locked -- -D warnings
