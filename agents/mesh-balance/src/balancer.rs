@@ -185,3 +185,353 @@ impl<K: Clone + Eq + Hash + Ord> Balancer<K> {
         self.endpoints.get(key).map(|stats| stats.in_flight)
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use std::cmp::Reverse;
+    use std::collections::BinaryHeap;
+
+    use rand::SeedableRng;
+    use rand::rngs::StdRng;
+
+    use super::*;
+
+    const FAST: Duration = Duration::from_millis(10);
+
+    fn balancer(endpoints: &[(&'static str, Option<&str>)], local_zone: Option<&str>) -> Balancer<&'static str> {
+        let mut balancer = Balancer::new(BalancerConfig::default(), local_zone.map(str::to_owned));
+        balancer.update(endpoints.iter().map(|(key, zone)| (*key, EndpointMeta { zone: zone.map(str::to_owned) })));
+        balancer
+    }
+
+    fn state(balancer: &Balancer<&'static str>, key: &'static str, now: Instant) -> Option<EndpointState> {
+        balancer.states(now).into_iter().find(|(k, _)| *k == key).map(|(_, state)| state)
+    }
+
+    /// Reports outcomes for `key` as if the test had picked it for each: accrual does not care who picked.
+    fn fail(balancer: &mut Balancer<&'static str>, key: &'static str, now: Instant, times: u32, rng: &mut StdRng) {
+        for _ in 0..times {
+            balancer.complete(&key, now, FAST, Outcome::Failure, rng);
+        }
+    }
+
+    /// One request through the balancer: pick, then complete at once.
+    fn request(
+        balancer: &mut Balancer<&'static str>,
+        now: Instant,
+        outcome: Outcome,
+        rng: &mut StdRng,
+    ) -> Result<&'static str, PickError> {
+        let key = balancer.pick(now, rng)?;
+        balancer.complete(&key, now, FAST, outcome, rng);
+        Ok(key)
+    }
+
+    fn ejected_until(balancer: &Balancer<&'static str>, key: &'static str, now: Instant) -> Instant {
+        match state(balancer, key, now) {
+            Some(EndpointState::Ejected { until }) => until,
+            other => panic!("{key} should be ejected at {now:?}, is {other:?}"),
+        }
+    }
+
+    fn assert_penalty_within_jitter(since: Instant, until: Instant, penalty: Duration) {
+        let lasts = until - since;
+        assert!((penalty / 2..=penalty * 3 / 2).contains(&lasts), "ejection of {lasts:?} is outside {penalty:?} ± 50%");
+    }
+
+    /// Open-loop traffic: a request every `interval`, each completing after its endpoint's latency.
+    fn simulate(
+        balancer: &mut Balancer<&'static str>,
+        latency: impl Fn(&'static str) -> Duration,
+        requests: u32,
+        interval: Duration,
+        rng: &mut StdRng,
+    ) -> BTreeMap<&'static str, u32> {
+        let t0 = Instant::now();
+        let mut pending = BinaryHeap::new();
+        let mut picks = BTreeMap::new();
+        for i in 0..requests {
+            let now = t0 + interval * i;
+            while let Some(Reverse((done, key))) = pending.peek().copied().filter(|Reverse((done, _))| *done <= now) {
+                pending.pop();
+                balancer.complete(&key, done, latency(key), Outcome::Success, rng);
+            }
+            let key = balancer.pick(now, rng).expect("all endpoints are healthy");
+            *picks.entry(key).or_insert(0) += 1;
+            pending.push(Reverse((now + latency(key), key)));
+        }
+        picks
+    }
+
+    #[test]
+    fn a_slow_endpoint_gets_clearly_less_traffic_than_each_fast_one() {
+        let mut rng = StdRng::seed_from_u64(42);
+        let mut balancer = balancer(&[("a", None), ("b", None), ("c", None), ("slow", None)], None);
+        let latency = |key| if key == "slow" { Duration::from_millis(200) } else { FAST };
+        // Two requests per millisecond: about seven in flight on the fast endpoints at any time.
+        let picks = simulate(&mut balancer, latency, 20_000, Duration::from_micros(500), &mut rng);
+        let slow = picks.get("slow").copied().unwrap_or(0);
+        for fast in ["a", "b", "c"] {
+            let fast_picks = picks.get(fast).copied().unwrap_or(0);
+            assert!(slow * 10 < fast_picks, "slow got {slow} requests, {fast} only {fast_picks}: {picks:?}");
+        }
+        assert_eq!(balancer.rtt_estimate(&"slow"), Some(Duration::from_millis(200)));
+    }
+
+    #[test]
+    fn equally_fast_endpoints_share_the_traffic() {
+        let mut rng = StdRng::seed_from_u64(3);
+        let mut balancer = balancer(&[("a", None), ("b", None), ("c", None)], None);
+        let picks = simulate(&mut balancer, |_| FAST, 9_000, Duration::from_micros(500), &mut rng);
+        for key in ["a", "b", "c"] {
+            let share = picks.get(key).copied().unwrap_or(0);
+            assert!((2_000..=4_000).contains(&share), "{key} got {share} of 9000: {picks:?}");
+        }
+    }
+
+    #[test]
+    fn in_flight_requests_count_as_load() {
+        let mut rng = StdRng::seed_from_u64(5);
+        let now = Instant::now();
+        let mut balancer = balancer(&[("a", None), ("b", None)], None);
+        // With two equal endpoints both are always compared: each pick goes to the less loaded one.
+        for picked in 1..=10u32 {
+            balancer.pick(now, &mut rng).expect("healthy endpoints");
+            let (a, b) = (balancer.in_flight(&"a").unwrap_or(0), balancer.in_flight(&"b").unwrap_or(0));
+            assert_eq!(a + b, picked);
+            assert!(a.abs_diff(b) <= 1, "a has {a} in flight, b {b}");
+        }
+        for _ in 0..5 {
+            balancer.complete(&"a", now, balancer.config.default_rtt, Outcome::Success, &mut rng);
+        }
+        assert_eq!(balancer.in_flight(&"a"), Some(0));
+        // `a` is idle now and `b` has five queued: `a` wins until the load evens out again.
+        for _ in 0..5 {
+            assert_eq!(balancer.pick(now, &mut rng), Ok("a"));
+        }
+    }
+
+    #[test]
+    fn the_local_zone_is_preferred_when_it_has_eligible_endpoints() {
+        let mut rng = StdRng::seed_from_u64(9);
+        let now = Instant::now();
+        let mut balancer = balancer(
+            &[("a1", Some("a")), ("a2", Some("a")), ("b1", Some("b")), ("b2", Some("b")), ("none", None)],
+            Some("a"),
+        );
+        let mut seen = BTreeMap::new();
+        for _ in 0..200 {
+            // Leave the requests in flight so the local endpoints get expensive: still no spill-over.
+            let key = balancer.pick(now, &mut rng).expect("healthy endpoints");
+            *seen.entry(key).or_insert(0) += 1;
+        }
+        assert_eq!(seen.keys().copied().collect::<Vec<_>>(), ["a1", "a2"], "{seen:?}");
+    }
+
+    #[test]
+    fn other_zones_take_over_when_the_local_zone_has_none_eligible() {
+        let mut rng = StdRng::seed_from_u64(11);
+        let now = Instant::now();
+        let mut balancer = balancer(&[("a1", Some("a")), ("b1", Some("b")), ("b2", Some("b"))], Some("a"));
+        fail(&mut balancer, "a1", now, 7, &mut rng);
+        let mut seen = BTreeMap::new();
+        for _ in 0..50 {
+            let key = request(&mut balancer, now, Outcome::Success, &mut rng).expect("zone b is healthy");
+            *seen.entry(key).or_insert(0) += 1;
+        }
+        assert!(seen.keys().all(|key| key.starts_with('b')), "{seen:?}");
+
+        // Back on probation, the local endpoint takes the probe; while it is out, zone b serves.
+        let probation = ejected_until(&balancer, "a1", now);
+        assert_eq!(balancer.pick(probation, &mut rng), Ok("a1"));
+        for _ in 0..10 {
+            assert_ne!(request(&mut balancer, probation, Outcome::Success, &mut rng), Ok("a1"));
+        }
+        balancer.complete(&"a1", probation, FAST, Outcome::Success, &mut rng);
+        assert_eq!(request(&mut balancer, probation, Outcome::Success, &mut rng), Ok("a1"));
+    }
+
+    #[test]
+    fn without_a_local_zone_every_endpoint_competes() {
+        let mut rng = StdRng::seed_from_u64(13);
+        let now = Instant::now();
+        let mut balancer = balancer(&[("a1", Some("a")), ("b1", Some("b")), ("none", None)], None);
+        let mut seen = BTreeMap::new();
+        for _ in 0..60 {
+            *seen.entry(balancer.pick(now, &mut rng).expect("healthy")).or_insert(0) += 1;
+        }
+        assert_eq!(seen.len(), 3, "{seen:?}");
+    }
+
+    #[test]
+    fn seven_consecutive_failures_eject_six_do_not() {
+        let mut rng = StdRng::seed_from_u64(17);
+        let now = Instant::now();
+        let mut balancer = balancer(&[("a", None)], None);
+        fail(&mut balancer, "a", now, 6, &mut rng);
+        assert_eq!(state(&balancer, "a", now), Some(EndpointState::Ready));
+        fail(&mut balancer, "a", now, 1, &mut rng);
+        assert_penalty_within_jitter(now, ejected_until(&balancer, "a", now), Duration::from_secs(1));
+    }
+
+    #[test]
+    fn a_success_between_failures_starts_the_count_again() {
+        let mut rng = StdRng::seed_from_u64(19);
+        let now = Instant::now();
+        let mut balancer = balancer(&[("a", None)], None);
+        for _ in 0..6 {
+            assert_eq!(request(&mut balancer, now, Outcome::Failure, &mut rng), Ok("a"));
+        }
+        assert_eq!(request(&mut balancer, now, Outcome::Success, &mut rng), Ok("a"));
+        for _ in 0..6 {
+            assert_eq!(request(&mut balancer, now, Outcome::Failure, &mut rng), Ok("a"));
+        }
+        assert_eq!(state(&balancer, "a", now), Some(EndpointState::Ready));
+        assert_eq!(request(&mut balancer, now, Outcome::Failure, &mut rng), Ok("a"));
+        assert!(matches!(state(&balancer, "a", now), Some(EndpointState::Ejected { .. })));
+    }
+
+    #[test]
+    fn an_ejected_endpoint_returns_on_probation_after_the_jittered_penalty() {
+        let now = Instant::now();
+        let mut penalties = Vec::new();
+        for seed in 0..20 {
+            let mut rng = StdRng::seed_from_u64(seed);
+            let mut balancer = balancer(&[("a", None)], None);
+            fail(&mut balancer, "a", now, 7, &mut rng);
+            let until = ejected_until(&balancer, "a", now);
+            assert_penalty_within_jitter(now, until, Duration::from_secs(1));
+            penalties.push(until - now);
+
+            let just_before = until - Duration::from_nanos(1);
+            assert_eq!(balancer.pick(just_before, &mut rng), Err(PickError::AllEjected));
+            assert_eq!(state(&balancer, "a", until), Some(EndpointState::Probation));
+            assert_eq!(balancer.pick(until, &mut rng), Ok("a"));
+        }
+        penalties.sort();
+        penalties.dedup();
+        assert!(penalties.len() > 10, "the jitter should vary the penalty: {penalties:?}");
+    }
+
+    #[test]
+    fn probation_admits_one_probe_at_a_time() {
+        let mut rng = StdRng::seed_from_u64(23);
+        let now = Instant::now();
+        let mut balancer = balancer(&[("a", None)], None);
+        fail(&mut balancer, "a", now, 7, &mut rng);
+        let probation = ejected_until(&balancer, "a", now);
+        assert_eq!(balancer.pick(probation, &mut rng), Ok("a"));
+        assert_eq!(balancer.pick(probation, &mut rng), Err(PickError::AllEjected));
+        assert_eq!(balancer.pick(probation + Duration::from_secs(30), &mut rng), Err(PickError::AllEjected));
+        assert_eq!(state(&balancer, "a", probation), Some(EndpointState::Probation));
+    }
+
+    #[test]
+    fn failed_probes_double_the_penalty_up_to_the_maximum() {
+        let mut rng = StdRng::seed_from_u64(29);
+        let mut now = Instant::now();
+        let mut balancer = balancer(&[("a", None)], None);
+        fail(&mut balancer, "a", now, 7, &mut rng);
+        for expected_secs in [2, 4, 8, 16, 32, 60, 60, 60] {
+            now = ejected_until(&balancer, "a", now);
+            assert_eq!(request(&mut balancer, now, Outcome::Failure, &mut rng), Ok("a"));
+            assert_penalty_within_jitter(now, ejected_until(&balancer, "a", now), Duration::from_secs(expected_secs));
+        }
+    }
+
+    #[test]
+    fn a_successful_probe_makes_the_endpoint_ready_and_resets_the_penalty() {
+        let mut rng = StdRng::seed_from_u64(31);
+        let mut now = Instant::now();
+        let mut balancer = balancer(&[("a", None)], None);
+        fail(&mut balancer, "a", now, 7, &mut rng);
+        for _ in 0..3 {
+            now = ejected_until(&balancer, "a", now);
+            assert_eq!(request(&mut balancer, now, Outcome::Failure, &mut rng), Ok("a"));
+        }
+        now = ejected_until(&balancer, "a", now);
+        assert_eq!(request(&mut balancer, now, Outcome::Success, &mut rng), Ok("a"));
+        assert_eq!(state(&balancer, "a", now), Some(EndpointState::Ready));
+        assert_eq!(balancer.pick(now, &mut rng), Ok("a"));
+        assert_eq!(balancer.pick(now, &mut rng), Ok("a"), "a ready endpoint takes concurrent requests");
+
+        fail(&mut balancer, "a", now, 7, &mut rng);
+        assert_penalty_within_jitter(now, ejected_until(&balancer, "a", now), Duration::from_secs(1));
+    }
+
+    #[test]
+    fn a_late_success_of_a_request_sent_before_the_ejection_readmits_the_endpoint() {
+        let mut rng = StdRng::seed_from_u64(37);
+        let now = Instant::now();
+        let mut balancer = balancer(&[("a", None)], None);
+        assert_eq!(balancer.pick(now, &mut rng), Ok("a"));
+        fail(&mut balancer, "a", now, 7, &mut rng);
+        assert_eq!(balancer.pick(now, &mut rng), Err(PickError::AllEjected));
+        balancer.complete(&"a", now, FAST, Outcome::Success, &mut rng);
+        assert_eq!(state(&balancer, "a", now), Some(EndpointState::Ready));
+    }
+
+    #[test]
+    fn picking_reports_why_nothing_can_be_picked() {
+        let mut rng = StdRng::seed_from_u64(41);
+        let now = Instant::now();
+        let mut balancer = balancer(&[], None);
+        assert!(balancer.is_empty());
+        assert_eq!(balancer.pick(now, &mut rng), Err(PickError::NoEndpoints));
+        balancer.update([("a", EndpointMeta::default()), ("b", EndpointMeta { zone: Some("z".to_owned()) })]);
+        fail(&mut balancer, "a", now, 7, &mut rng);
+        fail(&mut balancer, "b", now, 7, &mut rng);
+        assert_eq!(balancer.pick(now, &mut rng), Err(PickError::AllEjected));
+        assert_eq!(balancer.len(), 2);
+    }
+
+    #[test]
+    fn update_keeps_the_stats_of_surviving_endpoints_and_forgets_removed_ones() {
+        let mut rng = StdRng::seed_from_u64(43);
+        let now = Instant::now();
+        let mut balancer = balancer(&[("a", Some("z1")), ("b", None)], None);
+        balancer.complete(&"a", now, Duration::from_millis(250), Outcome::Success, &mut rng);
+        while balancer.in_flight(&"a") == Some(0) {
+            balancer.pick(now, &mut rng).expect("healthy endpoints");
+        }
+        let a_in_flight = balancer.in_flight(&"a");
+        fail(&mut balancer, "b", now, 7, &mut rng);
+        let b_until = ejected_until(&balancer, "b", now);
+
+        balancer.update([
+            ("a", EndpointMeta { zone: Some("z2".to_owned()) }),
+            ("b", EndpointMeta::default()),
+            ("c", EndpointMeta::default()),
+        ]);
+        assert_eq!(balancer.len(), 3);
+        assert_eq!(balancer.rtt_estimate(&"a"), Some(Duration::from_millis(250)));
+        assert_eq!(balancer.in_flight(&"a"), a_in_flight);
+        assert_eq!(balancer.endpoints.get("a").map(|stats| stats.meta.zone.as_deref()), Some(Some("z2")));
+        assert_eq!(state(&balancer, "b", now), Some(EndpointState::Ejected { until: b_until }));
+        assert_eq!(balancer.rtt_estimate(&"c"), Some(balancer.config.default_rtt));
+
+        balancer.update([("c", EndpointMeta::default())]);
+        assert_eq!(balancer.states(now), [("c", EndpointState::Ready)]);
+        // The request still in flight to the removed `a` completes harmlessly.
+        balancer.complete(&"a", now, FAST, Outcome::Failure, &mut rng);
+        assert_eq!(balancer.rtt_estimate(&"a"), None);
+
+        // Coming back, it starts afresh.
+        balancer.update([("a", EndpointMeta::default()), ("c", EndpointMeta::default())]);
+        assert_eq!(balancer.rtt_estimate(&"a"), Some(balancer.config.default_rtt));
+        assert_eq!(balancer.in_flight(&"a"), Some(0));
+    }
+
+    #[test]
+    fn a_key_listed_twice_keeps_its_stats_and_the_last_metadata() {
+        let mut rng = StdRng::seed_from_u64(47);
+        let now = Instant::now();
+        let mut balancer = balancer(&[("a", None)], None);
+        balancer.complete(&"a", now, Duration::from_millis(70), Outcome::Success, &mut rng);
+        let zone = |name: &str| EndpointMeta { zone: Some(name.to_owned()) };
+        balancer.update([("a", zone("z1")), ("a", zone("z2"))]);
+        assert_eq!(balancer.len(), 1);
+        assert_eq!(balancer.rtt_estimate(&"a"), Some(Duration::from_millis(70)));
+        assert_eq!(balancer.endpoints.get("a").map(|stats| stats.meta.clone()), Some(zone("z2")));
+    }
+}

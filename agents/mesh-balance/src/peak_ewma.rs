@@ -89,7 +89,7 @@ mod tests {
 
         // A steady stream of fast samples brings it back down to the fast latency.
         let mut at = t0 + Duration::from_millis(101);
-        for _ in 0..600 {
+        for _ in 0..1000 {
             at += Duration::from_millis(100);
             estimate.observe(at, Duration::from_millis(10), DECAY);
         }

@@ -94,3 +94,117 @@ impl RetryBudget {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn budget(retry_ratio: f64, min_retries_per_second: u32) -> RetryBudget {
+        RetryBudget::new(RetryBudgetConfig { retry_ratio, min_retries_per_second, ttl: Duration::from_secs(10) })
+    }
+
+    fn deposit(budget: &mut RetryBudget, now: Instant, requests: u32) {
+        for _ in 0..requests {
+            budget.deposit(now);
+        }
+    }
+
+    /// How many retries go through at `now` before the budget refuses one.
+    fn withdraw_all(budget: &mut RetryBudget, now: Instant) -> u32 {
+        let mut granted = 0;
+        while budget.try_withdraw(now) {
+            granted += 1;
+            assert!(granted <= 10_000, "the budget never runs out");
+        }
+        granted
+    }
+
+    #[test]
+    fn retries_are_limited_to_the_ratio_of_requests_in_the_window() {
+        let t0 = Instant::now();
+        let mut budget = budget(0.2, 0);
+        assert_eq!(withdraw_all(&mut budget, t0), 0);
+        deposit(&mut budget, t0, 100);
+        assert_eq!(withdraw_all(&mut budget, t0), 20);
+        // More requests later in the window earn more retries; the ones already taken still count.
+        deposit(&mut budget, t0 + Duration::from_secs(3), 10);
+        assert_eq!(withdraw_all(&mut budget, t0 + Duration::from_secs(3)), 2);
+        deposit(&mut budget, t0 + Duration::from_secs(4), 4);
+        assert_eq!(withdraw_all(&mut budget, t0 + Duration::from_secs(4)), 0, "4 requests earn 0.8 retries");
+        deposit(&mut budget, t0 + Duration::from_secs(4), 1);
+        assert_eq!(withdraw_all(&mut budget, t0 + Duration::from_secs(4)), 1);
+    }
+
+    #[test]
+    fn fractional_ratios_are_not_lost_to_rounding() {
+        let t0 = Instant::now();
+        let mut budget = budget(0.29, 0);
+        deposit(&mut budget, t0, 100);
+        assert_eq!(withdraw_all(&mut budget, t0), 29);
+    }
+
+    #[test]
+    fn a_minimum_of_retries_is_allowed_every_second() {
+        let t0 = Instant::now();
+        let mut budget = budget(0.2, 10);
+        assert_eq!(withdraw_all(&mut budget, t0), 10);
+        assert_eq!(withdraw_all(&mut budget, t0 + Duration::from_millis(999)), 0, "same second");
+        assert_eq!(withdraw_all(&mut budget, t0 + Duration::from_secs(1)), 10);
+        // The minimum comes on top of the ratio.
+        deposit(&mut budget, t0 + Duration::from_secs(2), 50);
+        assert_eq!(withdraw_all(&mut budget, t0 + Duration::from_secs(2)), 10 + 10);
+    }
+
+    #[test]
+    fn requests_and_retries_expire_after_the_ttl() {
+        let t0 = Instant::now();
+        let mut budget = budget(0.2, 0);
+        deposit(&mut budget, t0, 50);
+        assert_eq!(withdraw_all(&mut budget, t0), 10);
+        deposit(&mut budget, t0 + Duration::from_secs(5), 50);
+        assert_eq!(withdraw_all(&mut budget, t0 + Duration::from_secs(5)), 10);
+        // The first 50 requests and their 10 retries leave the window together: 50 requests with
+        // 10 retries remain, nothing to spare.
+        assert_eq!(withdraw_all(&mut budget, t0 + Duration::from_secs(10)), 0);
+        deposit(&mut budget, t0 + Duration::from_secs(10), 5);
+        assert_eq!(withdraw_all(&mut budget, t0 + Duration::from_secs(10)), 1);
+        // Long after, nothing is left of any of it.
+        assert_eq!(withdraw_all(&mut budget, t0 + Duration::from_secs(60)), 0);
+        deposit(&mut budget, t0 + Duration::from_secs(60), 10);
+        assert_eq!(withdraw_all(&mut budget, t0 + Duration::from_secs(60)), 2);
+    }
+
+    #[test]
+    fn the_window_holds_only_the_seconds_of_the_ttl() {
+        let t0 = Instant::now();
+        let mut budget = budget(0.2, 0);
+        for second in 0..100 {
+            deposit(&mut budget, t0 + Duration::from_secs(second), 1);
+        }
+        assert_eq!(budget.past.len(), 9);
+        assert_eq!(withdraw_all(&mut budget, t0 + Duration::from_secs(99)), 2);
+    }
+
+    #[test]
+    fn a_clock_reading_behind_an_earlier_one_counts_in_the_current_second() {
+        let t0 = Instant::now();
+        let mut budget = budget(1.0, 0);
+        deposit(&mut budget, t0 + Duration::from_secs(5), 1);
+        deposit(&mut budget, t0, 1);
+        assert_eq!(withdraw_all(&mut budget, t0 + Duration::from_secs(5)), 2);
+    }
+
+    #[test]
+    fn nonsense_configurations_refuse_ratio_retries_instead_of_panicking() {
+        let t0 = Instant::now();
+        for ratio in [f64::NAN, f64::NEG_INFINITY, -1.0] {
+            let mut budget = budget(ratio, 1);
+            deposit(&mut budget, t0, 100);
+            assert_eq!(withdraw_all(&mut budget, t0), 1, "ratio {ratio}");
+        }
+        let mut budget = RetryBudget::new(RetryBudgetConfig { ttl: Duration::ZERO, ..RetryBudgetConfig::default() });
+        deposit(&mut budget, t0, 100);
+        assert_eq!(withdraw_all(&mut budget, t0), 10 + 20);
+        assert_eq!(withdraw_all(&mut budget, t0 + Duration::from_secs(1)), 10);
+    }
+}
