@@ -24,6 +24,8 @@ pub struct Shared {
     pub token: String,
     /// Every workload rolls out but never becomes ready (see `controller`).
     pub stall_rollouts: std::sync::atomic::AtomicBool,
+    /// Service account tokens issued (see `tokens`).
+    pub tokens: crate::tokens::Tokens,
 }
 
 impl Shared {
@@ -280,6 +282,7 @@ fn resolve(shared: &Shared, group: &str, version: &str, rest: &[&str]) -> Result
     if let Some(sub) = &subresource
         && !(sub == "status" && rt.status)
         && !(sub == "finalize" && rt.kind == "Namespace")
+        && !(sub == "token" && rt.token_request)
     {
         return Err(ApiError::path_not_found());
     }
@@ -292,6 +295,22 @@ async fn resource(shared: &Arc<Shared>, req: Request<Incoming>, t: Target) -> Re
     let method = req.method().clone();
     let content_type = header_str(&req, header::CONTENT_TYPE).to_owned();
     let ns = t.namespace.as_deref();
+    if t.subresource.as_deref() == Some("token") {
+        let (&Method::POST, Some(name), Some(ns)) = (&method, &t.name, ns) else {
+            return Err(ApiError::method_not_allowed());
+        };
+        let body = read_body(req.into_body()).await?;
+        let request = decode_object(&body, &content_type, "authentication.k8s.io/v1", "TokenRequest")?;
+        let issued = crate::tokens::request(shared, ns, name, &request)?;
+        return Ok(json_response(StatusCode::CREATED, &issued));
+    }
+    if t.rt.create_only {
+        // TokenReview, the one type answered in the response and never stored.
+        let (&Method::POST, None) = (&method, &t.name) else { return Err(ApiError::method_not_allowed()) };
+        let body = read_body(req.into_body()).await?;
+        let review = decode_object(&body, &content_type, &t.rt.api_version(), &t.rt.kind)?;
+        return Ok(json_response(StatusCode::CREATED, &crate::tokens::review(shared, &review)?));
+    }
     match (&method, &t.name) {
         (&Method::GET, None) if params.watch => Ok(watch::serve(Arc::clone(shared), t.rt, t.namespace, params)),
         (&Method::GET, None) => list(shared, &t.rt, ns, &params),
@@ -301,7 +320,7 @@ async fn resource(shared: &Arc<Shared>, req: Request<Incoming>, t: Target) -> Re
         }
         (&Method::POST, None) => {
             let body = read_body(req.into_body()).await?;
-            let object = decode_object(&body, &content_type, &t.rt)?;
+            let object = decode_object(&body, &content_type, &t.rt.api_version(), &t.rt.kind)?;
             let warnings = validate_fields(&t.rt, &object, params.field_validation, false)?;
             let object_ns = object.pointer("/metadata/namespace").and_then(Value::as_str).map(str::to_owned);
             let admit_ns =
@@ -328,7 +347,7 @@ async fn resource(shared: &Arc<Shared>, req: Request<Incoming>, t: Target) -> Re
         }
         (&Method::PUT, Some(name)) => {
             let body = read_body(req.into_body()).await?;
-            let object = decode_object(&body, &content_type, &t.rt)?;
+            let object = decode_object(&body, &content_type, &t.rt.api_version(), &t.rt.kind)?;
             let warnings = validate_fields(&t.rt, &object, params.field_validation, false)?;
             let status_only = t.subresource.as_deref() == Some("status");
             let object = if status_only {
@@ -420,8 +439,8 @@ fn propagation(params: &Params, body: &[u8]) -> Result<Propagation, ApiError> {
     }
 }
 
-/// Decodes a create/update body and checks it names the URL's type.
-fn decode_object(body: &[u8], content_type: &str, rt: &ResourceType) -> Result<Value, ApiError> {
+/// Decodes a create/update body and checks it names the type the URL takes.
+fn decode_object(body: &[u8], content_type: &str, api_version: &str, kind: &str) -> Result<Value, ApiError> {
     let object = if content_type.starts_with("application/vnd.kubernetes.protobuf") {
         crate::protobuf::decode(body)?
     } else {
@@ -431,19 +450,17 @@ fn decode_object(body: &[u8], content_type: &str, rt: &ResourceType) -> Result<V
         return Err(ApiError::bad_request("the request body must be a JSON object"));
     }
     if let Some(v) = object.get("apiVersion").and_then(Value::as_str)
-        && v != rt.api_version()
+        && v != api_version
     {
         return Err(ApiError::bad_request(format!(
-            "the API version in the data ({v}) does not match the expected API version ({})",
-            rt.api_version()
+            "the API version in the data ({v}) does not match the expected API version ({api_version})"
         )));
     }
     if let Some(k) = object.get("kind").and_then(Value::as_str)
-        && k != rt.kind
+        && k != kind
     {
         return Err(ApiError::bad_request(format!(
-            "the kind in the data ({k}) does not match the expected kind ({})",
-            rt.kind
+            "the kind in the data ({k}) does not match the expected kind ({kind})"
         )));
     }
     Ok(object)

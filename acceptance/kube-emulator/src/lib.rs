@@ -16,6 +16,7 @@ pub mod selector;
 pub mod ssa;
 pub mod store;
 mod tls;
+pub mod tokens;
 pub mod validation;
 mod watch;
 
@@ -120,6 +121,7 @@ impl Emulator {
             changed,
             token: options.token.clone(),
             stall_rollouts: std::sync::atomic::AtomicBool::new(options.stall_rollouts),
+            tokens: tokens::Tokens::default(),
         });
         let mut tasks = JoinSet::new();
         tasks.spawn(controller::run(Arc::clone(&shared)));
@@ -152,6 +154,24 @@ impl Emulator {
     pub fn set_rollouts_stalled(&self, stalled: bool) {
         self.shared.stall_rollouts.store(stalled, std::sync::atomic::Ordering::SeqCst);
         controller::reconcile_all(&self.shared);
+    }
+
+    /// Issues a service account token as a TokenRequest would, but with
+    /// any expiry, past ones included, so tests can present expired
+    /// tokens without waiting. `audiences` empty means the API's own
+    /// (`tokens::API_AUDIENCE`); `bound_pod` binds it to a pod (by name)
+    /// that runs as the service account. Fails as TokenRequest does when
+    /// either does not exist.
+    pub fn issue_service_account_token(
+        &self,
+        namespace: &str,
+        service_account: &str,
+        audiences: &[&str],
+        bound_pod: Option<&str>,
+        expires_at: std::time::SystemTime,
+    ) -> Result<String, error::ApiError> {
+        let audiences = audiences.iter().map(|a| (*a).to_owned()).collect();
+        tokens::issue(&self.shared, namespace, service_account, audiences, bound_pod.map(|p| (p, None)), expires_at)
     }
 
     /// A complete kubeconfig for this server, context `kube-emulator`.
@@ -228,7 +248,12 @@ fn register_nodes(store: &mut Store, nodes: &[NodeSpec]) {
 
 /// Now, as the apiserver writes timestamps: RFC 3339, whole seconds, UTC.
 pub fn now() -> String {
-    let t = time::OffsetDateTime::now_utc();
+    rfc3339(std::time::SystemTime::now())
+}
+
+/// A time as the apiserver writes timestamps.
+pub fn rfc3339(at: std::time::SystemTime) -> String {
+    let t = time::OffsetDateTime::from(at);
     t.replace_nanosecond(0)
         .unwrap_or(t)
         .format(&time::format_description::well_known::Rfc3339)

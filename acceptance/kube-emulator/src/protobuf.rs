@@ -1,6 +1,6 @@
 //! Protobuf request bodies (`application/vnd.kubernetes.protobuf`), which
 //! kubectl 1.32+ sends for `kubectl create configmap|secret|namespace|
-//! serviceaccount` with no JSON fallback. Decoded into JSON; answers stay
+//! serviceaccount|token` with no JSON fallback. Decoded into JSON; answers stay
 //! JSON, which kubectl accepts. Field numbers are those of Kubernetes'
 //! generated.proto files.
 
@@ -113,6 +113,37 @@ struct ServiceAccount {
     automount_service_account_token: Option<bool>,
 }
 
+// k8s.io/api/authentication/v1
+#[derive(Clone, PartialEq, Message)]
+struct TokenRequest {
+    #[prost(message, optional, tag = "1")]
+    metadata: Option<ObjectMeta>,
+    #[prost(message, optional, tag = "2")]
+    spec: Option<TokenRequestSpec>,
+}
+
+#[derive(Clone, PartialEq, Message)]
+struct TokenRequestSpec {
+    #[prost(string, repeated, tag = "1")]
+    audiences: Vec<String>,
+    #[prost(message, optional, tag = "3")]
+    bound_object_ref: Option<BoundObjectReference>,
+    #[prost(int64, optional, tag = "4")]
+    expiration_seconds: Option<i64>,
+}
+
+#[derive(Clone, PartialEq, Message)]
+struct BoundObjectReference {
+    #[prost(string, tag = "1")]
+    kind: String,
+    #[prost(string, tag = "2")]
+    api_version: String,
+    #[prost(string, tag = "3")]
+    name: String,
+    #[prost(string, tag = "4")]
+    uid: String,
+}
+
 fn bad(e: impl std::fmt::Display) -> ApiError {
     ApiError::bad_request(format!("cannot decode the protobuf body: {e}"))
 }
@@ -215,9 +246,22 @@ pub fn decode(body: &[u8]) -> Result<Value, ApiError> {
             }
             o
         }
+        "TokenRequest" => {
+            let tr = TokenRequest::decode(raw).map_err(bad)?;
+            let spec = tr.spec.unwrap_or_default();
+            let mut o = json!({"metadata": metadata(tr.metadata), "spec": {"audiences": spec.audiences}});
+            if let Some(s) = spec.expiration_seconds {
+                o["spec"]["expirationSeconds"] = json!(s);
+            }
+            if let Some(r) = spec.bound_object_ref {
+                o["spec"]["boundObjectRef"] =
+                    json!({"kind": r.kind, "apiVersion": r.api_version, "name": r.name, "uid": r.uid});
+            }
+            o
+        }
         other => {
             return Err(ApiError::unsupported_media_type(&format!(
-                "application/vnd.kubernetes.protobuf for kind {other:?} (decoded kinds: ConfigMap, Secret, Namespace, ServiceAccount; send JSON)"
+                "application/vnd.kubernetes.protobuf for kind {other:?} (decoded kinds: ConfigMap, Secret, Namespace, ServiceAccount, TokenRequest; send JSON)"
             )));
         }
     };

@@ -21,7 +21,14 @@ pub struct ResourceType {
     pub status: bool,
     /// Served by a CRD rather than built in.
     pub custom: bool,
+    /// Only ever created, never stored or read back: reviews answer in the response.
+    pub create_only: bool,
+    /// Has the `/token` subresource that issues a TokenRequest (service accounts).
+    pub token_request: bool,
 }
+
+/// The kind `/token` answers with, which lives in another group than its parent.
+const TOKEN_REQUEST_KIND: (&str, &str, &str) = ("authentication.k8s.io", "v1", "TokenRequest");
 
 impl ResourceType {
     pub fn api_version(&self) -> String {
@@ -42,6 +49,9 @@ impl ResourceType {
     }
 
     pub fn verbs(&self) -> Vec<&'static str> {
+        if self.create_only {
+            return vec!["create"];
+        }
         vec!["create", "delete", "deletecollection", "get", "list", "patch", "update", "watch"]
     }
 
@@ -64,6 +74,13 @@ impl ResourceType {
                 "kind": self.kind, "verbs": ["get", "patch", "update"],
             }));
         }
+        if self.token_request {
+            let (group, version, kind) = TOKEN_REQUEST_KIND;
+            entries.push(json!({
+                "name": format!("{}/token", self.plural), "singularName": "", "namespaced": self.namespaced,
+                "group": group, "version": version, "kind": kind, "verbs": ["create"],
+            }));
+        }
         entries
     }
 
@@ -82,12 +99,24 @@ impl ResourceType {
         if !self.categories.is_empty() {
             entry["categories"] = json!(self.categories);
         }
+        let mut subresources = Vec::new();
         if self.status {
-            entry["subresources"] = json!([{
+            subresources.push(json!({
                 "subresource": "status",
                 "responseKind": {"group": self.group, "version": self.version, "kind": self.kind},
                 "verbs": ["get", "patch", "update"],
-            }]);
+            }));
+        }
+        if self.token_request {
+            let (group, version, kind) = TOKEN_REQUEST_KIND;
+            subresources.push(json!({
+                "subresource": "token",
+                "responseKind": {"group": group, "version": version, "kind": kind},
+                "verbs": ["create"],
+            }));
+        }
+        if !subresources.is_empty() {
+            entry["subresources"] = json!(subresources);
         }
         entry
     }
@@ -172,6 +201,7 @@ const BUILTINS: &[Builtin] = &[
         false,
     ),
     b("coordination.k8s.io", "v1", "Lease", "leases", true, &[], false, false),
+    b("authentication.k8s.io", "v1", "TokenReview", "tokenreviews", false, &[], false, false),
 ];
 
 /// The registry of served types, keyed by (group, version, plural).
@@ -196,6 +226,9 @@ impl Default for Registry {
                     categories: if t.all { vec!["all".into()] } else { Vec::new() },
                     status: t.status,
                     custom: false,
+                    // authentication.k8s.io holds only reviews, which are never stored.
+                    create_only: t.group == "authentication.k8s.io",
+                    token_request: t.kind == "ServiceAccount",
                 };
                 ((rt.group.clone(), rt.version.clone(), rt.plural.clone()), rt)
             })
@@ -285,6 +318,8 @@ fn crd_types(crd: &Value) -> Result<Vec<ResourceType>, String> {
                 categories: list("categories"),
                 status: v.pointer("/subresources/status").is_some(),
                 custom: true,
+                create_only: false,
+                token_request: false,
             })
         })
         .collect();

@@ -208,3 +208,49 @@ async fn patch_in_all_three_types_and_the_ssa_conflict_message() {
     .await;
     emulator.shutdown().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn create_token_bound_to_a_pod_and_review_it() {
+    let (emulator, kubectl) = setup().await;
+    blocking(move || {
+        kubectl.ok(&["create", "namespace", "mesh"]);
+        kubectl.ok(&["create", "serviceaccount", "web", "-n", "mesh"]);
+        kubectl.ok(&[
+            "run",
+            "web-0",
+            "-n",
+            "mesh",
+            "--image=nginx",
+            "--restart=Never",
+            "--overrides",
+            r#"{"spec":{"serviceAccountName":"web"}}"#,
+        ]);
+        let token = kubectl.ok(&[
+            "create",
+            "token",
+            "web",
+            "-n",
+            "mesh",
+            "--audience=identity",
+            "--duration=20m",
+            "--bound-object-kind=Pod",
+            "--bound-object-name=web-0",
+        ]);
+        let review = kubectl.file(
+            "review.json",
+            &serde_json::json!({"apiVersion": "authentication.k8s.io/v1", "kind": "TokenReview",
+                "spec": {"token": token.trim(), "audiences": ["identity"]}})
+            .to_string(),
+        );
+        let reviewed: serde_json::Value =
+            serde_json::from_str(&kubectl.ok(&["create", "-f", &review, "-o", "json"])).expect("json");
+        assert_eq!(reviewed["status"]["authenticated"], true, "{reviewed}");
+        assert_eq!(reviewed["status"]["user"]["username"], "system:serviceaccount:mesh:web");
+        assert_eq!(reviewed["status"]["user"]["extra"]["authentication.kubernetes.io/pod-name"][0], "web-0");
+
+        let short = kubectl.fails(&["create", "token", "web", "-n", "mesh", "--duration=5m"]);
+        assert!(short.contains("may not specify a duration less than 10 minutes"), "{short}");
+    })
+    .await;
+    emulator.shutdown().await;
+}
