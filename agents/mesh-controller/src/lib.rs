@@ -1,1 +1,8 @@
-//! (being written)
+//! The Trellis mesh control plane: the identity service (signs proxies'
+//! CSRs after a TokenReview), the destination service (streams a Service's
+//! endpoints from EndpointSlices) and the injector (adds the proxy to pods).
+
+pub mod authority;
+pub mod endpoints;
+pub mod names;
+pub mod ports;
