@@ -1,1 +1,433 @@
-//! (being written)
+//! The proxy's configuration, read from the environment the injector sets.
+//!
+//! Like linkerd2-proxy, every variable is read and checked before anything
+//! starts, and all problems are reported together: a pod that fails on the
+//! first bad variable, then the next one after a redeploy, wastes rollouts.
+
+use std::fmt;
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::str::FromStr;
+use std::time::Duration;
+
+use rustls::pki_types::CertificateDer;
+use rustls::pki_types::pem::PemObject;
+use trellis_api::MeshIdentity;
+
+pub const INBOUND_ADDR: &str = "TRELLIS_PROXY_INBOUND_ADDR";
+pub const OUTBOUND_ADDR: &str = "TRELLIS_PROXY_OUTBOUND_ADDR";
+pub const ADMIN_ADDR: &str = "TRELLIS_PROXY_ADMIN_ADDR";
+pub const IDENTITY: &str = "TRELLIS_PROXY_IDENTITY";
+pub const TRUST_ANCHORS: &str = "TRELLIS_PROXY_TRUST_ANCHORS";
+pub const IDENTITY_SVC_ADDR: &str = "TRELLIS_PROXY_IDENTITY_SVC_ADDR";
+pub const IDENTITY_SVC_NAME: &str = "TRELLIS_PROXY_IDENTITY_SVC_NAME";
+pub const DESTINATION_SVC_ADDR: &str = "TRELLIS_PROXY_DESTINATION_SVC_ADDR";
+pub const DESTINATION_SVC_NAME: &str = "TRELLIS_PROXY_DESTINATION_SVC_NAME";
+pub const TOKEN_PATH: &str = "TRELLIS_PROXY_TOKEN_PATH";
+pub const ZONE: &str = "TRELLIS_PROXY_ZONE";
+pub const INBOUND_POLICY: &str = "TRELLIS_PROXY_INBOUND_POLICY";
+pub const OPAQUE_PORTS: &str = "TRELLIS_PROXY_OPAQUE_PORTS";
+pub const DETECT_TIMEOUT: &str = "TRELLIS_PROXY_DETECT_TIMEOUT";
+pub const SHUTDOWN_GRACE: &str = "TRELLIS_PROXY_SHUTDOWN_GRACE";
+pub const LOG: &str = "TRELLIS_PROXY_LOG";
+pub const LOG_FORMAT: &str = "TRELLIS_PROXY_LOG_FORMAT";
+pub const PROXY_UID: &str = "TRELLIS_PROXY_UID";
+pub const INBOUND_SKIP_PORTS: &str = "TRELLIS_PROXY_INBOUND_SKIP_PORTS";
+pub const OUTBOUND_SKIP_PORTS: &str = "TRELLIS_PROXY_OUTBOUND_SKIP_PORTS";
+
+const DEFAULT_INBOUND_ADDR: &str = "0.0.0.0:4143";
+const DEFAULT_OUTBOUND_ADDR: &str = "127.0.0.1:4140";
+const DEFAULT_ADMIN_ADDR: &str = "0.0.0.0:4191";
+const DEFAULT_TOKEN_PATH: &str = "/var/run/secrets/tokens/trellis-identity-token";
+/// Server-speaks-first protocols (SMTP, MySQL, PostgreSQL, Redis, memcached...):
+/// detection would wait for a client byte that never comes.
+const DEFAULT_OPAQUE_PORTS: &str = "25,587,3306,4444,5432,6379,9300,11211";
+const DEFAULT_DETECT_TIMEOUT: &str = "200ms";
+const DEFAULT_SHUTDOWN_GRACE: &str = "30s";
+const DEFAULT_LOG: &str = "info";
+const DEFAULT_PROXY_UID: u32 = 2102;
+const DEFAULT_INBOUND_SKIP_PORTS: &str = "4191";
+
+/// Everything the sidecar needs to run.
+#[derive(Debug, Clone)]
+pub struct ProxyConfig {
+    pub inbound_addr: SocketAddr,
+    pub outbound_addr: SocketAddr,
+    pub admin_addr: SocketAddr,
+    pub identity: MeshIdentity,
+    pub trust_anchors_pem: String,
+    pub identity_svc: ControlPlaneAddr,
+    pub destination_svc: ControlPlaneAddr,
+    pub token_path: PathBuf,
+    pub zone: Option<String>,
+    pub inbound_policy: InboundPolicy,
+    pub opaque_ports: PortSet,
+    pub detect_timeout: Duration,
+    pub shutdown_grace: Duration,
+    pub log: String,
+    pub log_format: LogFormat,
+}
+
+/// A control-plane gRPC service and the identity its certificate must carry.
+#[derive(Debug, Clone)]
+pub struct ControlPlaneAddr {
+    /// `host:port`, resolved at connect time so a Service name works.
+    pub addr: String,
+    pub identity: MeshIdentity,
+}
+
+/// What the inbound side accepts from peers.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum InboundPolicy {
+    /// Plaintext and meshed peers alike: Linkerd's default, so meshing a
+    /// server never breaks its unmeshed clients.
+    AllUnauthenticated,
+    /// Only mTLS peers with a certificate from the mesh's trust anchors.
+    AllAuthenticated,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum LogFormat {
+    Plain,
+    Json,
+}
+
+/// A set of TCP ports, kept as sorted, merged inclusive ranges so a large
+/// range costs no more than a single port.
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
+pub struct PortSet(Vec<(u16, u16)>);
+
+/// What `trellis-proxy init` needs to install the redirect rules.
+#[derive(Debug, Clone)]
+pub struct InitConfig {
+    pub proxy_uid: u32,
+    pub inbound_port: u16,
+    pub outbound_port: u16,
+    pub admin_port: u16,
+    pub inbound_skip_ports: PortSet,
+    pub outbound_skip_ports: PortSet,
+}
+
+/// Every invalid or missing variable, each line naming one.
+#[derive(Debug, PartialEq, Eq)]
+pub struct ConfigError {
+    pub problems: Vec<String>,
+}
+
+impl fmt::Display for ConfigError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        writeln!(f, "invalid configuration ({} problems):", self.problems.len())?;
+        for problem in &self.problems {
+            writeln!(f, "  {problem}")?;
+        }
+        Ok(())
+    }
+}
+
+impl std::error::Error for ConfigError {}
+
+impl PortSet {
+    /// Parses `25,587,1000-2000`; blanks around items are ignored and an
+    /// empty string is the empty set.
+    pub fn parse(s: &str) -> Result<PortSet, String> {
+        let mut ranges = Vec::new();
+        for item in s.split(',').map(str::trim).filter(|item| !item.is_empty()) {
+            let range = match item.split_once('-') {
+                Some((low, high)) => (parse_port(low.trim())?, parse_port(high.trim())?),
+                None => {
+                    let port = parse_port(item)?;
+                    (port, port)
+                }
+            };
+            if range.0 > range.1 {
+                return Err(format!("port range `{item}` is empty: its start is above its end"));
+            }
+            ranges.push(range);
+        }
+        Ok(PortSet::from_ranges(ranges))
+    }
+
+    /// Sorts and merges overlapping or adjacent ranges, so `contains` and the
+    /// generated rules see each port once.
+    fn from_ranges(mut ranges: Vec<(u16, u16)>) -> PortSet {
+        ranges.sort_unstable();
+        let mut merged: Vec<(u16, u16)> = Vec::with_capacity(ranges.len());
+        for (low, high) in ranges {
+            match merged.last_mut() {
+                Some(last) if u32::from(low) <= u32::from(last.1) + 1 => last.1 = last.1.max(high),
+                _ => merged.push((low, high)),
+            }
+        }
+        PortSet(merged)
+    }
+
+    pub fn contains(&self, port: u16) -> bool {
+        self.0.iter().any(|&(low, high)| (low..=high).contains(&port))
+    }
+
+    pub fn empty() -> PortSet {
+        PortSet(Vec::new())
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.0.is_empty()
+    }
+
+    /// The set's sorted, disjoint inclusive ranges (`(p, p)` for a single port).
+    pub fn ranges(&self) -> &[(u16, u16)] {
+        &self.0
+    }
+
+    /// This set plus one port.
+    pub fn with(&self, port: u16) -> PortSet {
+        let mut ranges = self.0.clone();
+        ranges.push((port, port));
+        PortSet::from_ranges(ranges)
+    }
+}
+
+impl fmt::Display for PortSet {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        for (i, &(low, high)) in self.0.iter().enumerate() {
+            if i > 0 {
+                f.write_str(",")?;
+            }
+            if low == high {
+                write!(f, "{low}")?;
+            } else {
+                write!(f, "{low}-{high}")?;
+            }
+        }
+        Ok(())
+    }
+}
+
+fn parse_port(s: &str) -> Result<u16, String> {
+    match s.parse::<u16>() {
+        Ok(0) => Err("port 0 is not a TCP port".to_owned()),
+        Ok(port) => Ok(port),
+        Err(_) => Err(format!("`{s}` is not a port (1-65535)")),
+    }
+}
+
+impl FromStr for InboundPolicy {
+    type Err = String;
+
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        match s {
+            "all-unauthenticated" => Ok(InboundPolicy::AllUnauthenticated),
+            "all-authenticated" => Ok(InboundPolicy::AllAuthenticated),
+            other => Err(format!("`{other}` is not a policy: use all-unauthenticated or all-authenticated")),
+        }
+    }
+}
+
+impl FromStr for LogFormat {
+    type Err = String;
+
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        match s {
+            "plain" => Ok(LogFormat::Plain),
+            "json" => Ok(LogFormat::Json),
+            other => Err(format!("`{other}` is not a log format: use plain or json")),
+        }
+    }
+}
+
+/// Parses a whole number with a unit: `200ms`, `5s`, `2m`.
+pub fn parse_duration(s: &str) -> Result<Duration, String> {
+    let s = s.trim();
+    let digits_end = s.find(|c: char| !c.is_ascii_digit()).unwrap_or(s.len());
+    let (number, unit) = s.split_at(digits_end);
+    if number.is_empty() {
+        return Err(format!("`{s}` is not a duration: expected a whole number and a unit, like 200ms, 5s or 2m"));
+    }
+    let value: u64 = number.parse().map_err(|_| format!("`{s}` is too large a duration"))?;
+    let millis_per_unit = match unit {
+        "ms" => 1,
+        "s" => 1_000,
+        "m" => 60_000,
+        "" => return Err(format!("`{s}` has no unit: add ms, s or m")),
+        other => return Err(format!("`{other}` in `{s}` is not a duration unit: use ms, s or m")),
+    };
+    value
+        .checked_mul(millis_per_unit)
+        .map(Duration::from_millis)
+        .ok_or_else(|| format!("`{s}` is too large a duration"))
+}
+
+/// Reads variables through `get` and collects every problem instead of
+/// stopping at the first.
+struct EnvReader<G> {
+    get: G,
+    problems: Vec<String>,
+}
+
+impl<G: Fn(&str) -> Option<String>> EnvReader<G> {
+    fn new(get: G) -> Self {
+        EnvReader { get, problems: Vec::new() }
+    }
+
+    /// The variable's value; an empty value counts as unset, as Kubernetes
+    /// manifests often template optional variables to "".
+    fn value(&self, name: &str) -> Option<String> {
+        (self.get)(name).filter(|value| !value.trim().is_empty())
+    }
+
+    fn parse_or<T>(&mut self, name: &str, default: &str, parse: impl FnOnce(&str) -> Result<T, String>) -> Option<T> {
+        let value = self.value(name);
+        self.check(name, parse(value.as_deref().unwrap_or(default)))
+    }
+
+    fn required<T>(&mut self, name: &str, parse: impl FnOnce(&str) -> Result<T, String>) -> Option<T> {
+        match self.value(name) {
+            Some(value) => self.check(name, parse(&value)),
+            None => {
+                self.problems.push(format!("{name}: is required but not set"));
+                None
+            }
+        }
+    }
+
+    /// A port set where "set but empty" means the empty set, the only way to
+    /// turn off a non-empty default.
+    fn port_set(&mut self, name: &str, default: &str) -> Option<PortSet> {
+        let value = (self.get)(name);
+        self.check(name, PortSet::parse(value.as_deref().unwrap_or(default)))
+    }
+
+    fn check<T>(&mut self, name: &str, result: Result<T, String>) -> Option<T> {
+        result.map_err(|problem| self.problems.push(format!("{name}: {problem}"))).ok()
+    }
+
+    fn finish<T>(self, build: impl FnOnce() -> Option<T>) -> Result<T, ConfigError> {
+        match build() {
+            Some(config) if self.problems.is_empty() => Ok(config),
+            _ => Err(ConfigError { problems: self.problems }),
+        }
+    }
+}
+
+fn parse_socket_addr(s: &str) -> Result<SocketAddr, String> {
+    s.trim().parse().map_err(|_| format!("`{s}` is not an ip:port address"))
+}
+
+fn parse_identity(s: &str) -> Result<MeshIdentity, String> {
+    s.trim().parse().map_err(|e: trellis_api::IdentityError| e.to_string())
+}
+
+/// A `host:port` the gRPC client resolves itself.
+fn parse_host_port(s: &str) -> Result<String, String> {
+    let s = s.trim();
+    let bad = || format!("`{s}` is not a host:port address");
+    let (host, port) = s.rsplit_once(':').ok_or_else(bad)?;
+    let host_ok = !host.is_empty() && !host.chars().any(char::is_whitespace) && !host.contains('/');
+    if !host_ok || parse_port(port).is_err() {
+        return Err(bad());
+    }
+    Ok(s.to_owned())
+}
+
+/// Checks the bundle holds at least one certificate usable as a trust
+/// anchor, so a bad ConfigMap fails at start instead of at the first handshake.
+fn parse_trust_anchors(pem: &str) -> Result<String, String> {
+    let mut roots = rustls::RootCertStore::empty();
+    for (index, cert) in CertificateDer::pem_slice_iter(pem.as_bytes()).enumerate() {
+        let cert = cert.map_err(|e| format!("certificate {} is not valid PEM: {e}", index + 1))?;
+        roots.add(cert).map_err(|e| format!("certificate {} cannot be a trust anchor: {e}", index + 1))?;
+    }
+    if roots.is_empty() {
+        return Err("holds no PEM certificate".to_owned());
+    }
+    Ok(pem.to_owned())
+}
+
+fn parse_log_filter(s: &str) -> Result<String, String> {
+    tracing_subscriber::EnvFilter::try_new(s).map_err(|e| format!("`{s}` is not a log filter: {e}"))?;
+    Ok(s.to_owned())
+}
+
+fn parse_uid(s: &str) -> Result<u32, String> {
+    s.trim().parse().map_err(|_| format!("`{s}` is not a numeric user id"))
+}
+
+impl ProxyConfig {
+    pub fn from_env(get: impl Fn(&str) -> Option<String>) -> Result<ProxyConfig, ConfigError> {
+        let mut env = EnvReader::new(get);
+        let inbound_addr = env.parse_or(INBOUND_ADDR, DEFAULT_INBOUND_ADDR, parse_socket_addr);
+        let outbound_addr = env.parse_or(OUTBOUND_ADDR, DEFAULT_OUTBOUND_ADDR, parse_socket_addr);
+        let admin_addr = env.parse_or(ADMIN_ADDR, DEFAULT_ADMIN_ADDR, parse_socket_addr);
+        let identity = env.required(IDENTITY, parse_identity);
+        let trust_anchors_pem = env.required(TRUST_ANCHORS, parse_trust_anchors);
+        let identity_svc_addr = env.required(IDENTITY_SVC_ADDR, parse_host_port);
+        let identity_svc_name = env.required(IDENTITY_SVC_NAME, parse_identity);
+        let destination_svc_addr = env.required(DESTINATION_SVC_ADDR, parse_host_port);
+        let destination_svc_name = env.required(DESTINATION_SVC_NAME, parse_identity);
+        let token_path = env.value(TOKEN_PATH).unwrap_or_else(|| DEFAULT_TOKEN_PATH.to_owned());
+        let zone = env.value(ZONE).map(|zone| zone.trim().to_owned());
+        let inbound_policy = env.parse_or(INBOUND_POLICY, "all-unauthenticated", |s| s.trim().parse());
+        let opaque_ports = env.port_set(OPAQUE_PORTS, DEFAULT_OPAQUE_PORTS);
+        let detect_timeout = env.parse_or(DETECT_TIMEOUT, DEFAULT_DETECT_TIMEOUT, parse_duration);
+        let shutdown_grace = env.parse_or(SHUTDOWN_GRACE, DEFAULT_SHUTDOWN_GRACE, parse_duration);
+        let log = env.parse_or(LOG, DEFAULT_LOG, parse_log_filter);
+        let log_format = env.parse_or(LOG_FORMAT, "plain", |s| s.trim().parse());
+        env.finish(|| {
+            Some(ProxyConfig {
+                inbound_addr: inbound_addr?,
+                outbound_addr: outbound_addr?,
+                admin_addr: admin_addr?,
+                identity: identity?,
+                trust_anchors_pem: trust_anchors_pem?,
+                identity_svc: ControlPlaneAddr { addr: identity_svc_addr?, identity: identity_svc_name? },
+                destination_svc: ControlPlaneAddr { addr: destination_svc_addr?, identity: destination_svc_name? },
+                token_path: PathBuf::from(token_path),
+                zone,
+                inbound_policy: inbound_policy?,
+                opaque_ports: opaque_ports?,
+                detect_timeout: detect_timeout?,
+                shutdown_grace: shutdown_grace?,
+                log: log?,
+                log_format: log_format?,
+            })
+        })
+    }
+}
+
+impl InitConfig {
+    /// Reads the same listener addresses as the proxy, so the rules redirect
+    /// to exactly the ports the sidecar binds.
+    pub fn from_env(get: impl Fn(&str) -> Option<String>) -> Result<InitConfig, ConfigError> {
+        let mut env = EnvReader::new(get);
+        let proxy_uid = env.parse_or(PROXY_UID, &DEFAULT_PROXY_UID.to_string(), parse_uid);
+        let inbound = env.parse_or(INBOUND_ADDR, DEFAULT_INBOUND_ADDR, parse_socket_addr);
+        let outbound = env.parse_or(OUTBOUND_ADDR, DEFAULT_OUTBOUND_ADDR, parse_socket_addr);
+        let admin = env.parse_or(ADMIN_ADDR, DEFAULT_ADMIN_ADDR, parse_socket_addr);
+        let inbound_skip_ports = env.port_set(INBOUND_SKIP_PORTS, DEFAULT_INBOUND_SKIP_PORTS);
+        let outbound_skip_ports = env.port_set(OUTBOUND_SKIP_PORTS, "");
+        env.finish(|| {
+            Some(InitConfig {
+                proxy_uid: proxy_uid?,
+                inbound_port: inbound?.port(),
+                outbound_port: outbound?.port(),
+                admin_port: admin?.port(),
+                inbound_skip_ports: inbound_skip_ports?,
+                outbound_skip_ports: outbound_skip_ports?,
+            })
+        })
+    }
+}
+
+/// Installs the global tracing subscriber writing to stderr. The filter was
+/// validated with the configuration; should it still fail to parse, `info`
+/// keeps the proxy observable rather than silent.
+pub fn init_tracing(log: &str, format: LogFormat) {
+    let filter =
+        tracing_subscriber::EnvFilter::try_new(log).unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(DEFAULT_LOG));
+    let builder = tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr);
+    // try_init only fails when a subscriber is already installed (tests, or a
+    // second call); the first one keeps working, which is what we want.
+    let _already_installed = match format {
+        LogFormat::Plain => builder.try_init(),
+        LogFormat::Json => builder.json().try_init(),
+    };
+}
