@@ -118,4 +118,23 @@ mod tests {
         assert_eq!(cm["shortNames"], json!(["cm"]));
         assert_eq!(doc.pointer("/items/0/metadata/name"), Some(&json!("")));
     }
+
+    #[test]
+    fn aggregated_discovery_has_token_requests_and_reviews_create_only() {
+        let registry = Registry::default();
+        let core = aggregated(&registry, true, "v2");
+        let resources = core.pointer("/items/0/versions/0/resources").and_then(Value::as_array).expect("resources");
+        let sa = resources.iter().find(|r| r["resource"] == "serviceaccounts").expect("serviceaccounts");
+        assert_eq!(
+            sa["subresources"],
+            json!([{"subresource": "token", "verbs": ["create"],
+                "responseKind": {"group": "authentication.k8s.io", "version": "v1", "kind": "TokenRequest"}}])
+        );
+        let groups = aggregated(&registry, false, "v2");
+        let items = groups["items"].as_array().expect("groups");
+        let authentication = items.iter().find(|g| g["metadata"]["name"] == "authentication.k8s.io").expect("group");
+        let reviews = &authentication["versions"][0]["resources"][0];
+        assert_eq!((&reviews["resource"], &reviews["scope"]), (&json!("tokenreviews"), &json!("Cluster")));
+        assert_eq!(reviews["verbs"], json!(["create"]));
+    }
 }

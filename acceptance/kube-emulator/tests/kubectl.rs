@@ -1,6 +1,7 @@
 //! The emulator through the real `kubectl` on PATH, with its defaults:
 //! discovery, protobuf create bodies, client-side and server-side apply
-//! with strict field validation, run, get -o json, get -w, patch, delete.
+//! with strict field validation, run, get -o json, get -w, patch, delete,
+//! create token.
 
 mod common;
 
