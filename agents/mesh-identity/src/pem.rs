@@ -26,3 +26,35 @@ pub(crate) fn private_key(pem: &str, what: &'static str) -> Result<KeyPair, Cert
     })?;
     KeyPair::try_from(&der).map_err(|e| CertError::PrivateKey { what, reason: e.to_string() })
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// As `openssl ecparam -name prime256v1 -genkey` writes it: SEC1 after an EC PARAMETERS block.
+    const SEC1_WITH_PARAMETERS: &str = "-----BEGIN EC PARAMETERS-----
+BggqhkjOPQMBBw==
+-----END EC PARAMETERS-----
+-----BEGIN EC PRIVATE KEY-----
+MHcCAQEEIMHZLbPrHJ0Ryi8uC33yTGVi3G/kfqNuTo1HqXVmkWV+oAoGCCqGSM49
+AwEHoUQDQgAEAFRPMxdC38cqyRmLdZ7UUSbuu2+KiVjkVoFP83uM+LbGsJFaFdzf
+2YL3/TYDsFNZYzeyPMAXaqeCnlNmLWdt6A==
+-----END EC PRIVATE KEY-----
+";
+
+    #[test]
+    fn loads_a_sec1_key_after_ec_parameters() {
+        let key = private_key(SEC1_WITH_PARAMETERS, "test key").expect("SEC1 P-256 key loads");
+        assert_eq!(key.algorithm(), &rcgen::PKCS_ECDSA_P256_SHA256);
+    }
+
+    #[test]
+    fn says_which_input_lacks_what() {
+        let err =
+            private_key("-----BEGIN EC PARAMETERS-----\nBggqhkjOPQMBBw==\n-----END EC PARAMETERS-----\n", "tls.key")
+                .expect_err("no key block");
+        assert_eq!(err.to_string(), "tls.key holds no PRIVATE KEY or EC PRIVATE KEY block");
+        let err = certificates(SEC1_WITH_PARAMETERS, "ca.crt").expect_err("no certificate block");
+        assert_eq!(err.to_string(), "ca.crt holds no CERTIFICATE block");
+    }
+}
