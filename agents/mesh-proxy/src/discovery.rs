@@ -531,3 +531,216 @@ fn lock<T>(mutex: &Mutex<T>) -> MutexGuard<'_, T> {
     // State is updated whole under the lock, so a panic elsewhere leaves nothing half-written.
     mutex.lock().unwrap_or_else(PoisonError::into_inner)
 }
+
+#[cfg(test)]
+mod tests {
+    use std::collections::HashMap;
+
+    use trellis_mesh_api::destination::{EndpointSet, NoEndpoints};
+
+    use super::*;
+
+    const AUTHORITY: &str = "web.shop.svc.cluster.local:80";
+
+    fn endpoint(ip: [u8; 4], port: u32) -> Endpoint {
+        Endpoint { ip: ip.to_vec(), port, ..Endpoint::default() }
+    }
+
+    fn set(endpoints: Vec<Endpoint>) -> Update {
+        Update { update: Some(UpdateKind::Endpoints(EndpointSet { endpoints, opaque: false })) }
+    }
+
+    fn service(metrics: &Arc<ProxyMetrics>) -> ServiceEndpoints {
+        ServiceEndpoints::new(
+            AUTHORITY.to_owned(),
+            BalancerConfig::default(),
+            RetryBudgetConfig::default(),
+            None,
+            Arc::clone(metrics),
+        )
+    }
+
+    /// The balancer gauge of `AUTHORITY` in `state`, from the Prometheus text.
+    fn gauge(metrics: &ProxyMetrics, state: &str) -> Option<u64> {
+        metrics.encode().lines().find_map(|line| {
+            let labelled = line.starts_with("outbound_http_balancer_endpoints{")
+                && line.contains(&format!("authority=\"{AUTHORITY}\""))
+                && line.contains(&format!("endpoint_state=\"{state}\""));
+            labelled.then(|| line.rsplit(' ').next()?.parse().ok()).flatten()
+        })
+    }
+
+    fn addr(s: &str) -> SocketAddr {
+        s.parse().expect("socket address")
+    }
+
+    #[test]
+    fn endpoints_convert_with_optional_fields_absent_when_empty() {
+        let meshed = Endpoint {
+            ip: vec![10, 0, 0, 7],
+            port: 8080,
+            zone: "eu-west-1a".to_owned(),
+            identity: "spiffe://cluster.local/ns/shop/sa/web".to_owned(),
+            proxy_inbound_port: 4143,
+            metric_labels: HashMap::from([("pod".to_owned(), "web-0".to_owned())]),
+        };
+        let info = endpoint_info(meshed).expect("valid endpoint");
+        assert_eq!(info.addr, addr("10.0.0.7:8080"));
+        assert_eq!(info.identity.map(|id| id.to_string()).as_deref(), Some("spiffe://cluster.local/ns/shop/sa/web"));
+        assert_eq!(info.proxy_inbound_port, Some(4143));
+        assert_eq!(info.zone.as_deref(), Some("eu-west-1a"));
+        assert_eq!(info.labels.get("pod").map(String::as_str), Some("web-0"));
+
+        let mut v6 = vec![0u8; 16];
+        v6[15] = 1;
+        let plain = endpoint_info(Endpoint { ip: v6, port: 443, ..Endpoint::default() }).expect("valid endpoint");
+        assert_eq!(plain.addr, addr("[::1]:443"));
+        assert_eq!((plain.identity, plain.proxy_inbound_port, plain.zone), (None, None, None));
+    }
+
+    #[test]
+    fn malformed_endpoints_are_refused() {
+        assert!(matches!(
+            endpoint_info(Endpoint { ip: vec![10, 0, 0], port: 80, ..Endpoint::default() }),
+            Err(InvalidEndpoint::Ip(3))
+        ));
+        assert!(matches!(endpoint_info(endpoint([10, 0, 0, 1], 0)), Err(InvalidEndpoint::Port(0))));
+        assert!(matches!(endpoint_info(endpoint([10, 0, 0, 1], 70_000)), Err(InvalidEndpoint::Port(70_000))));
+        let proxy_port = Endpoint { proxy_inbound_port: 65_536, ..endpoint([10, 0, 0, 1], 80) };
+        assert!(matches!(endpoint_info(proxy_port), Err(InvalidEndpoint::ProxyInboundPort(65_536))));
+        let identity = Endpoint { identity: "web".to_owned(), ..endpoint([10, 0, 0, 1], 80) };
+        assert!(matches!(endpoint_info(identity), Err(InvalidEndpoint::Identity { .. })));
+    }
+
+    #[test]
+    fn a_bad_endpoint_is_skipped_and_the_rest_serve() {
+        let metrics = ProxyMetrics::new();
+        let service = service(&metrics);
+        service.apply(set(vec![endpoint([10, 0, 0, 1], 0), endpoint([10, 0, 0, 2], 80)]));
+        let picked = service.pick().expect("one valid endpoint");
+        assert_eq!(picked.endpoint.addr, addr("10.0.0.2:80"));
+    }
+
+    #[test]
+    fn each_update_replaces_the_set() {
+        let metrics = ProxyMetrics::new();
+        let service = service(&metrics);
+        service.apply(set(vec![endpoint([10, 0, 0, 1], 80), endpoint([10, 0, 0, 2], 80)]));
+        assert_eq!(gauge(&metrics, "ready"), Some(2));
+        service.apply(set(vec![endpoint([10, 0, 0, 3], 80)]));
+        let addrs: Vec<SocketAddr> = service.endpoints().iter().map(|e| e.addr).collect();
+        assert_eq!(addrs, [addr("10.0.0.3:80")]);
+        for _ in 0..10 {
+            let picked = service.pick().expect("an endpoint");
+            assert_eq!(picked.endpoint.addr, addr("10.0.0.3:80"));
+            service.complete(picked, Outcome::Success);
+        }
+        assert_eq!(gauge(&metrics, "ready"), Some(1));
+    }
+
+    #[test]
+    fn no_endpoints_says_whether_the_service_exists() {
+        let metrics = ProxyMetrics::new();
+        let service = service(&metrics);
+        service.apply(Update { update: Some(UpdateKind::NoEndpoints(NoEndpoints { exists: false })) });
+        assert!(matches!(service.pick(), Err(DiscoveryError::NoEndpoints { exists: false, .. })));
+        service.apply(Update { update: Some(UpdateKind::NoEndpoints(NoEndpoints { exists: true })) });
+        assert!(matches!(service.pick(), Err(DiscoveryError::NoEndpoints { exists: true, .. })));
+        // An empty set comes from an existing Service too.
+        service.apply(set(vec![endpoint([10, 0, 0, 1], 80)]));
+        service.apply(set(Vec::new()));
+        assert!(matches!(service.pick(), Err(DiscoveryError::NoEndpoints { exists: true, .. })));
+        assert_eq!(gauge(&metrics, "ready"), Some(0));
+    }
+
+    #[test]
+    fn an_update_of_unknown_kind_keeps_the_endpoints_and_opacity_follows_the_set() {
+        let metrics = ProxyMetrics::new();
+        let service = service(&metrics);
+        let opaque = EndpointSet { endpoints: vec![endpoint([10, 0, 0, 1], 3306)], opaque: true };
+        service.apply(Update { update: Some(UpdateKind::Endpoints(opaque)) });
+        service.apply(Update { update: None });
+        assert!(service.is_opaque());
+        assert_eq!(service.endpoints().len(), 1);
+        service.apply(set(vec![endpoint([10, 0, 0, 1], 3306)]));
+        assert!(!service.is_opaque());
+    }
+
+    #[test]
+    fn the_first_update_is_signalled_once() {
+        let metrics = ProxyMetrics::new();
+        let service = service(&metrics);
+        let first = service.first_update.subscribe();
+        assert!(matches!(*first.borrow(), FirstUpdate::Awaiting { last_error: None }));
+        service.apply(Update { update: Some(UpdateKind::NoEndpoints(NoEndpoints { exists: true })) });
+        assert!(matches!(*first.borrow(), FirstUpdate::Received));
+    }
+
+    #[test]
+    fn a_failing_endpoint_is_ejected_after_seven_failures_and_the_other_serves() {
+        let metrics = ProxyMetrics::new();
+        // The failing endpoint is the only one in the local zone, so it gets every request while
+        // eligible; a long ejection keeps it out for the rest of the test however slow the machine.
+        let balancer = BalancerConfig { min_penalty: Duration::from_secs(60), ..BalancerConfig::default() };
+        let service = ServiceEndpoints::new(
+            AUTHORITY.to_owned(),
+            balancer,
+            RetryBudgetConfig::default(),
+            Some("zone-a".to_owned()),
+            Arc::clone(&metrics),
+        );
+        let (failing, healthy) = (addr("10.0.0.1:80"), addr("10.0.0.2:80"));
+        let in_zone = |ip, zone: &str| Endpoint { zone: zone.to_owned(), ..endpoint(ip, 80) };
+        service.apply(set(vec![in_zone([10, 0, 0, 1], "zone-a"), in_zone([10, 0, 0, 2], "zone-b")]));
+        for failure in 1..=7 {
+            assert_eq!(gauge(&metrics, "ejected"), Some(0), "before failure {failure}");
+            let picked = service.pick().expect("an endpoint");
+            assert_eq!(picked.endpoint.addr, failing);
+            service.complete(picked, Outcome::Failure);
+        }
+        assert_eq!((gauge(&metrics, "ready"), gauge(&metrics, "ejected")), (Some(1), Some(1)));
+        for _ in 0..20 {
+            let picked = service.pick().expect("the healthy endpoint");
+            assert_eq!(picked.endpoint.addr, healthy);
+            service.complete(picked, Outcome::Success);
+        }
+    }
+
+    #[test]
+    fn a_dropped_pick_counts_as_a_failure_and_an_explicit_completion_counts_once() {
+        let metrics = ProxyMetrics::new();
+        let service = service(&metrics);
+        service.apply(set(vec![endpoint([10, 0, 0, 1], 80)]));
+        // Six explicit failures: were each also counted on drop, the endpoint would be ejected by now.
+        for _ in 0..6 {
+            let picked = service.pick().expect("not ejected yet");
+            service.complete(picked, Outcome::Failure);
+        }
+        assert_eq!(gauge(&metrics, "ejected"), Some(0));
+        // The seventh request is cancelled: dropping its pick is its failure.
+        drop(service.pick().expect("not ejected yet"));
+        assert!(matches!(service.pick(), Err(DiscoveryError::AllEjected { .. })));
+        assert_eq!(gauge(&metrics, "ejected"), Some(1));
+    }
+
+    #[test]
+    fn retries_are_limited_by_the_budget() {
+        let metrics = ProxyMetrics::new();
+        let budget = RetryBudgetConfig { retry_ratio: 0.5, min_retries_per_second: 0, ttl: Duration::from_secs(60) };
+        let service =
+            ServiceEndpoints::new(AUTHORITY.to_owned(), BalancerConfig::default(), budget, None, Arc::clone(&metrics));
+        assert!(!service.try_retry(), "no request yet, no retry");
+        service.deposit_request();
+        service.deposit_request();
+        assert!(service.try_retry());
+        assert!(!service.try_retry(), "half of two requests is one retry");
+    }
+
+    #[test]
+    fn errors_read_well() {
+        let missing = DiscoveryError::NoEndpoints { authority: AUTHORITY.to_owned(), exists: false };
+        assert_eq!(missing.to_string(), format!("{AUTHORITY} has no endpoints (no such service)"));
+        let empty = DiscoveryError::NoEndpoints { authority: AUTHORITY.to_owned(), exists: true };
+        assert_eq!(empty.to_string(), format!("{AUTHORITY} has no endpoints (the service has no ready endpoint)"));
+    }
+}

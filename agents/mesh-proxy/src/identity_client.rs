@@ -47,8 +47,10 @@ pub enum IdentityClientError {
     Token { path: PathBuf, source: io::Error },
     #[error("cannot build the certificate signing request: {0}")]
     Csr(#[source] CertError),
-    #[error("the identity service refused to certify this proxy: {code:?}: {message}")]
-    Refused { code: tonic::Code, message: String },
+    /// The call failed: refused by the service (e.g. `Unauthenticated` for a bad token) or never
+    /// reached it (`Unavailable`, including a control plane whose certificate does not verify).
+    #[error("the identity service call failed: {code:?}: {message}")]
+    Certify { code: tonic::Code, message: String },
     #[error("the identity service did not answer within {0:?}")]
     Timeout(Duration),
     #[error("the certificate the identity service issued cannot be used: {0}")]
@@ -140,7 +142,7 @@ impl IdentityClient {
         let response = tokio::time::timeout(CERTIFY_TIMEOUT, grpc.certify(request))
             .await
             .map_err(|_| IdentityClientError::Timeout(CERTIFY_TIMEOUT))?
-            .map_err(|status| IdentityClientError::Refused {
+            .map_err(|status| IdentityClientError::Certify {
                 code: status.code(),
                 message: status.message().to_owned(),
             })?
