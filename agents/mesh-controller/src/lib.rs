@@ -3,6 +3,8 @@
 //! endpoints from EndpointSlices) and the injector (adds the proxy to pods).
 
 pub mod authority;
+pub mod config;
 pub mod endpoints;
+pub mod inject;
 pub mod names;
 pub mod ports;

@@ -29,6 +29,12 @@ impl PortSet {
     }
 }
 
+impl From<u16> for PortSet {
+    fn from(port: u16) -> Self {
+        PortSet { ranges: vec![port..=port] }
+    }
+}
+
 impl FromStr for PortSet {
     type Err = PortSetError;
 
