@@ -211,11 +211,7 @@ impl ProxyMetrics {
             "When the proxy's identity certificate expires, in seconds since the Unix epoch",
             cert_expiration.clone(),
         );
-        registry.register(
-            "identity_cert_refresh",
-            "Identity certificates the proxy obtained",
-            cert_refreshes.clone(),
-        );
+        registry.register("identity_cert_refresh", "Identity certificates the proxy obtained", cert_refreshes.clone());
         registry.register(
             "outbound_http_balancer_endpoints",
             "Endpoints of each outbound balancer, by state",
