@@ -10,8 +10,6 @@ use std::path::PathBuf;
 use std::str::FromStr;
 use std::time::Duration;
 
-use rustls::pki_types::CertificateDer;
-use rustls::pki_types::pem::PemObject;
 use trellis_api::MeshIdentity;
 
 pub const INBOUND_ADDR: &str = "TRELLIS_PROXY_INBOUND_ADDR";
@@ -328,17 +326,10 @@ fn parse_host_port(s: &str) -> Result<String, String> {
     Ok(s.to_owned())
 }
 
-/// Checks the bundle holds at least one certificate usable as a trust
-/// anchor, so a bad ConfigMap fails at start instead of at the first handshake.
+/// Checks the bundle holds certificates usable as trust anchors, so a bad
+/// ConfigMap fails at start instead of at the first handshake.
 fn parse_trust_anchors(pem: &str) -> Result<String, String> {
-    let mut roots = rustls::RootCertStore::empty();
-    for (index, cert) in CertificateDer::pem_slice_iter(pem.as_bytes()).enumerate() {
-        let cert = cert.map_err(|e| format!("certificate {} is not valid PEM: {e}", index + 1))?;
-        roots.add(cert).map_err(|e| format!("certificate {} cannot be a trust anchor: {e}", index + 1))?;
-    }
-    if roots.is_empty() {
-        return Err("holds no PEM certificate".to_owned());
-    }
+    trellis_mesh_identity::TrustAnchors::from_pem(pem).map_err(|e| e.to_string())?;
     Ok(pem.to_owned())
 }
 
@@ -430,4 +421,224 @@ pub fn init_tracing(log: &str, format: LogFormat) {
         LogFormat::Plain => builder.try_init(),
         LogFormat::Json => builder.json().try_init(),
     };
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::collections::HashMap;
+
+    fn anchor_pem() -> String {
+        let day = Duration::from_secs(86_400);
+        trellis_mesh_identity::generate_trust_anchor("cluster.local", day).expect("test anchor").0
+    }
+
+    fn env(pairs: &[(&str, &str)]) -> impl Fn(&str) -> Option<String> {
+        let map: HashMap<String, String> = pairs.iter().map(|(k, v)| ((*k).to_owned(), (*v).to_owned())).collect();
+        move |name| map.get(name).cloned()
+    }
+
+    fn required(anchors: &str) -> Vec<(&'static str, String)> {
+        vec![
+            (IDENTITY, "spiffe://cluster.local/ns/shop/sa/web".to_owned()),
+            (TRUST_ANCHORS, anchors.to_owned()),
+            (IDENTITY_SVC_ADDR, "trellis-identity.trellis-system.svc.cluster.local:8080".to_owned()),
+            (IDENTITY_SVC_NAME, "spiffe://cluster.local/ns/trellis-system/sa/trellis-identity".to_owned()),
+            (DESTINATION_SVC_ADDR, "trellis-destination.trellis-system.svc.cluster.local:8086".to_owned()),
+            (DESTINATION_SVC_NAME, "spiffe://cluster.local/ns/trellis-system/sa/trellis-destination".to_owned()),
+        ]
+    }
+
+    fn proxy_config(extra: &[(&str, &str)]) -> Result<ProxyConfig, ConfigError> {
+        let anchors = anchor_pem();
+        let base = required(&anchors);
+        let mut pairs: Vec<(&str, &str)> = base.iter().map(|(k, v)| (*k, v.as_str())).collect();
+        pairs.extend_from_slice(extra);
+        ProxyConfig::from_env(env(&pairs))
+    }
+
+    #[test]
+    fn defaults_fill_everything_but_the_required_variables() {
+        let config = proxy_config(&[]).expect("valid config");
+        assert_eq!(config.inbound_addr, "0.0.0.0:4143".parse().expect("addr"));
+        assert_eq!(config.outbound_addr, "127.0.0.1:4140".parse().expect("addr"));
+        assert_eq!(config.admin_addr, "0.0.0.0:4191".parse().expect("addr"));
+        assert_eq!(config.identity.to_string(), "spiffe://cluster.local/ns/shop/sa/web");
+        assert_eq!(config.identity_svc.addr, "trellis-identity.trellis-system.svc.cluster.local:8080");
+        assert_eq!(config.identity_svc.identity.service_account(), "trellis-identity");
+        assert_eq!(config.destination_svc.identity.service_account(), "trellis-destination");
+        assert_eq!(config.token_path, PathBuf::from("/var/run/secrets/tokens/trellis-identity-token"));
+        assert_eq!(config.zone, None);
+        assert_eq!(config.inbound_policy, InboundPolicy::AllUnauthenticated);
+        for port in [25, 587, 3306, 4444, 5432, 6379, 9300, 11211] {
+            assert!(config.opaque_ports.contains(port), "{port} is opaque by default");
+        }
+        assert!(!config.opaque_ports.contains(80));
+        assert_eq!(config.detect_timeout, Duration::from_millis(200));
+        assert_eq!(config.shutdown_grace, Duration::from_secs(30));
+        assert_eq!(config.log, "info");
+        assert_eq!(config.log_format, LogFormat::Plain);
+    }
+
+    #[test]
+    fn every_variable_can_be_set() {
+        let config = proxy_config(&[
+            (INBOUND_ADDR, "[::]:5143"),
+            (OUTBOUND_ADDR, "127.0.0.1:5140"),
+            (ADMIN_ADDR, "0.0.0.0:5191"),
+            (TOKEN_PATH, "/tokens/identity"),
+            (ZONE, "eu-west-1a"),
+            (INBOUND_POLICY, "all-authenticated"),
+            (OPAQUE_PORTS, "9000-9002, 25"),
+            (DETECT_TIMEOUT, "1s"),
+            (SHUTDOWN_GRACE, "2m"),
+            (LOG, "warn,trellis_proxy=debug"),
+            (LOG_FORMAT, "json"),
+        ])
+        .expect("valid config");
+        assert_eq!(config.inbound_addr.port(), 5143);
+        assert_eq!(config.outbound_addr.port(), 5140);
+        assert_eq!(config.admin_addr.port(), 5191);
+        assert_eq!(config.token_path, PathBuf::from("/tokens/identity"));
+        assert_eq!(config.zone.as_deref(), Some("eu-west-1a"));
+        assert_eq!(config.inbound_policy, InboundPolicy::AllAuthenticated);
+        assert_eq!(config.opaque_ports.to_string(), "25,9000-9002");
+        assert_eq!(config.detect_timeout, Duration::from_secs(1));
+        assert_eq!(config.shutdown_grace, Duration::from_secs(120));
+        assert_eq!(config.log, "warn,trellis_proxy=debug");
+        assert_eq!(config.log_format, LogFormat::Json);
+    }
+
+    #[test]
+    fn empty_values_count_as_unset_except_for_port_sets() {
+        let config = proxy_config(&[(ZONE, ""), (DETECT_TIMEOUT, " "), (OPAQUE_PORTS, "")]).expect("valid config");
+        assert_eq!(config.zone, None);
+        assert_eq!(config.detect_timeout, Duration::from_millis(200));
+        assert!(config.opaque_ports.is_empty(), "an empty list turns opaque ports off");
+    }
+
+    #[test]
+    fn every_invalid_variable_is_reported_at_once() {
+        let invalid = [
+            (INBOUND_ADDR, "nowhere"),
+            (OUTBOUND_ADDR, "127.0.0.1"),
+            (ADMIN_ADDR, "0.0.0.0:99999"),
+            (IDENTITY, "https://cluster.local/ns/shop/sa/web"),
+            (TRUST_ANCHORS, "not a certificate"),
+            (IDENTITY_SVC_ADDR, "no-port"),
+            (IDENTITY_SVC_NAME, "spiffe://cluster.local/web"),
+            (DESTINATION_SVC_ADDR, "host:0"),
+            (DESTINATION_SVC_NAME, "spiffe://Cluster.Local/ns/a/sa/b"),
+            (INBOUND_POLICY, "deny"),
+            (OPAQUE_PORTS, "25,70000"),
+            (DETECT_TIMEOUT, "200"),
+            (SHUTDOWN_GRACE, "1h"),
+            (LOG, "trellis_proxy=loud"),
+            (LOG_FORMAT, "xml"),
+        ];
+        let error = ProxyConfig::from_env(env(&invalid)).expect_err("everything is invalid");
+        assert_eq!(error.problems.len(), invalid.len(), "{error}");
+        let text = error.to_string();
+        for (name, _) in invalid {
+            let prefix = format!("{name}: ");
+            assert_eq!(text.lines().filter(|line| line.trim_start().starts_with(&prefix)).count(), 1, "{name}: {text}");
+        }
+    }
+
+    #[test]
+    fn missing_required_variables_are_each_named() {
+        let error = ProxyConfig::from_env(env(&[])).expect_err("nothing is set");
+        let names =
+            [IDENTITY, TRUST_ANCHORS, IDENTITY_SVC_ADDR, IDENTITY_SVC_NAME, DESTINATION_SVC_ADDR, DESTINATION_SVC_NAME];
+        assert_eq!(error.problems.len(), names.len(), "{error}");
+        for name in names {
+            assert!(error.problems.contains(&format!("{name}: is required but not set")), "{error}");
+        }
+    }
+
+    #[test]
+    fn identity_errors_name_the_variable_and_the_reason() {
+        let error = proxy_config(&[(DESTINATION_SVC_NAME, "spiffe://cluster.local/ns/Bad/sa/x")]).expect_err("bad id");
+        assert_eq!(error.problems.len(), 1, "{error}");
+        let problem = &error.problems[0];
+        assert!(problem.starts_with(&format!("{DESTINATION_SVC_NAME}: ")), "{problem}");
+        assert!(problem.contains("namespace `Bad`"), "{problem}");
+    }
+
+    #[test]
+    fn trust_anchors_must_hold_a_certificate() {
+        let error = proxy_config(&[(TRUST_ANCHORS, "-----BEGIN CERTIFICATE-----\nAAAA\n-----END CERTIFICATE-----\n")])
+            .expect_err("garbage certificate");
+        assert_eq!(error.problems.len(), 1, "{error}");
+        assert!(error.problems[0].starts_with(&format!("{TRUST_ANCHORS}: ")), "{error}");
+    }
+
+    #[test]
+    fn durations_take_ms_s_and_m() {
+        assert_eq!(parse_duration("200ms"), Ok(Duration::from_millis(200)));
+        assert_eq!(parse_duration("5s"), Ok(Duration::from_secs(5)));
+        assert_eq!(parse_duration("2m"), Ok(Duration::from_secs(120)));
+        assert_eq!(parse_duration("0s"), Ok(Duration::ZERO));
+        for bad in ["", "s", "5", "5h", "1.5s", "-1s", "99999999999999999999s", "18446744073709551615m"] {
+            assert!(parse_duration(bad).is_err(), "{bad:?} should be refused");
+        }
+    }
+
+    #[test]
+    fn port_sets_take_ports_and_ranges() {
+        let set = PortSet::parse(" 80, 8000-8002,443,8001-8010 ").expect("valid set");
+        assert_eq!(set.to_string(), "80,443,8000-8010");
+        for (port, member) in [(80, true), (443, true), (8000, true), (8010, true), (8011, false), (79, false)] {
+            assert_eq!(set.contains(port), member, "{port}");
+        }
+        assert_eq!(PortSet::parse("").expect("empty"), PortSet::empty());
+        assert_eq!(PortSet::parse("1-2,3").expect("adjacent").ranges(), [(1, 3)]);
+        assert_eq!(PortSet::parse("65535").expect("max").ranges(), [(65535, 65535)]);
+        assert_eq!(set.with(444).to_string(), "80,443-444,8000-8010");
+        for bad in ["0", "65536", "http", "10-5", "1-", "-3", "1--2"] {
+            assert!(PortSet::parse(bad).is_err(), "{bad:?} should be refused");
+        }
+    }
+
+    #[test]
+    fn init_config_reads_the_listener_ports_and_skip_lists() {
+        let config = InitConfig::from_env(env(&[])).expect("defaults");
+        assert_eq!(
+            (config.proxy_uid, config.inbound_port, config.outbound_port, config.admin_port),
+            (2102, 4143, 4140, 4191)
+        );
+        assert_eq!(config.inbound_skip_ports.to_string(), "4191");
+        assert!(config.outbound_skip_ports.is_empty());
+
+        let config = InitConfig::from_env(env(&[
+            (PROXY_UID, "1337"),
+            (INBOUND_ADDR, "0.0.0.0:15006"),
+            (OUTBOUND_ADDR, "127.0.0.1:15001"),
+            (ADMIN_ADDR, "0.0.0.0:15020"),
+            (INBOUND_SKIP_PORTS, "22"),
+            (OUTBOUND_SKIP_PORTS, "443,5000-5010"),
+        ]))
+        .expect("valid init config");
+        assert_eq!(
+            (config.proxy_uid, config.inbound_port, config.outbound_port, config.admin_port),
+            (1337, 15006, 15001, 15020)
+        );
+        assert_eq!(config.inbound_skip_ports.to_string(), "22");
+        assert_eq!(config.outbound_skip_ports.to_string(), "443,5000-5010");
+    }
+
+    #[test]
+    fn init_config_reports_every_problem() {
+        let error = InitConfig::from_env(env(&[
+            (PROXY_UID, "proxy"),
+            (INBOUND_ADDR, "4143"),
+            (OUTBOUND_SKIP_PORTS, "x"),
+            (INBOUND_SKIP_PORTS, "1-0"),
+        ]))
+        .expect_err("invalid");
+        assert_eq!(error.problems.len(), 4, "{error}");
+        for name in [PROXY_UID, INBOUND_ADDR, OUTBOUND_SKIP_PORTS, INBOUND_SKIP_PORTS] {
+            assert!(error.problems.iter().any(|problem| problem.starts_with(&format!("{name}: "))), "{name}: {error}");
+        }
+    }
 }

@@ -304,3 +304,168 @@ impl Drop for TcpConnectionGuard {
         self.metrics.tcp_open_connections.get_or_create(&self.labels).dec();
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn inbound() -> TrafficLabels {
+        TrafficLabels {
+            direction: Direction::Inbound,
+            authority: "web.shop.svc.cluster.local:8080".to_owned(),
+            peer_identity: Some("spiffe://cluster.local/ns/shop/sa/api".to_owned()),
+        }
+    }
+
+    fn outbound_plain() -> TrafficLabels {
+        TrafficLabels { direction: Direction::Outbound, authority: "db.shop:5432".to_owned(), peer_identity: None }
+    }
+
+    fn line<'a>(text: &'a str, prefix: &str) -> &'a str {
+        text.lines().find(|line| line.starts_with(prefix)).unwrap_or_else(|| panic!("no `{prefix}` in\n{text}"))
+    }
+
+    const INBOUND: &str = r#"direction="inbound",authority="web.shop.svc.cluster.local:8080",tls="true",client_id="spiffe://cluster.local/ns/shop/sa/api""#;
+
+    #[test]
+    fn traffic_is_encoded_with_linkerd_names_and_labels() {
+        let metrics = ProxyMetrics::new();
+        metrics.http_request(&inbound());
+        metrics.http_request(&inbound());
+        metrics.http_response(&inbound(), Some(http::StatusCode::OK), false, Duration::from_millis(7));
+        metrics.http_response(&inbound(), Some(http::StatusCode::BAD_GATEWAY), false, Duration::from_millis(70));
+        metrics.http_response(&inbound(), Some(http::StatusCode::OK), true, Duration::from_millis(3));
+        metrics.http_response(&inbound(), None, false, Duration::from_secs(90));
+
+        let text = metrics.encode();
+        assert!(text.contains("# TYPE request_total counter\n"), "{text}");
+        assert!(text.contains("# TYPE response_latency_ms histogram\n"), "{text}");
+        assert!(text.contains(&format!("request_total{{{INBOUND}}} 2\n")), "{text}");
+        assert!(
+            text.contains(&format!("response_total{{{INBOUND},classification=\"success\",status_code=\"200\"}} 1\n")),
+            "{text}"
+        );
+        assert!(
+            text.contains(&format!("response_total{{{INBOUND},classification=\"failure\",status_code=\"502\"}} 1\n")),
+            "{text}"
+        );
+        assert!(
+            text.contains(&format!("response_total{{{INBOUND},classification=\"failure\",status_code=\"200\"}} 1\n")),
+            "a failure the status cannot show: {text}"
+        );
+        assert!(text.contains(&format!("response_total{{{INBOUND},classification=\"failure\"}} 1\n")), "{text}");
+
+        let bucket = |status: &str, le: &str| {
+            line(&text, &format!("response_latency_ms_bucket{{{INBOUND},status_code=\"{status}\",le=\"{le}\"}}"))
+                .rsplit(' ')
+                .next()
+                .expect("a value")
+                .to_owned()
+        };
+        assert_eq!(bucket("200", "5"), "1", "the 3 ms response");
+        assert_eq!(bucket("200", "10"), "2", "and the 7 ms one");
+        assert_eq!(bucket("502", "50"), "0");
+        assert_eq!(bucket("502", "100"), "1");
+        assert_eq!(bucket("502", "50000"), "1");
+        assert!(line(&text, &format!("response_latency_ms_count{{{INBOUND},status_code=\"200\"}}")).ends_with(" 2"));
+        assert!(line(&text, &format!("response_latency_ms_bucket{{{INBOUND},le=\"50000\"}}")).ends_with(" 0"));
+        assert!(line(&text, &format!("response_latency_ms_bucket{{{INBOUND},le=\"+Inf\"}}")).ends_with(" 1"));
+    }
+
+    #[test]
+    fn connections_are_counted_until_their_guard_drops() {
+        let metrics = ProxyMetrics::new();
+        let plain = r#"direction="outbound",authority="db.shop:5432",tls="no_identity""#;
+        let first = metrics.tcp_open(outbound_plain());
+        let second = metrics.tcp_open(outbound_plain());
+        let text = metrics.encode();
+        assert!(text.contains(&format!("tcp_open_total{{{plain}}} 2\n")), "{text}");
+        assert!(text.contains(&format!("tcp_open_connections{{{plain}}} 2\n")), "{text}");
+
+        drop(first);
+        let text = metrics.encode();
+        assert!(text.contains(&format!("tcp_open_connections{{{plain}}} 1\n")), "{text}");
+        assert!(text.contains(&format!("tcp_close_total{{{plain}}} 1\n")), "{text}");
+
+        drop(second);
+        let text = metrics.encode();
+        assert!(text.contains(&format!("tcp_open_connections{{{plain}}} 0\n")), "{text}");
+        assert!(text.contains(&format!("tcp_close_total{{{plain}}} 2\n")), "{text}");
+        assert!(text.contains(&format!("tcp_open_total{{{plain}}} 2\n")), "{text}");
+    }
+
+    #[test]
+    fn outbound_peers_are_reported_as_server_id() {
+        let metrics = ProxyMetrics::new();
+        let labels = TrafficLabels { peer_identity: Some("spiffe://td/ns/a/sa/b".to_owned()), ..outbound_plain() };
+        metrics.http_request(&labels);
+        let text = metrics.encode();
+        assert!(
+            text.contains(
+                r#"request_total{direction="outbound",authority="db.shop:5432",tls="true",server_id="spiffe://td/ns/a/sa/b"} 1"#
+            ),
+            "{text}"
+        );
+    }
+
+    #[test]
+    fn refusals_identity_and_balancers_are_encoded() {
+        let metrics = ProxyMetrics::new();
+        metrics.refused(Direction::Inbound, RefusalReason::PlaintextDenied);
+        metrics.refused(Direction::Inbound, RefusalReason::PlaintextDenied);
+        metrics.refused(Direction::Outbound, RefusalReason::NoEndpoints);
+        metrics.identity_cert_refreshed(UNIX_EPOCH + Duration::from_secs(1_800_000_000));
+        metrics.identity_cert_refreshed(UNIX_EPOCH + Duration::from_secs(1_900_000_000));
+        metrics.balancer_endpoints("web.shop.svc.cluster.local:80", 3, 1, 2);
+        metrics.balancer_endpoints("web.shop.svc.cluster.local:80", 4, 0, 2);
+
+        let text = metrics.encode();
+        for expected in [
+            r#"trellis_proxy_refused_total{direction="inbound",reason="plaintext_denied"} 2"#,
+            r#"trellis_proxy_refused_total{direction="outbound",reason="no_endpoints"} 1"#,
+            "identity_cert_expiration_timestamp_seconds 1900000000",
+            "identity_cert_refresh_total 2",
+            r#"outbound_http_balancer_endpoints{authority="web.shop.svc.cluster.local:80",endpoint_state="ready"} 4"#,
+            r#"outbound_http_balancer_endpoints{authority="web.shop.svc.cluster.local:80",endpoint_state="pending"} 0"#,
+            r#"outbound_http_balancer_endpoints{authority="web.shop.svc.cluster.local:80",endpoint_state="ejected"} 2"#,
+        ] {
+            assert!(text.lines().any(|line| line.starts_with(expected)), "missing {expected} in\n{text}");
+        }
+    }
+
+    #[test]
+    fn every_refusal_reason_has_its_contract_name() {
+        let names: Vec<&str> = [
+            RefusalReason::TlsHandshake,
+            RefusalReason::PlaintextDenied,
+            RefusalReason::IdentityDenied,
+            RefusalReason::HttpMalformed,
+            RefusalReason::HeaderTooLarge,
+            RefusalReason::TransportHeader,
+            RefusalReason::NoEndpoints,
+            RefusalReason::ConnectFailed,
+        ]
+        .into_iter()
+        .map(RefusalReason::as_str)
+        .collect();
+        assert_eq!(
+            names,
+            [
+                "tls_handshake",
+                "plaintext_denied",
+                "identity_denied",
+                "http_malformed",
+                "header_too_large",
+                "transport_header",
+                "no_endpoints",
+                "connect_failed"
+            ]
+        );
+    }
+
+    #[test]
+    fn directions_serialize_in_lower_case() {
+        assert_eq!(serde_json::to_string(&Direction::Inbound).expect("json"), r#""inbound""#);
+        assert_eq!(serde_json::to_string(&Direction::Outbound).expect("json"), r#""outbound""#);
+    }
+}
