@@ -168,3 +168,187 @@ fn text(status: StatusCode, body: impl Into<Bytes>) -> Response<AdminBody> {
     response.headers_mut().insert(header::CONTENT_TYPE, header::HeaderValue::from_static("text/plain; charset=utf-8"));
     response
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::metrics::{Direction, TrafficLabels};
+    use crate::tap::TapEvent;
+    use std::sync::atomic::{AtomicBool, Ordering};
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    use tokio::net::{TcpListener, TcpStream};
+
+    const PATIENCE: Duration = Duration::from_secs(30);
+
+    struct Admin {
+        addr: SocketAddr,
+        state: AdminState,
+        ready: Arc<AtomicBool>,
+        stop: CancellationToken,
+        server: tokio::task::JoinHandle<std::io::Result<()>>,
+    }
+
+    async fn start() -> Admin {
+        let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind loopback");
+        let addr = listener.local_addr().expect("local addr");
+        let ready = Arc::new(AtomicBool::new(false));
+        let flag = Arc::clone(&ready);
+        let state = AdminState {
+            metrics: ProxyMetrics::new(),
+            tap: Tap::new(64),
+            ready: Arc::new(move || flag.load(Ordering::SeqCst)),
+            shutdown: CancellationToken::new(),
+        };
+        let stop = CancellationToken::new();
+        let server = tokio::spawn(serve(listener, state.clone(), stop.clone()));
+        Admin { addr, state, ready, stop, server }
+    }
+
+    /// One request on its own connection: (status, head, body).
+    async fn request(addr: SocketAddr, method: &str, path: &str) -> (u16, String, String) {
+        let exchange = async {
+            let mut stream = TcpStream::connect(addr).await.expect("connect to admin");
+            let head =
+                format!("{method} {path} HTTP/1.1\r\nHost: admin\r\nConnection: close\r\nContent-Length: 0\r\n\r\n");
+            stream.write_all(head.as_bytes()).await.expect("send request");
+            let mut response = Vec::new();
+            stream.read_to_end(&mut response).await.expect("read response");
+            String::from_utf8(response).expect("utf-8 response")
+        };
+        let response = tokio::time::timeout(PATIENCE, exchange).await.expect("admin answers");
+        let (head, body) = response.split_once("\r\n\r\n").expect("a response head");
+        let status = head.split(' ').nth(1).and_then(|code| code.parse().ok()).expect("a status line");
+        (status, head.to_owned(), body.to_owned())
+    }
+
+    fn tap_event(direction: Direction, status: u16, path: &str) -> TapEvent {
+        TapEvent {
+            direction,
+            method: "GET".to_owned(),
+            authority: "web.shop.svc.cluster.local:80".to_owned(),
+            path: path.to_owned(),
+            status: Some(status),
+            latency_ms: 12.5,
+            client_id: Some("spiffe://cluster.local/ns/shop/sa/api".to_owned()),
+            server_id: None,
+            timestamp_unix_ms: 1_700_000_000_123,
+        }
+    }
+
+    /// Reads from `stream` into `buffer` until `done` holds for what was read.
+    async fn read_until(stream: &mut TcpStream, buffer: &mut Vec<u8>, done: impl Fn(&str) -> bool) {
+        let reading = async {
+            while !done(&String::from_utf8_lossy(buffer)) {
+                let mut chunk = [0u8; 4096];
+                let read = stream.read(&mut chunk).await.expect("read from admin");
+                assert_ne!(read, 0, "admin closed the stream early: {}", String::from_utf8_lossy(buffer));
+                buffer.extend_from_slice(&chunk[..read]);
+            }
+        };
+        tokio::time::timeout(PATIENCE, reading).await.expect("expected data within the timeout");
+    }
+
+    #[tokio::test]
+    async fn ready_follows_the_probe_and_live_always_answers() {
+        let admin = start().await;
+        assert_eq!(request(admin.addr, "GET", "/ready").await.0, 503);
+        admin.ready.store(true, Ordering::SeqCst);
+        let (status, _, body) = request(admin.addr, "GET", "/ready").await;
+        assert_eq!((status, body.as_str()), (200, "ready\n"));
+        let (status, _, body) = request(admin.addr, "GET", "/live").await;
+        assert_eq!((status, body.as_str()), (200, "live\n"));
+    }
+
+    #[tokio::test]
+    async fn metrics_are_served_as_prometheus_text() {
+        let admin = start().await;
+        let labels =
+            TrafficLabels { direction: Direction::Inbound, authority: "web:80".to_owned(), peer_identity: None };
+        admin.state.metrics.http_request(&labels);
+        let (status, head, body) = request(admin.addr, "GET", "/metrics").await;
+        assert_eq!(status, 200);
+        assert!(head.to_ascii_lowercase().contains("content-type: text/plain; version=0.0.4"), "{head}");
+        assert!(
+            body.contains(r#"request_total{direction="inbound",authority="web:80",tls="no_identity"} 1"#),
+            "{body}"
+        );
+    }
+
+    #[tokio::test]
+    async fn unknown_paths_and_wrong_methods_are_refused() {
+        let admin = start().await;
+        assert_eq!(request(admin.addr, "GET", "/nope").await.0, 404);
+        let (status, head, _) = request(admin.addr, "POST", "/metrics").await;
+        assert_eq!(status, 405);
+        assert!(head.to_ascii_lowercase().contains("allow: get, head"), "{head}");
+        let (status, _, body) = request(admin.addr, "GET", "/tap?status=9xx").await;
+        assert_eq!(status, 400);
+        assert!(body.contains("9xx"), "{body}");
+    }
+
+    #[tokio::test]
+    async fn shutdown_takes_a_post_and_cancels_the_token() {
+        let admin = start().await;
+        let (status, head, _) = request(admin.addr, "GET", "/shutdown").await;
+        assert_eq!(status, 405);
+        assert!(head.to_ascii_lowercase().contains("allow: post"), "{head}");
+        assert!(!admin.state.shutdown.is_cancelled());
+
+        let (status, _, body) = request(admin.addr, "POST", "/shutdown").await;
+        assert_eq!((status, body.as_str()), (200, "shutdown\n"));
+        assert!(admin.state.shutdown.is_cancelled());
+        // The proxy drains; the admin endpoint keeps answering until told to stop.
+        assert_eq!(request(admin.addr, "GET", "/live").await.0, 200);
+    }
+
+    #[test]
+    fn shutdown_is_refused_from_outside_the_pod() {
+        let token = CancellationToken::new();
+        let response = shutdown("192.0.2.7:40000".parse().expect("addr"), &token);
+        assert_eq!(response.status(), StatusCode::FORBIDDEN);
+        assert!(!token.is_cancelled());
+        let response = shutdown("[::ffff:127.0.0.1]:40000".parse().expect("addr"), &token);
+        assert_eq!(response.status(), StatusCode::OK);
+        assert!(token.is_cancelled());
+    }
+
+    #[tokio::test]
+    async fn tap_streams_matching_events_as_ndjson_until_stopped() {
+        let admin = start().await;
+        let mut stream = TcpStream::connect(admin.addr).await.expect("connect to admin");
+        let head = "GET /tap?direction=inbound&status=5xx HTTP/1.1\r\nHost: admin\r\n\r\n";
+        stream.write_all(head.as_bytes()).await.expect("send request");
+        let mut received = Vec::new();
+        read_until(&mut stream, &mut received, |text| text.contains("\r\n\r\n")).await;
+        let text = String::from_utf8_lossy(&received).to_ascii_lowercase();
+        assert!(text.starts_with("http/1.1 200"), "{text}");
+        assert!(text.contains("content-type: application/x-ndjson"), "{text}");
+        assert!(admin.state.tap.has_subscribers(), "subscribed before the head was sent");
+
+        admin.state.tap.publish(tap_event(Direction::Outbound, 503, "/wrong-direction"));
+        admin.state.tap.publish(tap_event(Direction::Inbound, 200, "/ok"));
+        admin.state.tap.publish(tap_event(Direction::Inbound, 503, "/broken"));
+        read_until(&mut stream, &mut received, |text| text.contains("}\n")).await;
+        let text = String::from_utf8_lossy(&received).into_owned();
+        let start = text.find('{').expect("a JSON line");
+        let end = start + text[start..].find("}\n").expect("a complete line") + 1;
+        let event: serde_json::Value = serde_json::from_str(&text[start..end]).expect("one JSON event per line");
+        assert_eq!(event["path"], "/broken", "the first event that passed the filter: {text}");
+        assert_eq!(event["direction"], "inbound");
+        assert_eq!(event["status"], 503);
+        assert_eq!(event["client_id"], "spiffe://cluster.local/ns/shop/sa/api");
+        assert_eq!(event["server_id"], serde_json::Value::Null);
+        assert!(!text.contains("/ok") && !text.contains("/wrong-direction"), "{text}");
+
+        admin.stop.cancel();
+        let stopped = tokio::time::timeout(PATIENCE, admin.server).await.expect("serve returns once stopped");
+        stopped.expect("serve task").expect("serve ends cleanly");
+        let mut rest = Vec::new();
+        tokio::time::timeout(PATIENCE, stream.read_to_end(&mut rest))
+            .await
+            .expect("the tap stream ends when the admin stops")
+            .expect("read to the end");
+        assert!(String::from_utf8_lossy(&rest).ends_with("0\r\n\r\n"), "a clean end of the chunked body");
+        assert!(TcpStream::connect(admin.addr).await.is_err(), "the listener is closed");
+    }
+}
