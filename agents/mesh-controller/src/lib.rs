@@ -5,6 +5,11 @@
 pub mod authority;
 pub mod config;
 pub mod endpoints;
+pub mod http;
+pub mod identity;
 pub mod inject;
+pub mod issuer;
+pub mod metrics;
 pub mod names;
 pub mod ports;
+pub mod tls;
