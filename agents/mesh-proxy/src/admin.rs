@@ -39,6 +39,15 @@ pub struct AdminState {
     pub shutdown: CancellationToken,
 }
 
+impl std::fmt::Debug for AdminState {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("AdminState")
+            .field("ready", &(self.ready)())
+            .field("shutdown", &self.shutdown.is_cancelled())
+            .finish_non_exhaustive()
+    }
+}
+
 /// Serves /metrics, /ready (200 "ready\n" or 503), /live, GET /tap?… (NDJSON,
 /// one TapEvent per line, streamed with hyper's streaming body), POST /shutdown
 /// (cancels `state.shutdown`; 405 for other methods), 404 otherwise. Stops
@@ -126,17 +135,12 @@ fn tap(query: &str, hub: &Tap, stop: &CancellationToken) -> Response<AdminBody> 
     };
     // Subscribing before the response head goes out means a client that has
     // seen the head gets every later event.
-    let lines = hub.subscribe(filter).take_until(stop.clone().cancelled_owned()).filter_map(|event| async move {
-        match serde_json::to_vec(&event) {
-            Ok(mut line) => {
-                line.push(b'\n');
-                Some(Ok(Frame::data(Bytes::from(line))))
-            }
-            Err(error) => {
-                tracing::warn!(%error, "tap event could not be encoded");
-                None
-            }
-        }
+    let lines = hub.subscribe(filter).take_until(stop.clone().cancelled_owned()).map(|event| {
+        // An event is strings and numbers, which always serialize; `{}` keeps
+        // the stream valid NDJSON should that ever change.
+        let mut line = serde_json::to_vec(&event).unwrap_or_else(|_| b"{}".to_vec());
+        line.push(b'\n');
+        Ok(Frame::data(Bytes::from(line)))
     });
     let mut response = Response::new(StreamBody::new(lines).boxed_unsync());
     response.headers_mut().insert(header::CONTENT_TYPE, header::HeaderValue::from_static("application/x-ndjson"));

@@ -114,7 +114,7 @@ pub struct ConfigError {
 
 impl fmt::Display for ConfigError {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        writeln!(f, "invalid configuration ({} problems):", self.problems.len())?;
+        writeln!(f, "invalid configuration:")?;
         for problem in &self.problems {
             writeln!(f, "  {problem}")?;
         }

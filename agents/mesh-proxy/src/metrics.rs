@@ -292,7 +292,14 @@ impl ProxyMetrics {
     }
 }
 
+impl std::fmt::Debug for ProxyMetrics {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("ProxyMetrics").finish_non_exhaustive()
+    }
+}
+
 /// Keeps a connection counted in `tcp_open_connections`; dropping it closes it.
+#[derive(Debug)]
 pub struct TcpConnectionGuard {
     metrics: Arc<ProxyMetrics>,
     labels: TrafficLabels,

@@ -137,6 +137,7 @@ fn percent_decode(s: &str) -> Result<String, String> {
 }
 
 /// The hub between the data plane, which publishes, and tap clients.
+#[derive(Debug)]
 pub struct Tap {
     sender: broadcast::Sender<TapEvent>,
 }
