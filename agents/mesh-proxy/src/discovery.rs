@@ -116,26 +116,23 @@ impl Discovery {
     /// The live endpoints of `authority` (`host:port`, host name or IP). The first resolve opens
     /// a stream for it and waits for the destination service's first answer; later ones return
     /// at once. A broken stream is re-established while the last known endpoints keep serving.
+    /// An authority the destination service refuses outright (not a name it serves) fails at
+    /// once instead of making every connection wait.
     pub async fn resolve(&self, authority: &str) -> Result<Arc<ServiceEndpoints>, DiscoveryError> {
         let endpoints = self.lookup(authority);
         let mut first_update = endpoints.first_update.subscribe();
-        let waited = tokio::time::timeout(self.timeouts.first_update, async {
-            first_update.wait_for(|state| matches!(state, FirstUpdate::Received)).await.map(drop)
+        // The sender lives in `endpoints`, held here, so the wait ends only by an answer or the timeout.
+        let _ = tokio::time::timeout(self.timeouts.first_update, async {
+            first_update.wait_for(|state| !matches!(state, FirstUpdate::Awaiting { .. })).await.map(drop)
         })
         .await;
-        match waited {
-            Ok(Ok(())) => Ok(endpoints),
-            // The sender lives in `endpoints`, which this function holds, so it cannot be gone.
-            Ok(Err(_)) => Err(DiscoveryError::Unavailable {
-                authority: authority.to_owned(),
-                reason: "discovery stopped".to_owned(),
-            }),
-            Err(_) => match &*first_update.borrow() {
-                FirstUpdate::Awaiting { last_error: Some(reason) } => {
-                    Err(DiscoveryError::Unavailable { authority: authority.to_owned(), reason: reason.clone() })
-                }
-                _ => Err(DiscoveryError::Timeout { authority: authority.to_owned() }),
-            },
+        let authority = authority.to_owned();
+        match &*first_update.borrow() {
+            FirstUpdate::Received => Ok(endpoints),
+            FirstUpdate::Refused { reason } | FirstUpdate::Awaiting { last_error: Some(reason) } => {
+                Err(DiscoveryError::Unavailable { authority, reason: reason.clone() })
+            }
+            FirstUpdate::Awaiting { last_error: None } => Err(DiscoveryError::Timeout { authority }),
         }
     }
 
@@ -168,12 +165,49 @@ impl Discovery {
 }
 
 /// Whether an authority's stream has delivered anything yet.
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, PartialEq, Eq)]
 enum FirstUpdate {
-    /// `last_error` tells a waiting resolve why, when the stream already failed.
+    /// `last_error` tells a resolve that timed out why, when the stream already failed.
     Awaiting { last_error: Option<String> },
+    /// The destination service refused the authority (e.g. not a name it serves); the stream
+    /// keeps retrying in case that changes (a Service created later).
+    Refused { reason: String },
     /// From then on the endpoints stay usable, even while the stream is re-established.
     Received,
+}
+
+impl FirstUpdate {
+    /// Records why the stream failed; returns whether that changed anything.
+    fn on_failure(&mut self, status: &tonic::Status) -> bool {
+        let reason = format!("{:?}: {}", status.code(), status.message());
+        match self {
+            Self::Received => false,
+            _ if is_refusal(status.code()) => {
+                *self = Self::Refused { reason };
+                true
+            }
+            Self::Awaiting { last_error } => {
+                *last_error = Some(reason);
+                true
+            }
+            // A refusal says more about the authority than a later connection failure does.
+            Self::Refused { .. } => false,
+        }
+    }
+}
+
+/// Codes that answer the question rather than failing to: waiting would not change them soon.
+fn is_refusal(code: tonic::Code) -> bool {
+    use tonic::Code;
+    matches!(
+        code,
+        Code::InvalidArgument
+            | Code::NotFound
+            | Code::PermissionDenied
+            | Code::Unimplemented
+            | Code::FailedPrecondition
+            | Code::OutOfRange
+    )
 }
 
 struct AuthorityStream {
@@ -230,16 +264,12 @@ async fn follow(
     let mut backoff = Backoff::control_plane();
     loop {
         let status = stream_updates(&mut grpc, request, endpoints, &mut backoff).await;
-        let reason = format!("{:?}: {}", status.code(), status.message());
         let wait = backoff.next_delay();
-        tracing::warn!(authority = %request.authority, %reason, retry_in = ?wait, "destination stream failed");
-        endpoints.first_update.send_if_modified(|state| match state {
-            FirstUpdate::Awaiting { last_error } => {
-                *last_error = Some(reason);
-                true
-            }
-            FirstUpdate::Received => false,
-        });
+        tracing::warn!(
+            authority = %request.authority, code = ?status.code(), message = status.message(), retry_in = ?wait,
+            "destination stream failed"
+        );
+        endpoints.first_update.send_if_modified(|state| state.on_failure(&status));
         tokio::time::sleep(wait).await;
     }
 }
@@ -417,7 +447,7 @@ impl ServiceEndpoints {
             self.balance.report_states(&mut state, Instant::now());
         }
         self.first_update.send_if_modified(|state| {
-            let first = matches!(state, FirstUpdate::Awaiting { .. });
+            let first = *state != FirstUpdate::Received;
             *state = FirstUpdate::Received;
             first
         });
@@ -674,6 +704,21 @@ mod tests {
         assert!(matches!(*first.borrow(), FirstUpdate::Awaiting { last_error: None }));
         service.apply(Update { update: Some(UpdateKind::NoEndpoints(NoEndpoints { exists: true })) });
         assert!(matches!(*first.borrow(), FirstUpdate::Received));
+    }
+
+    #[test]
+    fn a_refusal_before_the_first_update_stands_and_connection_failures_are_remembered() {
+        let unavailable = tonic::Status::unavailable("connection refused");
+        let not_found = tonic::Status::not_found("not a cluster name");
+        let mut state = FirstUpdate::Awaiting { last_error: None };
+        assert!(state.on_failure(&unavailable));
+        assert_eq!(state, FirstUpdate::Awaiting { last_error: Some("Unavailable: connection refused".to_owned()) });
+        assert!(state.on_failure(&not_found));
+        assert_eq!(state, FirstUpdate::Refused { reason: "NotFound: not a cluster name".to_owned() });
+        assert!(!state.on_failure(&unavailable), "a refusal is not replaced by a connection failure");
+        let mut received = FirstUpdate::Received;
+        assert!(!received.on_failure(&not_found), "received endpoints keep serving");
+        assert_eq!(received, FirstUpdate::Received);
     }
 
     #[test]

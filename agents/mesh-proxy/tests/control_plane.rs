@@ -5,7 +5,7 @@ use std::io;
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::pin::Pin;
-use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::task::{Context, Poll};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
@@ -236,7 +236,8 @@ impl Drop for OpenStream {
 /// A destination service streaming whatever the test last pushed (nothing until the first push).
 struct TestDestination {
     updates: watch::Sender<Option<Update>>,
-    available: AtomicBool,
+    /// When set, streams are refused with this code.
+    refuse_with: Mutex<Option<tonic::Code>>,
     requests: Mutex<Vec<(GetDestination, PeerId)>>,
     refused: AtomicUsize,
     open_streams: Arc<AtomicUsize>,
@@ -250,7 +251,7 @@ impl TestDestination {
     fn new() -> Arc<TestDestination> {
         Arc::new(TestDestination {
             updates: watch::Sender::new(None),
-            available: AtomicBool::new(true),
+            refuse_with: Mutex::new(None),
             requests: Mutex::default(),
             refused: AtomicUsize::new(0),
             open_streams: Arc::default(),
@@ -270,6 +271,10 @@ impl TestDestination {
         lock(&self.requests).len()
     }
 
+    fn refuse_with(&self, code: Option<tonic::Code>) {
+        *lock(&self.refuse_with) = code;
+    }
+
     fn break_streams(&self) {
         std::mem::replace(&mut *lock(&self.break_streams), CancellationToken::new()).cancel();
     }
@@ -282,9 +287,9 @@ impl Destination for TestDestination {
     async fn get(&self, request: Request<GetDestination>) -> Result<Response<UpdateStream>, Status> {
         let peer = request.extensions().get::<PeerId>().cloned().unwrap_or(PeerId(None));
         lock(&self.requests).push((request.into_inner(), peer));
-        if !self.available.load(Ordering::SeqCst) {
+        if let Some(code) = *lock(&self.refuse_with) {
             self.refused.fetch_add(1, Ordering::SeqCst);
-            return Err(Status::unavailable("the destination service is restarting"));
+            return Err(Status::new(code, "the destination service refuses"));
         }
         let mut updates = self.updates.subscribe();
         updates.mark_changed();
@@ -593,7 +598,7 @@ async fn a_broken_stream_is_reestablished_while_the_last_endpoints_keep_serving(
     destination.push(endpoints(&[[10, 0, 0, 1]]));
     let resolved = expect_endpoints(discovery.resolve(AUTHORITY).await);
 
-    destination.available.store(false, Ordering::SeqCst);
+    destination.refuse_with(Some(tonic::Code::Unavailable));
     destination.break_streams();
     eventually("the proxy retried the stream", || destination.refused.load(Ordering::SeqCst) >= 2).await;
     let picked = resolved.pick().expect("the last endpoints still serve");
@@ -603,7 +608,7 @@ async fn a_broken_stream_is_reestablished_while_the_last_endpoints_keep_serving(
     assert!(Arc::ptr_eq(&resolved, &expect_endpoints(again)), "resolve answers from the cache meanwhile");
 
     destination.push(endpoints(&[[10, 0, 0, 9]]));
-    destination.available.store(true, Ordering::SeqCst);
+    destination.refuse_with(None);
     eventually("the new stream delivered the new set", || addrs(&resolved.endpoints()) == [socket([10, 0, 0, 9])])
         .await;
 }
@@ -623,16 +628,42 @@ async fn resolve_times_out_when_the_service_never_answers() {
 }
 
 #[tokio::test]
-async fn resolve_says_why_when_the_service_refuses() {
+async fn resolve_says_why_when_the_service_stays_unavailable() {
     let (proxy, destination, served) = destination_fixture().await;
-    destination.available.store(false, Ordering::SeqCst);
-    let discovery = proxy.discovery(&served.control_plane(&controller_identity()), short_timeouts());
+    destination.refuse_with(Some(tonic::Code::Unavailable));
+    let timeouts = DiscoveryTimeouts { first_update: Duration::from_secs(3), idle: Duration::from_secs(600) };
+    let discovery = proxy.discovery(&served.control_plane(&controller_identity()), timeouts);
 
-    let resolved = discovery.resolve(AUTHORITY).await;
-
-    match resolved {
-        Err(DiscoveryError::Unavailable { reason, .. }) => assert!(reason.contains("restarting"), "{reason}"),
+    match discovery.resolve(AUTHORITY).await {
+        Err(DiscoveryError::Unavailable { reason, .. }) => assert!(reason.contains("refuses"), "{reason}"),
         other => panic!("expected Unavailable, got {:?}", other.err()),
+    }
+}
+
+#[tokio::test]
+async fn an_authority_the_service_refuses_fails_without_waiting_and_recovers() {
+    let (proxy, destination, served) = destination_fixture().await;
+    destination.refuse_with(Some(tonic::Code::InvalidArgument));
+    let timeouts = DiscoveryTimeouts { first_update: Duration::from_secs(3600), idle: Duration::from_secs(600) };
+    let discovery = proxy.discovery(&served.control_plane(&controller_identity()), timeouts);
+
+    // Within PATIENCE rather than the hour-long first-update timeout.
+    let refused = tokio::time::timeout(PATIENCE, discovery.resolve(AUTHORITY)).await.expect("resolve fails at once");
+    assert!(matches!(&refused, Err(DiscoveryError::Unavailable { reason, .. }) if reason.contains("InvalidArgument")));
+
+    // The stream keeps retrying: once the service knows the authority, resolves succeed.
+    destination.push(endpoints(&[[10, 0, 0, 1]]));
+    destination.refuse_with(None);
+    let deadline = Instant::now() + PATIENCE;
+    loop {
+        match tokio::time::timeout(PATIENCE, discovery.resolve(AUTHORITY)).await.expect("resolve answers at once") {
+            Ok(resolved) => {
+                assert_eq!(addrs(&resolved.endpoints()), [socket([10, 0, 0, 1])]);
+                break;
+            }
+            Err(error) => assert!(Instant::now() < deadline, "still refused: {error}"),
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
     }
 }
 
