@@ -145,7 +145,10 @@ impl Served {
     async fn start(router: Router, config: Arc<ServerConfig>) -> Served {
         let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind loopback");
         let addr = listener.local_addr().expect("bound address");
-        let acceptor = tokio_rustls::TlsAcceptor::from(config);
+        // As the controller's servers do: they offer h2 by ALPN.
+        let mut config = ServerConfig::clone(&config);
+        config.alpn_protocols = vec![b"h2".to_vec()];
+        let acceptor = tokio_rustls::TlsAcceptor::from(Arc::new(config));
         let (connections, incoming) = mpsc::channel::<io::Result<TlsConnection>>(16);
         let accept = tokio::spawn(async move {
             while let Ok((tcp, _)) = listener.accept().await {
