@@ -78,8 +78,14 @@ impl<'a> Env<'a> {
         self.string(var, None).map(PathBuf::from)
     }
 
-    fn finish(self) -> Result<(), ConfigError> {
-        if self.problems.is_empty() { Ok(()) } else { Err(ConfigError { problems: self.problems }) }
+    /// The configuration `build` assembles from the values read, or every
+    /// problem met. `build` yields `None` only for a value that was not read,
+    /// which always comes with a problem.
+    fn finish<T>(self, build: impl FnOnce() -> Option<T>) -> Result<T, ConfigError> {
+        match build() {
+            Some(config) if self.problems.is_empty() => Ok(config),
+            _ => Err(ConfigError { problems: self.problems }),
+        }
     }
 }
 
@@ -218,6 +224,9 @@ pub struct InjectorConfig {
     pub proxy_version: String,
     pub identity_addr: String,
     pub destination_addr: String,
+    /// The services' SPIFFE IDs, which proxies verify them against.
+    pub identity_name: MeshIdentity,
+    pub destination_name: MeshIdentity,
     pub opaque_ports: PortSet,
     pub default_inbound_policy: String,
 }
@@ -230,12 +239,11 @@ impl IdentityConfig {
         let common = Common::read(&mut env);
         let issuer = IssuerConfig::read(&mut env);
         let grpc_addr = env.addr("TRELLIS_MESH_GRPC_ADDR", &format!("0.0.0.0:{IDENTITY_PORT}"));
-        env.finish()?;
-        let (Some(common), Some(issuer), Some(grpc_addr)) = (common, issuer, grpc_addr) else {
-            return Err(ConfigError { problems: Vec::new() });
-        };
-        let identity = own_identity(common.identity_service_identity())?;
-        Ok(IdentityConfig { common, issuer, grpc_addr, identity })
+        env.finish(|| {
+            let common = common?;
+            let identity = common.identity_service_identity()?;
+            Some(IdentityConfig { common, issuer: issuer?, grpc_addr: grpc_addr?, identity })
+        })
     }
 }
 
@@ -246,14 +254,17 @@ impl DestinationConfig {
         let issuer = IssuerConfig::read(&mut env);
         let grpc_addr = env.addr("TRELLIS_MESH_GRPC_ADDR", &format!("0.0.0.0:{DESTINATION_PORT}"));
         let opaque_ports = env.ports("TRELLIS_MESH_OPAQUE_PORTS", DEFAULT_OPAQUE_PORTS);
-        env.finish()?;
-        let (Some(common), Some(issuer), Some(grpc_addr), Some(opaque_ports)) =
-            (common, issuer, grpc_addr, opaque_ports)
-        else {
-            return Err(ConfigError { problems: Vec::new() });
-        };
-        let identity = own_identity(common.destination_service_identity())?;
-        Ok(DestinationConfig { common, issuer, grpc_addr, identity, opaque_ports })
+        env.finish(|| {
+            let common = common?;
+            let identity = common.destination_service_identity()?;
+            Some(DestinationConfig {
+                common,
+                issuer: issuer?,
+                grpc_addr: grpc_addr?,
+                identity,
+                opaque_ports: opaque_ports?,
+            })
+        })
     }
 }
 
@@ -282,60 +293,25 @@ impl InjectorConfig {
                 "all-unauthenticated" | "all-authenticated" => Ok(p.to_owned()),
                 _ => Err("expected all-unauthenticated or all-authenticated".to_owned()),
             });
-        env.finish()?;
-        let (
-            Some(common),
-            Some(https_addr),
-            Some(cert_file),
-            Some(key_file),
-            Some(trust_anchors_file),
-            Some(proxy_image),
-            Some(proxy_version),
-            Some(identity_addr),
-            Some(destination_addr),
-            Some(opaque_ports),
-            Some(default_inbound_policy),
-        ) = (
-            common,
-            https_addr,
-            cert_file,
-            key_file,
-            trust_anchors_file,
-            proxy_image,
-            proxy_version,
-            identity_addr,
-            destination_addr,
-            opaque_ports,
-            default_inbound_policy,
-        )
-        else {
-            return Err(ConfigError { problems: Vec::new() });
-        };
-        Ok(InjectorConfig {
-            common,
-            https_addr,
-            cert_file,
-            key_file,
-            trust_anchors_file,
-            proxy_image,
-            proxy_version,
-            identity_addr,
-            destination_addr,
-            opaque_ports,
-            default_inbound_policy,
+        env.finish(|| {
+            let common = common?;
+            Some(InjectorConfig {
+                identity_name: common.identity_service_identity()?,
+                destination_name: common.destination_service_identity()?,
+                common,
+                https_addr: https_addr?,
+                cert_file: cert_file?,
+                key_file: key_file?,
+                trust_anchors_file: trust_anchors_file?,
+                proxy_image: proxy_image?,
+                proxy_version: proxy_version?,
+                identity_addr: identity_addr?,
+                destination_addr: destination_addr?,
+                opaque_ports: opaque_ports?,
+                default_inbound_policy: default_inbound_policy?,
+            })
         })
     }
-}
-
-/// The trust domain, namespace and service account were each validated,
-/// so only their combination is left to check.
-fn own_identity(identity: Option<MeshIdentity>) -> Result<MeshIdentity, ConfigError> {
-    identity.ok_or_else(|| ConfigError {
-        problems: vec![(
-            "TRELLIS_MESH_TRUST_DOMAIN".to_owned(),
-            "does not form a SPIFFE ID with the namespace and service account".to_owned(),
-        )],
-    })
 }
 
 #[cfg(test)]

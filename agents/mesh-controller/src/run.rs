@@ -184,23 +184,15 @@ pub async fn serve_injector(
         .map_err(|_| file_error(&config.trust_anchors_file, "not UTF-8 PEM"))?;
     // Proxies would all fail on a bad bundle: refuse to start instead.
     TrustAnchors::from_pem(&anchors).map_err(|e| file_error(&config.trust_anchors_file, e))?;
-    let (Some(identity_name), Some(destination_name)) =
-        (config.common.identity_service_identity(), config.common.destination_service_identity())
-    else {
-        return Err(ConfigError {
-            problems: vec![("TRELLIS_MESH_TRUST_DOMAIN".into(), "does not form the services' SPIFFE IDs".into())],
-        }
-        .into());
-    };
     let inject = InjectConfig {
         trust_domain: config.common.trust_domain.clone(),
         proxy_image: config.proxy_image,
         proxy_version: config.proxy_version,
         trust_anchors_pem: anchors,
         identity_addr: config.identity_addr,
-        identity_name,
+        identity_name: config.identity_name,
         destination_addr: config.destination_addr,
-        destination_name,
+        destination_name: config.destination_name,
         opaque_ports: config.opaque_ports,
         default_inbound_policy: config.default_inbound_policy,
     };
