@@ -238,8 +238,12 @@ async fn termination() {
 fn init_tracing(common: &Common) {
     let filter = tracing_subscriber::EnvFilter::try_new(&common.log)
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
-    let builder = tracing_subscriber::fmt().with_env_filter(filter);
-    if common.log_json { builder.json().init() } else { builder.init() }
+    let builder = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr)
+        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()));
+    // Fails only when a subscriber is installed already; that one stays.
+    let _ = if common.log_json { builder.json().try_init() } else { builder.try_init() };
 }
 
 const USAGE: &str = "usage: trellis-mesh <identity|destination|injector> (configured by TRELLIS_MESH_* variables)";
