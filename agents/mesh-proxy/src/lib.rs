@@ -16,6 +16,15 @@ pub mod identity_client;
 
 // The data plane.
 pub mod detect;
+pub mod http;
 pub mod inbound;
 pub mod outbound;
+pub mod shutdown;
+pub mod tcp;
 pub mod transport_header;
+pub mod upstream;
+
+// Everything wired together.
+pub mod proxy;
+
+pub use proxy::{ProxyError, RunningProxy, run, start};

@@ -1,0 +1,298 @@
+//! What the inbound and outbound HTTP proxies share: serving a detected connection with hyper
+//! (limits, graceful shutdown, refusal accounting), header hygiene, error responses, and the
+//! metrics and tap record of each request.
+
+use std::error::Error as StdError;
+use std::sync::Arc;
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+
+use bytes::Bytes;
+use http::header::{self, HeaderMap, HeaderName, HeaderValue};
+use http::uri::{Authority, PathAndQuery, Scheme};
+use http::{Method, Request, Response, StatusCode, Uri};
+use http_body_util::combinators::UnsyncBoxBody;
+use http_body_util::{BodyExt, Empty, Full};
+use hyper::body::Incoming;
+use hyper::service::Service;
+use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
+use hyper_util::server::conn::auto;
+use tokio::io::{AsyncRead, AsyncWrite};
+
+use crate::metrics::{Direction, ProxyMetrics, RefusalReason, TrafficLabels};
+use crate::shutdown::Drain;
+use crate::tap::{Tap, TapEvent};
+
+pub type BoxError = Box<dyn StdError + Send + Sync>;
+pub type ProxyBody = UnsyncBoxBody<Bytes, BoxError>;
+
+/// Request heads larger than this are refused with 431: generous for real clients, small
+/// enough that a connection cannot make the proxy buffer without bound.
+pub const MAX_HEADER_BYTES: usize = 64 * 1024;
+/// A client that does not finish its request head in this time is dropped.
+const HEADER_READ_TIMEOUT: Duration = Duration::from_secs(30);
+
+/// Set on responses the proxy generated itself, as Linkerd does, so a client (or a person
+/// reading a trace) can tell the proxy's 502/503/504 from the application's.
+pub const PROXY_ERROR_HEADER: &str = "l5d-proxy-error";
+/// The authenticated client identity the inbound proxy tells the application.
+pub const CLIENT_ID_HEADER: &str = "l5d-client-id";
+
+pub fn boxed(body: Incoming) -> ProxyBody {
+    body.map_err(BoxError::from).boxed_unsync()
+}
+
+pub fn empty() -> ProxyBody {
+    Empty::new().map_err(BoxError::from).boxed_unsync()
+}
+
+/// A response the proxy makes itself, explaining the failure in the body and the
+/// `l5d-proxy-error` header.
+pub fn error_response(status: StatusCode, message: &str) -> Response<ProxyBody> {
+    let mut response =
+        Response::new(Full::new(Bytes::from(format!("{message}\n"))).map_err(BoxError::from).boxed_unsync());
+    *response.status_mut() = status;
+    let headers = response.headers_mut();
+    headers.insert(header::CONTENT_TYPE, HeaderValue::from_static("text/plain; charset=utf-8"));
+    // A message with bytes a header cannot carry still has the status and body.
+    if let Ok(value) = HeaderValue::from_str(message) {
+        headers.insert(PROXY_ERROR_HEADER, value);
+    }
+    response
+}
+
+/// Removes the headers that describe one hop's connection (RFC 9110 §7.6.1), including those
+/// the `Connection` header names: they must not be forwarded, and HTTP/2 forbids them.
+pub fn strip_hop_by_hop(headers: &mut HeaderMap) {
+    let named: Vec<HeaderName> = headers
+        .get_all(header::CONNECTION)
+        .iter()
+        .filter_map(|value| value.to_str().ok())
+        .flat_map(|value| value.split(','))
+        .filter_map(|name| HeaderName::from_bytes(name.trim().as_bytes()).ok())
+        .collect();
+    for name in named {
+        headers.remove(name);
+    }
+    for name in [
+        header::CONNECTION,
+        header::TRANSFER_ENCODING,
+        header::UPGRADE,
+        header::PROXY_AUTHENTICATE,
+        header::PROXY_AUTHORIZATION,
+        HeaderName::from_static("keep-alive"),
+        HeaderName::from_static("proxy-connection"),
+    ] {
+        headers.remove(name);
+    }
+    // `te: trailers` is the one TE value HTTP/2 allows, and gRPC needs it end to end.
+    let trailers_only =
+        headers.get_all(header::TE).iter().all(|value| value.as_bytes().eq_ignore_ascii_case(b"trailers"));
+    if !trailers_only {
+        headers.remove(header::TE);
+    }
+}
+
+/// The authority a request names: its URI's (HTTP/2 `:authority`, HTTP/1 absolute form),
+/// else the Host header.
+pub fn request_authority<B>(request: &Request<B>) -> Option<Authority> {
+    if let Some(authority) = request.uri().authority() {
+        return Some(authority.clone());
+    }
+    let host = request.headers().get(header::HOST)?.to_str().ok()?;
+    host.parse().ok()
+}
+
+/// `authority` with its port made explicit: discovery and metrics key on `host:port`.
+pub fn with_port(authority: &Authority, default_port: u16) -> String {
+    match authority.port_u16() {
+        Some(_) => authority.as_str().to_owned(),
+        None => format!("{}:{default_port}", authority.host()),
+    }
+}
+
+/// The absolute URI the pooled client needs (it routes by URI), keeping the request's own
+/// authority so the upstream sees the same Host / `:authority` the client sent.
+pub fn absolute_uri(uri: &Uri, authority: &Authority) -> Result<Uri, http::Error> {
+    let path = uri.path_and_query().cloned().unwrap_or_else(|| PathAndQuery::from_static("/"));
+    let scheme = uri.scheme().cloned().unwrap_or(Scheme::HTTP);
+    Uri::builder().scheme(scheme).authority(authority.clone()).path_and_query(path).build()
+}
+
+/// Whether a request can be sent again as it is: idempotent and without a body, so nothing
+/// needs to be buffered to replay it.
+pub fn is_replayable<B: hyper::body::Body>(request: &Request<B>) -> bool {
+    let idempotent =
+        matches!(*request.method(), Method::GET | Method::HEAD | Method::OPTIONS | Method::PUT | Method::DELETE);
+    idempotent && request.body().is_end_stream()
+}
+
+/// A copy of a replayable request's head with an empty body.
+pub fn replay_of<B>(request: &Request<B>) -> Request<ProxyBody> {
+    let mut copy = Request::new(empty());
+    *copy.method_mut() = request.method().clone();
+    *copy.uri_mut() = request.uri().clone();
+    *copy.version_mut() = request.version();
+    *copy.headers_mut() = request.headers().clone();
+    copy
+}
+
+/// Serves one detected HTTP connection until it closes, or until shutdown begins, when it
+/// finishes its in-flight requests first. Parse failures (hyper already answered 400 or 431)
+/// are counted as refusals.
+pub async fn serve<I, S>(io: I, service: S, direction: Direction, metrics: &ProxyMetrics, drain: &Drain)
+where
+    I: AsyncRead + AsyncWrite + Unpin + Send + 'static,
+    S: Service<Request<Incoming>, Response = Response<ProxyBody>> + Clone + Send + 'static,
+    S::Future: Send + 'static,
+    S::Error: Into<BoxError>,
+{
+    let mut builder = auto::Builder::new(TokioExecutor::new());
+    builder.http1().max_buf_size(MAX_HEADER_BYTES).timer(TokioTimer::new()).header_read_timeout(HEADER_READ_TIMEOUT);
+    builder.http2().max_header_list_size(MAX_HEADER_BYTES as u32).timer(TokioTimer::new());
+    let connection = builder.serve_connection(TokioIo::new(io), service);
+    tokio::pin!(connection);
+    let result = tokio::select! {
+        result = connection.as_mut() => result,
+        () = drain.draining().cancelled() => {
+            connection.as_mut().graceful_shutdown();
+            connection.await
+        }
+    };
+    if let Err(error) = result {
+        match refusal_reason(&*error) {
+            Some(reason) => {
+                metrics.refused(direction, reason);
+                tracing::info!(direction = direction.as_str(), %error, "refused a malformed HTTP request");
+            }
+            None => tracing::debug!(direction = direction.as_str(), %error, "HTTP connection ended with an error"),
+        }
+    }
+}
+
+/// The refusal a connection error stands for, when it was the client's malformed input.
+fn refusal_reason(error: &(dyn StdError + 'static)) -> Option<RefusalReason> {
+    let mut current = Some(error);
+    while let Some(error) = current {
+        if let Some(hyper_error) = error.downcast_ref::<hyper::Error>() {
+            if hyper_error.is_parse_too_large() {
+                return Some(RefusalReason::HeaderTooLarge);
+            }
+            if hyper_error.is_parse() {
+                return Some(RefusalReason::HttpMalformed);
+            }
+        }
+        current = error.source();
+    }
+    None
+}
+
+/// One request's record for metrics and tap, finished once its response head (or the proxy's
+/// own error) is known.
+#[derive(Debug)]
+pub struct Observation {
+    direction: Direction,
+    authority: String,
+    method: Method,
+    path: String,
+    client_id: Option<String>,
+    started: Instant,
+}
+
+impl Observation {
+    pub fn start<B>(direction: Direction, authority: String, request: &Request<B>, client_id: Option<String>) -> Self {
+        Observation {
+            direction,
+            authority,
+            method: request.method().clone(),
+            path: request.uri().path().to_owned(),
+            client_id,
+            started: Instant::now(),
+        }
+    }
+
+    /// Counts the request and its response (`status` is `None` when none came), and publishes
+    /// the tap event when someone is tapping.
+    pub fn finish(self, metrics: &ProxyMetrics, tap: &Arc<Tap>, server_id: Option<String>, status: Option<StatusCode>) {
+        let latency = self.started.elapsed();
+        let peer_identity = match self.direction {
+            Direction::Inbound => self.client_id.clone(),
+            Direction::Outbound => server_id.clone(),
+        };
+        let labels = TrafficLabels { direction: self.direction, authority: self.authority, peer_identity };
+        metrics.http_request(&labels);
+        metrics.http_response(&labels, status, false, latency);
+        if tap.has_subscribers() {
+            tap.publish(TapEvent {
+                direction: self.direction,
+                method: self.method.to_string(),
+                authority: labels.authority,
+                path: self.path,
+                status: status.map(|status| status.as_u16()),
+                latency_ms: latency.as_secs_f64() * 1_000.0,
+                client_id: self.client_id,
+                server_id,
+                timestamp_unix_ms: SystemTime::now()
+                    .duration_since(UNIX_EPOCH)
+                    .map_or(0, |since| u64::try_from(since.as_millis()).unwrap_or(u64::MAX)),
+            });
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn hop_by_hop_headers_are_removed() {
+        let mut headers = HeaderMap::new();
+        headers.insert(header::CONNECTION, HeaderValue::from_static("keep-alive, x-hop"));
+        headers.insert("x-hop", HeaderValue::from_static("1"));
+        headers.insert("keep-alive", HeaderValue::from_static("timeout=5"));
+        headers.insert(header::TRANSFER_ENCODING, HeaderValue::from_static("chunked"));
+        headers.insert(header::TE, HeaderValue::from_static("gzip"));
+        headers.insert("x-end-to-end", HeaderValue::from_static("kept"));
+        strip_hop_by_hop(&mut headers);
+        assert_eq!(headers.len(), 1, "{headers:?}");
+        assert!(headers.contains_key("x-end-to-end"));
+
+        let mut grpc = HeaderMap::new();
+        grpc.insert(header::TE, HeaderValue::from_static("trailers"));
+        strip_hop_by_hop(&mut grpc);
+        assert_eq!(grpc.get(header::TE).map(HeaderValue::as_bytes), Some(&b"trailers"[..]));
+    }
+
+    #[test]
+    fn authority_from_uri_or_host() {
+        let absolute = Request::get("http://web.shop:8080/x").body(()).expect("request");
+        assert_eq!(request_authority(&absolute).map(|a| a.to_string()).as_deref(), Some("web.shop:8080"));
+        let origin = Request::get("/x").header(header::HOST, "web.shop").body(()).expect("request");
+        let authority = request_authority(&origin).expect("host header");
+        assert_eq!(with_port(&authority, 80), "web.shop:80");
+        let none = Request::get("/x").body(()).expect("request");
+        assert!(request_authority(&none).is_none());
+        let bad = Request::get("/x").header(header::HOST, "a b").body(()).expect("request");
+        assert!(request_authority(&bad).is_none());
+    }
+
+    #[test]
+    fn absolute_uri_keeps_path_and_query() {
+        let authority: Authority = "web.shop:8080".parse().expect("authority");
+        let uri = absolute_uri(&"/a/b?c=d".parse().expect("uri"), &authority).expect("absolute");
+        assert_eq!(uri.to_string(), "http://web.shop:8080/a/b?c=d");
+    }
+
+    #[test]
+    fn replayable_requests_are_idempotent_and_bodiless() {
+        let get = Request::get("/").body(Empty::<Bytes>::new()).expect("request");
+        assert!(is_replayable(&get));
+        let put = Request::put("/").body(Empty::<Bytes>::new()).expect("request");
+        assert!(is_replayable(&put));
+        let post = Request::post("/").body(Empty::<Bytes>::new()).expect("request");
+        assert!(!is_replayable(&post));
+        let put_with_body = Request::put("/").body(Full::new(Bytes::from_static(b"x"))).expect("request");
+        assert!(!is_replayable(&put_with_body));
+        let copy = replay_of(&Request::get("/x").header("a", "b").body(()).expect("request"));
+        assert_eq!((copy.uri().path(), copy.headers().len()), ("/x", 1));
+    }
+}
