@@ -32,9 +32,37 @@ if [ ${#missing[@]} -gt 0 ]; then
   apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends "${missing[@]}" >/dev/null
 fi
 
+# The eBPF toolchain (node agent): Debian's rustc builds the programs for bpfel-unknown-none, and
+# bpf-linker must be built against the same LLVM major as that rustc. Installed once, checked fast.
+ebpf_apt=()
+[ -x /usr/bin/rustc ] || ebpf_apt+=(rustc-web)
+[ -d /usr/lib/rustlib/bpfel-unknown-none ] || ebpf_apt+=(libstd-rust-web-dev-bpf)
+if [ ${#ebpf_apt[@]} -gt 0 ]; then
+  echo "== installing ${ebpf_apt[*]}"
+  apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends "${ebpf_apt[@]}" >/dev/null
+fi
+llvm_major=$(/usr/bin/rustc -vV | sed -n 's/^LLVM version: \([0-9]*\).*/\1/p')
+[ -n "$llvm_major" ] || { echo "test.sh: cannot read the LLVM version of /usr/bin/rustc" >&2; exit 1; }
+if [ ! -x "/usr/lib/llvm-$llvm_major/bin/llvm-config" ]; then
+  echo "== installing llvm-$llvm_major-dev"
+  apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends "llvm-$llvm_major-dev" >/dev/null
+fi
+tools=$HOME/.cache/trellis-tools
+if ! { "$tools/bin/bpf-linker" --version 2>/dev/null | grep -q '0\.13\.0' &&
+       ldd "$tools/bin/bpf-linker" | grep -q "libLLVM.so.$llvm_major"; }; then
+  echo "== installing bpf-linker 0.13.0 for LLVM $llvm_major"
+  env -u CARGO_TARGET_DIR PATH="/usr/lib/llvm-$llvm_major/bin:$PATH" cargo install --quiet --force bpf-linker \
+    --version 0.13.0 --no-default-features --features "llvm-$llvm_major" --locked --root "$tools"
+fi
+
 echo "== format and lints"
 cargo fmt --all --check
+cargo fmt --manifest-path ebpf/programs/Cargo.toml --check  # its own workspace, outside --all
 cargo clippy --workspace --all-targets --locked -- -D warnings
+
+echo "== eBPF programs"
+TRELLIS_EBPF_OBJECT=$(scripts/build-ebpf.sh)
+export TRELLIS_EBPF_OBJECT
 
 echo "== unit, property, handshake, emulator and local-cloud tests; acceptance tests against terraform $(terraform version -json | sed -n 's/.*"terraform_version": *"\([^"]*\)".*/\1/p')"
 cargo test --workspace --locked
