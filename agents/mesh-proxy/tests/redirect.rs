@@ -1,0 +1,158 @@
+//! Transparently redirected connections, as in a pod: each test re-runs itself in a new network
+//! namespace (`unshare --net`, root) where iptables REDIRECT rules send connections to the
+//! proxies' listeners, so SO_ORIGINAL_DST names where they were going. The namespace, its rules
+//! and its loopback disappear with the child process, whatever happens to the test.
+
+mod support;
+
+use std::net::SocketAddr;
+use std::process::Command;
+
+use http::StatusCode;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::{TcpListener, TcpStream};
+
+use support::*;
+
+/// Set in the child that runs inside the namespace.
+const IN_NAMESPACE: &str = "TRELLIS_PROXY_TEST_IN_NETNS";
+
+/// Runs `test` in a fresh network namespace: the test process re-executes just this test
+/// under `unshare --net` and must pass there.
+fn in_network_namespace(name: &str, test: impl std::future::Future<Output = ()>) {
+    if std::env::var_os(IN_NAMESPACE).is_some() {
+        run(&["ip", "link", "set", "lo", "up"]);
+        // The cluster's addresses are local here, so connections to them are routed and the
+        // OUTPUT rules can redirect them.
+        run(&["ip", "route", "add", "local", "10.0.0.0/8", "dev", "lo"]);
+        let runtime = tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build();
+        runtime.expect("runtime").block_on(test);
+        return;
+    }
+    let exe = std::env::current_exe().expect("the test executable");
+    let output = Command::new("unshare")
+        .arg("--net")
+        .arg(exe)
+        .args(["--exact", name, "--nocapture", "--test-threads=1"])
+        .env(IN_NAMESPACE, "1")
+        .output()
+        .expect("unshare runs (the tests need root)");
+    let stdout = String::from_utf8_lossy(&output.stdout);
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(output.status.success(), "the test failed in its namespace:\n{stdout}\n{stderr}");
+    assert!(stdout.contains("1 passed"), "the test did not run in its namespace:\n{stdout}\n{stderr}");
+}
+
+fn run(command: &[&str]) {
+    let output = Command::new(command[0]).args(&command[1..]).output().expect("command runs");
+    assert!(output.status.success(), "{command:?} failed: {}", String::from_utf8_lossy(&output.stderr));
+}
+
+/// Redirects TCP the namespace sends to `dst` to the local `port`, as the init step's rules do.
+fn redirect(dst: SocketAddr, port: u16) {
+    let (ip, dport, to) = (dst.ip().to_string(), dst.port().to_string(), port.to_string());
+    let rule =
+        ["-t", "nat", "-A", "OUTPUT", "-p", "tcp", "-d", &ip, "--dport", &dport, "-j", "REDIRECT", "--to-ports", &to];
+    let mut command = vec!["iptables"];
+    command.extend(rule);
+    run(&command);
+}
+
+/// A server-speaks-first service: greets each connection, then echoes.
+async fn greeter() -> SocketAddr {
+    let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
+    let addr = listener.local_addr().expect("addr");
+    tokio::spawn(async move {
+        while let Ok((mut stream, _)) = listener.accept().await {
+            tokio::spawn(async move {
+                stream.write_all(b"220 greetings\r\n").await?;
+                let mut buf = [0u8; 64];
+                loop {
+                    let n = stream.read(&mut buf).await?;
+                    if n == 0 {
+                        return Ok::<_, std::io::Error>(());
+                    }
+                    stream.write_all(&buf[..n]).await?;
+                }
+            });
+        }
+    });
+    addr
+}
+
+/// Connects to `dst` as an application would, waits for the greeting without sending
+/// anything, then checks the echo.
+async fn talk_to_greeter(dst: SocketAddr) {
+    let connect = tokio::time::timeout(PATIENCE, TcpStream::connect(dst));
+    let mut stream = connect.await.expect("connect in time").expect("connected");
+    let mut greeting = [0u8; 15];
+    tokio::time::timeout(PATIENCE, stream.read_exact(&mut greeting)).await.expect("greeted in time").expect("greeting");
+    assert_eq!(&greeting, b"220 greetings\r\n");
+    stream.write_all(b"ping").await.expect("write");
+    let mut echo = [0u8; 4];
+    tokio::time::timeout(PATIENCE, stream.read_exact(&mut echo)).await.expect("echo in time").expect("echo");
+    assert_eq!(&echo, b"ping");
+}
+
+#[test]
+fn server_speaks_first_on_an_opaque_port_without_waiting_and_elsewhere_after_the_detect_timeout() {
+    in_network_namespace(
+        "server_speaks_first_on_an_opaque_port_without_waiting_and_elsewhere_after_the_detect_timeout",
+        async {
+            let mesh = ControlPlane::start(HOUR).await;
+            let greeter = greeter().await;
+            let greeter_port = greeter.port().to_string();
+
+            // Detection that never times out within the test: the greeting can only arrive if
+            // neither proxy waits for the client to speak.
+            let never = [("TRELLIS_PROXY_DETECT_TIMEOUT", "10m")];
+            let server = mesh.proxy("db", &[never[0], ("TRELLIS_PROXY_OPAQUE_PORTS", greeter_port.as_str())]).await;
+            let client = mesh.proxy("app", &never).await;
+            let postgres: SocketAddr = "10.96.0.10:5432".parse().expect("addr");
+            redirect(postgres, client.outbound_addr().port());
+            let db = endpoint(greeter, Some(&identity("db")), Some(server.inbound_addr().port()));
+            mesh.destinations.set(&postgres.to_string(), endpoint_set(vec![db], false));
+            talk_to_greeter(postgres).await;
+
+            // A port nobody declared opaque: both proxies wait for the detect timeout, then
+            // forward the connection as opaque TCP.
+            let short = [("TRELLIS_PROXY_DETECT_TIMEOUT", "300ms")];
+            let server = mesh.proxy("db", &short).await;
+            let client = mesh.proxy("app", &short).await;
+            let undeclared: SocketAddr = "10.96.0.11:7000".parse().expect("addr");
+            redirect(undeclared, client.outbound_addr().port());
+            let db = endpoint(greeter, Some(&identity("db")), Some(server.inbound_addr().port()));
+            mesh.destinations.set(&undeclared.to_string(), endpoint_set(vec![db], false));
+            talk_to_greeter(undeclared).await;
+        },
+    );
+}
+
+#[test]
+fn redirected_http_and_plaintext_inbound() {
+    in_network_namespace("redirected_http_and_plaintext_inbound", async {
+        let mesh = ControlPlane::start(HOUR).await;
+        let server = mesh.proxy("web", &[]).await;
+        let client = mesh.proxy("frontend", &[]).await;
+        let app = App::start("web").await;
+
+        // The application dials a cluster IP and names a host the mesh does not know: the
+        // original destination decides.
+        let cluster_ip: SocketAddr = "10.96.0.20:80".parse().expect("addr");
+        redirect(cluster_ip, client.outbound_addr().port());
+        let web = endpoint(app.addr, Some(&identity("web")), Some(server.inbound_addr().port()));
+        mesh.destinations.set(&cluster_ip.to_string(), endpoint_set(vec![web], false));
+        let answer = send(cluster_ip, request(http::Version::HTTP_11, "web", "/", &[])).await;
+        assert_eq!(answer, Ok((StatusCode::OK, "web".to_owned())));
+        assert_eq!(*lock(&app.state.client_ids), vec![Some(identity("frontend").to_string())]);
+
+        // An unmeshed client reaching the pod: redirected to the inbound listener, forwarded in
+        // plaintext to the application's port, with no client identity (and no spoofed one).
+        let pod: SocketAddr = SocketAddr::new("10.244.0.5".parse().expect("ip"), app.addr.port());
+        redirect(pod, server.inbound_addr().port());
+        let spoofed = [("l5d-client-id", "spiffe://cluster.local/ns/evil/sa/mallory")];
+        let answer = send(pod, request(http::Version::HTTP_11, "web", "/", &spoofed)).await;
+        assert_eq!(answer, Ok((StatusCode::OK, "web".to_owned())));
+        assert_eq!(lock(&app.state.client_ids).last(), Some(&None));
+    });
+}
