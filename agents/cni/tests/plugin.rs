@@ -42,6 +42,8 @@ fn two_pods_reach_each_other_through_the_node_and_del_frees_everything() {
     assert!(host_routes.contains(&format!("{ip_b} dev {}", host_ifname("pod-b"))), "{host_routes}");
 
     // Traffic both ways, routed by the node, with the pods' own addresses (no NAT).
+    assert!(support::ping(&pod_a, ip_b), "{ip_a} pings {ip_b}");
+    assert!(support::ping(&pod_b, ip_a), "{ip_b} pings {ip_a}");
     assert_eq!(tcp_exchange(&pod_a, &pod_b, ip_b), ip_a);
     assert_eq!(tcp_exchange(&pod_b, &pod_a, ip_a), ip_b);
 

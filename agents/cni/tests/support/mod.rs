@@ -17,6 +17,7 @@ use std::time::{Duration, Instant};
 
 use rustix::thread::{LinkNameSpaceType, move_into_link_name_space};
 use serde_json::Value;
+use socket2::{Domain, Protocol, Socket, Type};
 use trellis_cni::agent::protocol::{
     Allocated, Empty, GcDone, Op, ReplyError, Request, Response, read_message, write_message,
 };
@@ -27,6 +28,19 @@ pub const BIN: &str = env!("CARGO_BIN_EXE_trellis-cni");
 pub const PATIENCE: Duration = Duration::from_secs(30);
 
 static SEQUENCE: AtomicUsize = AtomicUsize::new(0);
+static SWEEP: std::sync::Once = std::sync::Once::new();
+
+/// Namespaces of an earlier run that was killed before its guards ran (its pid is gone).
+fn sweep_leftovers() {
+    let listing = ip(&["netns", "list"]);
+    for line in String::from_utf8_lossy(&listing.stdout).lines() {
+        let Some(name) = line.split_whitespace().next() else { continue };
+        let Some(pid) = name.strip_prefix("trlcni-").and_then(|rest| rest.split('-').next()) else { continue };
+        if !Path::new("/proc").join(pid).exists() {
+            let _ = ip(&["netns", "del", name]);
+        }
+    }
+}
 
 fn ip(args: &[&str]) -> std::process::Output {
     Command::new("ip").args(args).output().expect("iproute2's `ip` runs (the privileged tests need it and root)")
@@ -39,6 +53,7 @@ pub struct Netns {
 
 impl Netns {
     pub fn new(tag: &str) -> Self {
+        SWEEP.call_once(sweep_leftovers);
         let name = format!("trlcni-{}-{}-{tag}", std::process::id(), SEQUENCE.fetch_add(1, Ordering::Relaxed));
         let out = ip(&["netns", "add", &name]);
         assert!(out.status.success(), "ip netns add {name}: {}", String::from_utf8_lossy(&out.stderr));
@@ -96,7 +111,7 @@ impl Node {
     pub fn new() -> Self {
         let netns = Netns::new("node");
         // Forwarding inside the node namespace only; the machine's own sysctls stay untouched.
-        netns.run(&["sysctl", "-q", "-w", "net.ipv4.ip_forward=1"]);
+        netns.run(&["sh", "-c", "echo 1 > /proc/sys/net/ipv4/ip_forward"]);
         Self { netns, data: tempfile::tempdir().expect("tempdir") }
     }
 
@@ -256,6 +271,48 @@ pub fn tcp_exchange(from: &Netns, to: &Netns, to_ip: Ipv4Addr) -> Ipv4Addr {
         });
         server.join().expect("server thread")
     })
+}
+
+/// ICMP echo from inside `from` to `to`, over a raw socket (no ping binary needed): true once
+/// a reply from `to` arrives, false if none does within [`PATIENCE`].
+pub fn ping(from: &Netns, to: Ipv4Addr) -> bool {
+    from.enter(|| {
+        let socket = Socket::new(Domain::IPV4, Type::RAW, Some(Protocol::ICMPV4)).expect("raw ICMP socket (root)");
+        socket.set_read_timeout(Some(Duration::from_millis(500))).expect("timeout");
+        let id = u16::try_from(std::process::id() & 0xffff).unwrap_or_default();
+        let deadline = Instant::now() + PATIENCE;
+        let mut sequence: u16 = 0;
+        while Instant::now() < deadline {
+            sequence = sequence.wrapping_add(1);
+            let mut request = vec![8, 0, 0, 0];
+            request.extend_from_slice(&id.to_be_bytes());
+            request.extend_from_slice(&sequence.to_be_bytes());
+            request.extend_from_slice(b"trellis-cni");
+            let sum = checksum(&request);
+            request[2..4].copy_from_slice(&sum.to_be_bytes());
+            socket.send_to(&request, &SocketAddr::V4(SocketAddrV4::new(to, 0)).into()).expect("send echo request");
+            let mut buffer = [0u8; 1500];
+            while let Ok(read) = (&socket).read(&mut buffer) {
+                // Raw IPv4 sockets hand over the IP header too.
+                let header = usize::from(buffer[0] & 0x0f) * 4;
+                let Some(icmp) = buffer.get(header..read) else { continue };
+                let source = Ipv4Addr::new(buffer[12], buffer[13], buffer[14], buffer[15]);
+                if source == to && icmp.len() >= 8 && icmp[0] == 0 && icmp[4..6] == id.to_be_bytes() {
+                    return true;
+                }
+            }
+        }
+        false
+    })
+}
+
+fn checksum(bytes: &[u8]) -> u16 {
+    let mut sum: u32 =
+        bytes.chunks(2).map(|pair| u32::from(u16::from_be_bytes([pair[0], pair.get(1).copied().unwrap_or(0)]))).sum();
+    while sum > 0xffff {
+        sum = (sum & 0xffff) + (sum >> 16);
+    }
+    !u16::try_from(sum).unwrap_or(u16::MAX)
 }
 
 /// A node agent on a unix socket that answers from the protocol types and records requests.
