@@ -269,3 +269,21 @@ fn a_required_agent_that_is_absent_means_try_again_later() {
         .expect_error("STATUS");
     assert_eq!(code, 50);
 }
+
+#[test]
+fn concurrent_adds_from_separate_processes_get_distinct_addresses() {
+    let node = Node::new();
+    let conf = node.cluster_pool_conf("1.1.0", CIDR);
+    let pods: Vec<(String, Netns)> =
+        (0..6).map(|n| (format!("burst-{n}"), Netns::new(&format!("burst-{n}")))).collect();
+    // The runtime starts one plugin process per pod, all at once.
+    let ips: Vec<Ipv4Addr> = std::thread::scope(|scope| {
+        let runs: Vec<_> = pods.iter().map(|(id, pod)| scope.spawn(|| pod_ip(&node.add(&conf, id, pod)))).collect();
+        runs.into_iter().map(|run| run.join().expect("ADD thread")).collect()
+    });
+    let mut distinct = ips.clone();
+    distinct.sort();
+    distinct.dedup();
+    assert_eq!(distinct.len(), pods.len(), "{ips:?}");
+    assert_eq!(node.leases(CIDR).len(), pods.len());
+}
