@@ -232,25 +232,30 @@ impl AuthorityStream {
     /// having removed it from the cache.
     async fn evicted_when_idle(&self) {
         loop {
-            let next_check = {
+            let wait = {
                 let mut cache = lock(&self.cache);
                 let authority = self.endpoints.authority();
                 let Some(cached) = cache.get(authority).filter(|c| Arc::ptr_eq(&c.endpoints, &self.endpoints)) else {
                     return;
                 };
-                let now = Instant::now();
-                let idle_since = cached.last_resolved + self.idle;
+                let unresolved_for = cached.last_resolved.elapsed();
                 // Held only by the cache and this task: no connection uses it, and none can pick
                 // it up without going through the cache, which is locked.
                 let unused = Arc::strong_count(&self.endpoints) == 2;
-                if now >= idle_since && unused {
-                    cache.remove(authority);
-                    self.endpoints.balance.report_gone();
-                    return;
+                match self.idle.checked_sub(unresolved_for) {
+                    Some(left) if !left.is_zero() => left,
+                    _ if unused => {
+                        cache.remove(authority);
+                        self.endpoints.balance.report_gone();
+                        return;
+                    }
+                    // Still held by a connection: look again after another idle period (not in a
+                    // busy loop, should the period be zero).
+                    _ => self.idle.max(Duration::from_secs(1)),
                 }
-                if now >= idle_since { now + self.idle } else { idle_since }
             };
-            tokio::time::sleep_until(next_check.into()).await;
+            // Durations, not instants: tokio saturates a sleep beyond the clock's range.
+            tokio::time::sleep(wait).await;
         }
     }
 }
