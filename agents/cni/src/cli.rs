@@ -66,7 +66,7 @@ fn execute(
     match invocation {
         Invocation::Add(target) => plugin.add(&conf, &target).map(|result| Some(result.to_json(conf.version))),
         Invocation::Check(target) => plugin.check(&conf, &target).map(|()| None),
-        Invocation::Del(teardown) => plugin.del(&conf, &teardown).map(|()| None),
+        Invocation::Del(attachment) => plugin.del(&conf, &attachment).map(|()| None),
         Invocation::Gc => plugin.gc(&conf).map(|()| None),
         Invocation::Status => plugin.status(&conf).map(|()| None),
         Invocation::Version => Ok(None),

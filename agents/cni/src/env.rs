@@ -39,20 +39,13 @@ pub struct Target {
     pub pod: Option<PodRef>,
 }
 
-/// A container the runtime is done with: its netns may already be gone (the spec lets the
-/// runtime leave `CNI_NETNS` empty then).
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Teardown {
-    pub attachment: Attachment,
-    pub netns: Option<PathBuf>,
-    pub pod: Option<PodRef>,
-}
-
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Invocation {
     Add(Target),
     Check(Target),
-    Del(Teardown),
+    /// DEL needs only the attachment: the pod end of the veth goes with the host end, and
+    /// the runtime may already have removed the netns (leaving `CNI_NETNS` empty).
+    Del(Attachment),
     Gc,
     Status,
     Version,
@@ -125,7 +118,7 @@ impl Invocation {
         let invocation = match (command, attachment) {
             (Some(Command::Add), Some(attachment)) => target(attachment, netns).map(Self::Add),
             (Some(Command::Check), Some(attachment)) => target(attachment, netns).map(Self::Check),
-            (Some(Command::Del), Some(attachment)) => Some(Self::Del(Teardown { attachment, netns, pod: pod.clone() })),
+            (Some(Command::Del), Some(attachment)) => Some(Self::Del(attachment)),
             (Some(Command::Gc), _) => Some(Self::Gc),
             (Some(Command::Status), _) => Some(Self::Status),
             (Some(Command::Version), _) => Some(Self::Version),
@@ -212,10 +205,7 @@ mod tests {
         let invocation =
             invoke(&[("CNI_COMMAND", "DEL"), ("CNI_CONTAINERID", "abc"), ("CNI_IFNAME", "eth0"), ("CNI_NETNS", "")])
                 .expect("valid DEL environment");
-        assert_eq!(
-            invocation,
-            Invocation::Del(Teardown { attachment: Attachment::new("abc", "eth0"), netns: None, pod: None })
-        );
+        assert_eq!(invocation, Invocation::Del(Attachment::new("abc", "eth0")));
     }
 
     #[test]

@@ -10,7 +10,7 @@ use crate::agent::protocol::Endpoint;
 use crate::agent::{Agent, AgentError};
 use crate::attachment::Attachment;
 use crate::config::{IpamConf, NetConf};
-use crate::env::{Target, Teardown};
+use crate::env::Target;
 use crate::error::{CniError, ErrorCode};
 use crate::ipam::{AllocateRequest, Ipam, IpamError, Lease, POD_GATEWAY};
 use crate::netlink::{HostLinkState, Netlink, NetlinkError, PodAddressing, PodLinkState, RouteEntry};
@@ -22,7 +22,7 @@ pub struct Plugin<'a> {
     pub agent: &'a dyn Agent,
 }
 
-/// Where the agent stands for an optional call: absent agents are skipped.
+/// An optional agent call: an absent agent is no error.
 fn tolerate_absent(result: Result<(), AgentError>) -> Result<(), CniError> {
     match result {
         Ok(()) | Err(AgentError::Absent { .. }) => Ok(()),
@@ -167,8 +167,7 @@ impl Plugin<'_> {
     }
 
     /// Idempotent: a missing netns, veth or lease is not an error.
-    pub fn del(&self, conf: &NetConf, teardown: &Teardown) -> Result<(), CniError> {
-        let attachment = &teardown.attachment;
+    pub fn del(&self, conf: &NetConf, attachment: &Attachment) -> Result<(), CniError> {
         // The agent first, so the datapath stops using the endpoint before it goes; in ENI
         // mode the release below is that same call.
         if !Self::agent_allocates(conf) {
@@ -377,8 +376,8 @@ mod tests {
         }
     }
 
-    fn teardown(id: &str) -> Teardown {
-        Teardown { attachment: Attachment::new(id, "eth0"), netns: None, pod: None }
+    fn teardown(id: &str) -> Attachment {
+        Attachment::new(id, "eth0")
     }
 
     struct Node {
