@@ -1,0 +1,304 @@
+//! A lab for the socket load balancer: a client and a backend network namespace joined by a
+//! veth pair, backend servers (threads of this process moved into the backend namespace), a
+//! bpffs mounted in a temporary directory, and a child cgroup v2 that only the client processes
+//! join. Every piece is removed by its guard's `Drop`, also when a test fails.
+
+use std::fs::File;
+use std::io::Write;
+use std::net::{Ipv4Addr, SocketAddrV4, TcpListener, UdpSocket};
+use std::os::fd::AsFd;
+use std::path::{Path, PathBuf};
+use std::process::Command;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::thread::JoinHandle;
+use std::time::Duration;
+
+use serde_json::Value;
+use trellis_agent::ebpf::{EbpfConfig, EbpfDatapath, OBJECT_ENV};
+
+pub const CLIENT_ADDR: Ipv4Addr = Ipv4Addr::new(10, 250, 0, 1);
+pub const CLUSTER_IP: Ipv4Addr = Ipv4Addr::new(10, 96, 0, 10);
+pub const BACKEND_PORT: u16 = 8080;
+
+/// Where scripts/build-ebpf.sh leaves the programs, unless TRELLIS_EBPF_OBJECT says otherwise.
+pub fn object_path() -> PathBuf {
+    if let Some(path) = std::env::var_os(OBJECT_ENV) {
+        return path.into();
+    }
+    let target = std::env::var_os("CARGO_TARGET_DIR").map(PathBuf::from).unwrap_or_else(|| {
+        PathBuf::from(std::env::var_os("HOME").expect("HOME or CARGO_TARGET_DIR")).join(".cache/trellis-target")
+    });
+    let path = target.join("ebpf/bpfel-unknown-none/release/trellis-ebpf-programs");
+    assert!(path.is_file(), "{} is missing: run scripts/build-ebpf.sh (or set {OBJECT_ENV})", path.display());
+    path
+}
+
+fn run(program: &str, args: &[&str]) {
+    let output = Command::new(program).args(args).output().unwrap_or_else(|e| panic!("{program}: {e}"));
+    assert!(output.status.success(), "{program} {}: {}", args.join(" "), String::from_utf8_lossy(&output.stderr));
+}
+
+fn unique() -> String {
+    static NEXT: AtomicUsize = AtomicUsize::new(0);
+    format!("{}-{}", std::process::id(), NEXT.fetch_add(1, Ordering::Relaxed))
+}
+
+pub struct Netns {
+    pub name: String,
+}
+
+impl Netns {
+    fn new(name: String) -> Self {
+        run("ip", &["netns", "add", &name]);
+        let netns = Self { name };
+        netns.ip(&["link", "set", "lo", "up"]);
+        netns
+    }
+
+    pub fn ip(&self, args: &[&str]) {
+        let mut all = vec!["-n", self.name.as_str()];
+        all.extend_from_slice(args);
+        run("ip", &all);
+    }
+
+    fn path(&self) -> PathBuf {
+        Path::new("/run/netns").join(&self.name)
+    }
+}
+
+impl Drop for Netns {
+    fn drop(&mut self) {
+        // Deleting the namespace deletes the veth end in it, and with it the peer.
+        let _ = Command::new("ip").args(["netns", "del", &self.name]).status();
+    }
+}
+
+pub struct Cgroup {
+    pub path: PathBuf,
+}
+
+impl Cgroup {
+    fn new(name: &str) -> Self {
+        // Never the machine's root cgroup: a child only the tests' client processes join.
+        let path = Path::new("/sys/fs/cgroup/unified").join(name);
+        std::fs::create_dir(&path).unwrap_or_else(|e| panic!("creating cgroup {}: {e}", path.display()));
+        Self { path }
+    }
+}
+
+impl Drop for Cgroup {
+    fn drop(&mut self) {
+        // The clients have exited (they are waited for); a just-exited process can linger in
+        // cgroup.procs for a moment, so retry briefly.
+        for _ in 0..50 {
+            if std::fs::remove_dir(&self.path).is_ok() || !self.path.exists() {
+                return;
+            }
+            std::thread::sleep(Duration::from_millis(100));
+        }
+    }
+}
+
+pub struct Bpffs {
+    pub dir: tempfile::TempDir,
+}
+
+impl Bpffs {
+    fn new() -> Self {
+        let dir = tempfile::tempdir().expect("temporary directory");
+        rustix::mount::mount("bpf", dir.path(), "bpf", rustix::mount::MountFlags::empty(), None)
+            .expect("mounting a bpffs");
+        Self { dir }
+    }
+}
+
+impl Drop for Bpffs {
+    fn drop(&mut self) {
+        // Unmounting drops the pins, which detaches the programs and frees the maps.
+        let _ = rustix::mount::unmount(self.dir.path(), rustix::mount::UnmountFlags::DETACH);
+    }
+}
+
+/// A server thread in the backend namespace that answers with its own address.
+struct Server {
+    stop: Arc<AtomicBool>,
+    thread: Option<JoinHandle<()>>,
+}
+
+impl Server {
+    fn spawn(netns: &Netns, addr: SocketAddrV4, udp: bool) -> Self {
+        let stop = Arc::new(AtomicBool::new(false));
+        let namespace = File::open(netns.path()).expect("the backend namespace");
+        let (ready_tx, ready_rx) = std::sync::mpsc::channel();
+        let flag = stop.clone();
+        let thread = std::thread::spawn(move || {
+            let entered = rustix::thread::move_into_link_name_space(
+                namespace.as_fd(),
+                Some(rustix::thread::LinkNameSpaceType::Network),
+            );
+            if let Err(error) = entered {
+                let _ = ready_tx.send(Err(format!("setns: {error}")));
+                return;
+            }
+            if udp { serve_udp(addr, &flag, ready_tx) } else { serve_tcp(addr, &flag, ready_tx) }
+        });
+        let ready = ready_rx.recv_timeout(Duration::from_secs(30)).expect("the server thread reports");
+        ready.unwrap_or_else(|e| panic!("server {addr}: {e}"));
+        Self { stop, thread: Some(thread) }
+    }
+}
+
+type Ready = std::sync::mpsc::Sender<Result<(), String>>;
+
+fn serve_tcp(addr: SocketAddrV4, stop: &AtomicBool, ready: Ready) {
+    let listener = match TcpListener::bind(addr).and_then(|l| l.set_nonblocking(true).map(|()| l)) {
+        Ok(listener) => listener,
+        Err(error) => {
+            let _ = ready.send(Err(error.to_string()));
+            return;
+        }
+    };
+    let _ = ready.send(Ok(()));
+    while !stop.load(Ordering::Relaxed) {
+        match listener.accept() {
+            Ok((mut stream, _)) => {
+                let _ = stream.write_all(format!("{addr}\n").as_bytes());
+            }
+            Err(_) => std::thread::sleep(Duration::from_millis(10)),
+        }
+    }
+}
+
+fn serve_udp(addr: SocketAddrV4, stop: &AtomicBool, ready: Ready) {
+    let socket =
+        match UdpSocket::bind(addr).and_then(|s| s.set_read_timeout(Some(Duration::from_millis(50))).map(|()| s)) {
+            Ok(socket) => socket,
+            Err(error) => {
+                let _ = ready.send(Err(error.to_string()));
+                return;
+            }
+        };
+    let _ = ready.send(Ok(()));
+    let mut buf = [0u8; 256];
+    while !stop.load(Ordering::Relaxed) {
+        if let Ok((_, from)) = socket.recv_from(&mut buf) {
+            let _ = socket.send_to(format!("{addr}\n").as_bytes(), from);
+        }
+    }
+}
+
+impl Drop for Server {
+    fn drop(&mut self) {
+        self.stop.store(true, Ordering::Relaxed);
+        if let Some(thread) = self.thread.take() {
+            let _ = thread.join();
+        }
+    }
+}
+
+/// Field order matters for cleanup: servers stop, then the namespaces go, then the cgroup
+/// (empty by then), then the bpffs (which detaches the programs).
+pub struct Lab {
+    _servers: Vec<Server>,
+    pub client: Netns,
+    _backend: Netns,
+    pub cgroup: Cgroup,
+    pub bpffs: Bpffs,
+    pub backends: Vec<SocketAddrV4>,
+}
+
+impl Lab {
+    /// `count` backends at 10.250.0.11.. on [`BACKEND_PORT`], serving TCP or UDP. The client
+    /// namespace routes everything through the backend namespace, where the ClusterIP itself is
+    /// also an address with a server that answers `untranslated`: a connection the load
+    /// balancer left alone lands there.
+    pub fn new(count: u8, udp: bool) -> Self {
+        let id = unique();
+        let bpffs = Bpffs::new();
+        let cgroup = Cgroup::new(&format!("trellis-test-{id}"));
+        let backend = Netns::new(format!("trb-{id}"));
+        let client = Netns::new(format!("trc-{id}"));
+        // Interface names have at most 15 bytes: "tc" + pid + "-" + counter fits.
+        let (veth_c, veth_b) = (format!("tc{id}"), format!("tb{id}"));
+        run(
+            "ip",
+            &[
+                "link",
+                "add",
+                &veth_c,
+                "netns",
+                &client.name,
+                "type",
+                "veth",
+                "peer",
+                "name",
+                &veth_b,
+                "netns",
+                &backend.name,
+            ],
+        );
+        client.ip(&["addr", "add", &format!("{CLIENT_ADDR}/24"), "dev", &veth_c]);
+        client.ip(&["link", "set", &veth_c, "up"]);
+        backend.ip(&["link", "set", &veth_b, "up"]);
+        let backends: Vec<SocketAddrV4> =
+            (0..count).map(|i| SocketAddrV4::new(Ipv4Addr::new(10, 250, 0, 11 + i), BACKEND_PORT)).collect();
+        backend.ip(&["addr", "add", "10.250.0.2/24", "dev", &veth_b]);
+        for b in &backends {
+            backend.ip(&["addr", "add", &format!("{}/24", b.ip()), "dev", &veth_b]);
+        }
+        backend.ip(&["addr", "add", &format!("{CLUSTER_IP}/32"), "dev", "lo"]);
+        client.ip(&["route", "add", "default", "via", "10.250.0.2"]);
+        let mut servers: Vec<Server> = backends.iter().map(|b| Server::spawn(&backend, *b, udp)).collect();
+        servers.push(Server::spawn(&backend, SocketAddrV4::new(CLUSTER_IP, 80), udp));
+        Self { _servers: servers, client, _backend: backend, cgroup, bpffs, backends }
+    }
+
+    pub fn config(&self) -> EbpfConfig {
+        EbpfConfig {
+            object: object_path(),
+            bpffs: self.bpffs.dir.path().to_path_buf(),
+            mount_bpffs: false,
+            cgroup: self.cgroup.path.clone(),
+        }
+    }
+
+    pub fn open(&self) -> EbpfDatapath {
+        EbpfDatapath::open(&self.config()).unwrap_or_else(|e| panic!("opening the datapath: {e}"))
+    }
+
+    /// Runs the client script in the lab's cgroup and client namespace. It joins the cgroup
+    /// before `ip netns exec`, which remounts /sys for the namespace.
+    pub fn client(&self, args: &[&str]) -> Vec<Value> {
+        let script = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/support/sock_client.py");
+        let procs = self.cgroup.path.join("cgroup.procs");
+        let mut command = Command::new("sh");
+        command
+            .arg("-c")
+            .arg(r#"procs="$0" netns="$1" script="$2"; shift 2; echo $$ > "$procs" && exec ip netns exec "$netns" python3 "$script" "$@""#)
+            .arg(&procs)
+            .arg(&self.client.name)
+            .arg(script)
+            .args(args);
+        let output = command.output().expect("running the client");
+        let stdout = String::from_utf8_lossy(&output.stdout).into_owned();
+        assert!(output.status.success(), "client {args:?} failed: {}{stdout}", String::from_utf8_lossy(&output.stderr));
+        stdout
+            .lines()
+            .map(|line| serde_json::from_str(line).unwrap_or_else(|e| panic!("client line {line:?}: {e}")))
+            .collect()
+    }
+
+    pub fn netns_cookie(&self) -> u64 {
+        let lines = self.client(&["netns-cookie"]);
+        lines.first().and_then(|l| l["cookie"].as_u64()).expect("a cookie")
+    }
+}
+
+/// The `backend` field of each result, panicking with the result if one failed.
+pub fn answered_by(results: &[Value]) -> Vec<String> {
+    results
+        .iter()
+        .map(|r| r["backend"].as_str().map(str::to_owned).unwrap_or_else(|| panic!("no answer: {r}")))
+        .collect()
+}
