@@ -39,10 +39,9 @@ pub fn populate<N: AsRef<[u8]>>(names: &[N], size: usize) -> Result<Vec<u32>, Ma
             let name = names[*index].as_ref();
             Permutation {
                 backend: *index as u32,
-                offset: hash(name, OFFSET_SEED) % modulus,
                 // 1..M-1: with M prime every such skip visits every slot exactly once.
                 skip: hash(name, SKIP_SEED) % (modulus - 1) + 1,
-                next: 0,
+                current: hash(name, OFFSET_SEED) % modulus,
             }
         })
         .collect();
@@ -52,13 +51,11 @@ pub fn populate<N: AsRef<[u8]>>(names: &[N], size: usize) -> Result<Vec<u32>, Ma
     let mut filled = 0;
     loop {
         for cursor in &mut cursors {
-            let mut slot = cursor.slot(modulus);
-            while table[slot] != EMPTY {
-                cursor.next += 1;
-                slot = cursor.slot(modulus);
+            while table[cursor.current as usize] != EMPTY {
+                cursor.advance(modulus);
             }
-            table[slot] = cursor.backend;
-            cursor.next += 1;
+            table[cursor.current as usize] = cursor.backend;
+            cursor.advance(modulus);
             filled += 1;
             if filled == size {
                 return Ok(table);
@@ -67,17 +64,20 @@ pub fn populate<N: AsRef<[u8]>>(names: &[N], size: usize) -> Result<Vec<u32>, Ma
     }
 }
 
+/// A backend's walk through its preference list (offset, offset+skip, offset+2·skip, … mod M),
+/// advanced by one addition and a conditional subtraction rather than a division per step.
 struct Permutation {
     backend: u32,
-    offset: u64,
     skip: u64,
-    next: u64,
+    current: u64,
 }
 
 impl Permutation {
-    /// The `next`-th entry of this backend's preference list: (offset + next·skip) mod M.
-    fn slot(&self, modulus: u64) -> usize {
-        ((self.offset + self.next % modulus * self.skip) % modulus) as usize
+    fn advance(&mut self, modulus: u64) {
+        self.current += self.skip;
+        if self.current >= modulus {
+            self.current -= modulus;
+        }
     }
 }
 
