@@ -9,11 +9,12 @@ use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 use bytes::Bytes;
 use http::header::{self, HeaderMap, HeaderName, HeaderValue};
 use http::uri::{Authority, PathAndQuery, Scheme};
-use http::{Method, Request, Response, StatusCode, Uri};
+use http::{Method, Request, Response, StatusCode, Uri, Version};
 use http_body_util::combinators::UnsyncBoxBody;
 use http_body_util::{BodyExt, Empty, Full};
 use hyper::body::Incoming;
 use hyper::service::Service;
+use hyper::upgrade::OnUpgrade;
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 use hyper_util::server::conn::auto;
 use tokio::io::{AsyncRead, AsyncWrite};
@@ -92,6 +93,66 @@ pub fn strip_hop_by_hop(headers: &mut HeaderMap) {
     }
 }
 
+/// Whether the `Connection` header lists `token`.
+fn connection_lists(headers: &HeaderMap, token: &str) -> bool {
+    headers
+        .get_all(header::CONNECTION)
+        .iter()
+        .filter_map(|value| value.to_str().ok())
+        .flat_map(|value| value.split(','))
+        .any(|listed| listed.trim().eq_ignore_ascii_case(token))
+}
+
+/// The client's side of an HTTP/1.1 upgrade (WebSocket and the like) it asked for.
+#[derive(Debug)]
+pub struct UpgradeRequest {
+    client: OnUpgrade,
+}
+
+/// Puts back the two headers that ask for (or accept) an upgrade, which are hop-by-hop but
+/// must reach the other end for the upgrade to happen.
+fn keep_upgrade_headers(headers: &mut HeaderMap, protocol: HeaderValue) {
+    headers.insert(header::CONNECTION, HeaderValue::from_static("upgrade"));
+    headers.insert(header::UPGRADE, protocol);
+}
+
+/// Strips the request's hop-by-hop headers, keeping an upgrade the client asked for; returns
+/// the client's side of that upgrade.
+pub fn prepare_request<B>(request: &mut Request<B>) -> Option<UpgradeRequest> {
+    let upgrade = (request.version() == Version::HTTP_11 && connection_lists(request.headers(), "upgrade"))
+        .then(|| request.headers().get(header::UPGRADE).cloned())
+        .flatten();
+    strip_hop_by_hop(request.headers_mut());
+    let protocol = upgrade?;
+    keep_upgrade_headers(request.headers_mut(), protocol);
+    Some(UpgradeRequest { client: hyper::upgrade::on(request) })
+}
+
+/// Strips the response's hop-by-hop headers; when it accepts the client's upgrade, joins the
+/// two upgraded connections in a task that shutdown waits for.
+pub fn prepare_response(response: &mut Response<Incoming>, upgrade: Option<UpgradeRequest>, drain: &Drain) {
+    let accepted = (response.status() == StatusCode::SWITCHING_PROTOCOLS)
+        .then(|| response.headers().get(header::UPGRADE).cloned())
+        .flatten();
+    strip_hop_by_hop(response.headers_mut());
+    let (Some(upgrade), Some(protocol)) = (upgrade, accepted) else {
+        return;
+    };
+    keep_upgrade_headers(response.headers_mut(), protocol);
+    let server = hyper::upgrade::on(response);
+    drain.spawn(async move {
+        match tokio::try_join!(upgrade.client, server) {
+            Ok((client, server)) => {
+                let (mut client, mut server) = (TokioIo::new(client), TokioIo::new(server));
+                if let Err(error) = tokio::io::copy_bidirectional(&mut client, &mut server).await {
+                    tracing::debug!(%error, "upgraded connection ended with an error");
+                }
+            }
+            Err(error) => tracing::debug!(%error, "the upgrade did not complete"),
+        }
+    });
+}
+
 /// The authority a request names: its URI's (HTTP/2 `:authority`, HTTP/1 absolute form),
 /// else the Host header.
 pub fn request_authority<B>(request: &Request<B>) -> Option<Authority> {
@@ -149,7 +210,7 @@ where
     let mut builder = auto::Builder::new(TokioExecutor::new());
     builder.http1().max_buf_size(MAX_HEADER_BYTES).timer(TokioTimer::new()).header_read_timeout(HEADER_READ_TIMEOUT);
     builder.http2().max_header_list_size(MAX_HEADER_BYTES as u32).timer(TokioTimer::new());
-    let connection = builder.serve_connection(TokioIo::new(io), service);
+    let connection = builder.serve_connection_with_upgrades(TokioIo::new(io), service);
     tokio::pin!(connection);
     let result = tokio::select! {
         result = connection.as_mut() => result,

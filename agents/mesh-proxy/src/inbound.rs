@@ -221,10 +221,10 @@ impl Inbound {
             Protocol::Http1 | Protocol::Http2 => {
                 let client_id = client_id.map(|id| id.to_string());
                 let metrics = Arc::clone(&self.metrics);
+                let upgrades = drain.clone();
                 let service = service_fn(move |request| {
-                    let inbound = Arc::clone(&self);
-                    let client_id = client_id.clone();
-                    async move { Ok::<_, Infallible>(inbound.forward_http(request, target, client_id).await) }
+                    let (inbound, client_id, upgrades) = (Arc::clone(&self), client_id.clone(), upgrades.clone());
+                    async move { Ok::<_, Infallible>(inbound.forward_http(request, target, client_id, &upgrades).await) }
                 });
                 proxy_http::serve(io, service, DIRECTION, &metrics, drain).await;
             }
@@ -257,13 +257,14 @@ impl Inbound {
         mut request: Request<Incoming>,
         target: SocketAddr,
         client_id: Option<String>,
+        drain: &Drain,
     ) -> Response<ProxyBody> {
         let authority = proxy_http::request_authority(&request);
         let label = authority.as_ref().map_or_else(|| target.to_string(), ToString::to_string);
         let observation = Observation::start(DIRECTION, label, &request, client_id.clone());
         let server_id = Some(self.store.identity().to_string());
+        let upgrade = proxy_http::prepare_request(&mut request);
         let headers = request.headers_mut();
-        proxy_http::strip_hop_by_hop(headers);
         // Only the proxy may say who the client is: a plaintext client could claim anyone.
         headers.remove(CLIENT_ID_HEADER);
         if let Some(value) = client_id.as_deref().and_then(|id| HeaderValue::from_str(id).ok()) {
@@ -283,7 +284,7 @@ impl Inbound {
         *request.uri_mut() = uri;
         let response = match self.app.send(&Target::Plain(target), request.map(proxy_http::boxed)).await {
             Ok(mut response) => {
-                proxy_http::strip_hop_by_hop(response.headers_mut());
+                proxy_http::prepare_response(&mut response, upgrade, drain);
                 response.map(proxy_http::boxed)
             }
             Err(error) => {

@@ -19,7 +19,7 @@ use trellis_balance::Outcome;
 use crate::config::PortSet;
 use crate::detect::{self, PrefixedIo, Protocol};
 use crate::discovery::{Discovery, DiscoveryError, Picked, ServiceEndpoints};
-use crate::http::{self as proxy_http, Observation, ProxyBody};
+use crate::http::{self as proxy_http, Observation, ProxyBody, UpgradeRequest};
 use crate::metrics::{Direction, ProxyMetrics, RefusalReason, TrafficLabels};
 use crate::shutdown::Drain;
 use crate::tap::Tap;
@@ -124,9 +124,10 @@ impl Outbound {
         match (protocol, original_dst) {
             (Protocol::Http1 | Protocol::Http2, _) => {
                 let metrics = Arc::clone(&self.metrics);
+                let upgrades = drain.clone();
                 let service = service_fn(move |request| {
-                    let outbound = Arc::clone(&self);
-                    async move { Ok::<_, Infallible>(outbound.proxy_http(request, original_dst).await) }
+                    let (outbound, upgrades) = (Arc::clone(&self), upgrades.clone());
+                    async move { Ok::<_, Infallible>(outbound.proxy_http(request, original_dst, &upgrades).await) }
                 });
                 proxy_http::serve(io, service, DIRECTION, &metrics, &drain).await;
             }
@@ -175,6 +176,7 @@ impl Outbound {
         &self,
         mut request: Request<Incoming>,
         original_dst: Option<SocketAddr>,
+        drain: &Drain,
     ) -> Response<ProxyBody> {
         let authority = proxy_http::request_authority(&request);
         let authority = authority.or_else(|| original_dst.and_then(|dst| dst.to_string().parse::<Authority>().ok()));
@@ -186,7 +188,7 @@ impl Outbound {
             observation.finish(&self.metrics, &self.tap, None, Some(response.status()));
             return response;
         };
-        proxy_http::strip_hop_by_hop(request.headers_mut());
+        let upgrade = proxy_http::prepare_request(&mut request);
         match proxy_http::absolute_uri(request.uri(), &authority) {
             Ok(uri) => *request.uri_mut() = uri,
             Err(error) => {
@@ -200,7 +202,7 @@ impl Outbound {
         let default_port = if request.uri().scheme() == Some(&http::uri::Scheme::HTTPS) { 443 } else { 80 };
         let name = proxy_http::with_port(&authority, default_port);
         let (response, server_id) = match self.route(Some(&name), original_dst).await {
-            Ok(route) => self.dispatch(route, request).await,
+            Ok(route) => self.dispatch(route, request, upgrade, drain).await,
             Err(NoRoute { status, message }) => {
                 self.metrics.refused(DIRECTION, RefusalReason::NoEndpoints);
                 tracing::info!(authority = %name, %message, "no route");
@@ -213,14 +215,20 @@ impl Outbound {
 
     /// Sends the request along `route` within the request timeout, retrying once when allowed.
     /// Returns the response and the identity of the server that answered.
-    async fn dispatch(&self, route: Route, request: Request<Incoming>) -> (Response<ProxyBody>, Option<String>) {
+    async fn dispatch(
+        &self,
+        route: Route,
+        request: Request<Incoming>,
+        upgrade: Option<UpgradeRequest>,
+        drain: &Drain,
+    ) -> (Response<ProxyBody>, Option<String>) {
         let deadline = tokio::time::Instant::now() + self.settings.request_timeout;
         let mut replay = proxy_http::is_replayable(&request).then(|| proxy_http::replay_of(&request));
         let mut request = request.map(proxy_http::boxed);
         let (endpoints, mut picked) = match route {
             Route::Passthrough(dst) => {
                 let attempt = self.attempt(&Target::Plain(dst), request, deadline).await;
-                return (self.respond(attempt), None);
+                return (self.respond(attempt, upgrade, drain), None);
             }
             Route::Balanced { endpoints, picked } => (endpoints, picked),
         };
@@ -248,7 +256,7 @@ impl Outbound {
                 request = copy;
                 continue;
             }
-            return (self.respond(attempt), server_id);
+            return (self.respond(attempt, upgrade, drain), server_id);
         }
     }
 
@@ -275,10 +283,10 @@ impl Outbound {
         }
     }
 
-    fn respond(&self, attempt: Attempt) -> Response<ProxyBody> {
+    fn respond(&self, attempt: Attempt, upgrade: Option<UpgradeRequest>, drain: &Drain) -> Response<ProxyBody> {
         match attempt {
             Attempt::Response(mut response) => {
-                proxy_http::strip_hop_by_hop(response.headers_mut());
+                proxy_http::prepare_response(&mut response, upgrade, drain);
                 response.map(proxy_http::boxed)
             }
             Attempt::Failed { status, message, connect } => {

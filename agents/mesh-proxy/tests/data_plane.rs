@@ -272,36 +272,43 @@ async fn a_slow_endpoint_receives_fewer_requests() {
 async fn a_failing_endpoint_is_ejected_and_readmitted_after_it_recovers() {
     let mesh = ControlPlane::start(HOUR).await;
     let client = mesh.proxy("frontend", &[]).await;
-    let good = App::start("good").await;
-    let bad = App::start("bad").await;
-    bad.state.set_status(StatusCode::INTERNAL_SERVER_ERROR);
-    mesh.destinations.set(WEB, endpoint_set(vec![unmeshed(&good), unmeshed(&bad)], false));
-
-    let state = |text: &str, state| {
+    // A single endpoint, so which endpoint the balancer prefers plays no part.
+    let flaky = App::start("flaky").await;
+    flaky.state.set_status(StatusCode::INTERNAL_SERVER_ERROR);
+    mesh.destinations.set(WEB, endpoint_set(vec![unmeshed(&flaky)], false));
+    let gauge = |text: &str, state| {
         metric(text, "outbound_http_balancer_endpoints", &[("authority", WEB), ("endpoint_state", state)])
     };
+
     let deadline = Instant::now() + PATIENCE;
     loop {
-        let _ = get(client.outbound_addr(), WEB, "/").await;
-        if state(&metrics(client.admin_addr()).await, "ejected") == 1.0 {
+        let (status, _) = get(client.outbound_addr(), WEB, "/").await.expect("the proxy answers");
+        if status == StatusCode::SERVICE_UNAVAILABLE {
             break;
         }
+        assert_eq!(status, StatusCode::INTERNAL_SERVER_ERROR, "the application's failure until the ejection");
         assert!(Instant::now() < deadline, "the failing endpoint was never ejected");
     }
-    let failures_seen = bad.state.requests();
-    assert!(failures_seen >= 7, "ejected after consecutive failures, saw {failures_seen}");
+    let failures = flaky.state.requests();
+    assert!(failures >= 7, "ejected after consecutive failures, after {failures} requests");
+    let text = metrics(client.admin_addr()).await;
+    assert!(gauge(&text, "ejected") + gauge(&text, "pending") == 1.0, "{text}");
 
-    bad.state.set_status(StatusCode::OK);
+    flaky.state.set_status(StatusCode::OK);
     let deadline = Instant::now() + PATIENCE;
     loop {
-        assert_eq!(get(client.outbound_addr(), WEB, "/").await.map(|(status, _)| status), Ok(StatusCode::OK));
-        let text = metrics(client.admin_addr()).await;
-        if bad.state.requests() > failures_seen && state(&text, "ready") == 2.0 {
+        let (status, body) = get(client.outbound_addr(), WEB, "/").await.expect("the proxy answers");
+        if status == StatusCode::OK {
+            assert_eq!(body, "flaky");
             break;
         }
-        assert!(Instant::now() < deadline, "the recovered endpoint was never readmitted: {text}");
+        assert_eq!(status, StatusCode::SERVICE_UNAVAILABLE, "ejected until the penalty is over: {body}");
+        assert!(Instant::now() < deadline, "the recovered endpoint was never readmitted");
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
+    assert!(flaky.state.requests() > failures);
+    let text = metrics(client.admin_addr()).await;
+    assert_eq!((gauge(&text, "ready"), gauge(&text, "ejected")), (1.0, 0.0), "{text}");
     client.shutdown().await;
 }
 
@@ -434,5 +441,39 @@ async fn requests_without_a_response_in_time_get_504() {
         http_body_util::Full::new(Bytes::from_static(b"order")).map_err(|never| match never {}).boxed_unsync();
     let answer = send(client.outbound_addr(), post).await.map(|(status, _)| status);
     assert_eq!(answer, Ok(StatusCode::GATEWAY_TIMEOUT));
+    client.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn upgraded_connections_pass_through_both_proxies() {
+    let mesh = ControlPlane::start(HOUR).await;
+    let server = mesh.proxy("web", &[]).await;
+    let client = mesh.proxy("frontend", &[]).await;
+    let app = App::start("web").await;
+    mesh.destinations.set(WEB, endpoint_set(vec![meshed(&app, "web", &server)], false));
+
+    let mut stream = TcpStream::connect(client.outbound_addr()).await.expect("connect");
+    let head = format!("GET /socket HTTP/1.1\r\nHost: {WEB}\r\nConnection: Upgrade\r\nUpgrade: echo\r\n\r\n");
+    stream.write_all(head.as_bytes()).await.expect("write the upgrade request");
+    let mut response = Vec::new();
+    while !response.ends_with(b"\r\n\r\n") {
+        let mut byte = [0u8; 1];
+        let read = tokio::time::timeout(PATIENCE, stream.read_exact(&mut byte)).await.expect("response in time");
+        read.expect("response head");
+        response.push(byte[0]);
+    }
+    let response = String::from_utf8_lossy(&response).to_ascii_lowercase();
+    assert!(response.starts_with("http/1.1 101"), "{response}");
+    assert!(response.contains("upgrade: echo"), "{response}");
+
+    stream.write_all(b"frames after the upgrade").await.expect("write");
+    let mut echoed = [0u8; 24];
+    let read = tokio::time::timeout(PATIENCE, stream.read_exact(&mut echoed)).await.expect("echo in time");
+    read.expect("echo");
+    assert_eq!(&echoed, b"frames after the upgrade");
+    assert_eq!(*lock(&app.state.client_ids), vec![Some(identity("frontend").to_string())]);
+
+    drop(stream);
+    server.shutdown().await;
     client.shutdown().await;
 }

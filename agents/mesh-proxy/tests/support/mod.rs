@@ -409,8 +409,9 @@ impl App {
                         let state = Arc::clone(&state);
                         async move { Ok::<_, std::convert::Infallible>(answer(&state, name, request).await) }
                     });
-                    let _ =
-                        auto::Builder::new(TokioExecutor::new()).serve_connection(TokioIo::new(stream), service).await;
+                    let _ = auto::Builder::new(TokioExecutor::new())
+                        .serve_connection_with_upgrades(TokioIo::new(stream), service)
+                        .await;
                 });
             }
         });
@@ -418,11 +419,25 @@ impl App {
     }
 }
 
-async fn answer(state: &AppState, name: &str, request: Request<Incoming>) -> Response<Full<Bytes>> {
+async fn answer(state: &AppState, name: &str, mut request: Request<Incoming>) -> Response<Full<Bytes>> {
     state.requests.fetch_add(1, Ordering::SeqCst);
     let client_id = request.headers().get("l5d-client-id").and_then(|v| v.to_str().ok()).map(str::to_owned);
     lock(&state.client_ids).push(client_id);
     lock(&state.versions).push(request.version());
+    if let Some(protocol) = request.headers().get(http::header::UPGRADE).cloned() {
+        // Any upgrade is accepted, and the upgraded connection echoes.
+        let upgraded = hyper::upgrade::on(&mut request);
+        tokio::spawn(async move {
+            let Ok(upgraded) = upgraded.await else { return };
+            let (mut reader, mut writer) = tokio::io::split(TokioIo::new(upgraded));
+            let _ = tokio::io::copy(&mut reader, &mut writer).await;
+        });
+        let mut response = Response::new(Full::new(Bytes::new()));
+        *response.status_mut() = StatusCode::SWITCHING_PROTOCOLS;
+        response.headers_mut().insert(http::header::CONNECTION, http::HeaderValue::from_static("upgrade"));
+        response.headers_mut().insert(http::header::UPGRADE, protocol);
+        return response;
+    }
     // Read the body so a client's upload completes before the answer.
     let _ = request.into_body().collect().await;
     let delay = state.delay_ms.load(Ordering::SeqCst);
