@@ -80,8 +80,11 @@ pub struct Cgroup {
 
 impl Cgroup {
     fn new(name: &str) -> Self {
-        // Never the machine's root cgroup: a child only the tests' client processes join.
-        let path = Path::new("/sys/fs/cgroup/unified").join(name);
+        // Never the machine's root cgroup: a child only the tests' client processes join. The
+        // cgroup2 hierarchy is at /sys/fs/cgroup/unified on hybrid hosts (like this one).
+        let unified = Path::new("/sys/fs/cgroup/unified");
+        let root = if unified.join("cgroup.procs").exists() { unified } else { Path::new("/sys/fs/cgroup") };
+        let path = root.join(name);
         std::fs::create_dir(&path).unwrap_or_else(|e| panic!("creating cgroup {}: {e}", path.display()));
         Self { path }
     }
