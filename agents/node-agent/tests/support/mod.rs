@@ -109,7 +109,11 @@ pub struct Bpffs {
 
 impl Bpffs {
     fn new() -> Self {
-        let dir = tempfile::tempdir().expect("temporary directory");
+        // The pid in the name lets a later run sweep what a killed run left mounted.
+        let dir = tempfile::Builder::new()
+            .prefix(&format!("{BPFFS_PREFIX}{}-", std::process::id()))
+            .tempdir()
+            .expect("temporary directory");
         rustix::mount::mount("bpf", dir.path(), "bpf", rustix::mount::MountFlags::empty(), None)
             .expect("mounting a bpffs");
         Self { dir }
@@ -120,6 +124,42 @@ impl Drop for Bpffs {
     fn drop(&mut self) {
         // Unmounting drops the pins, which detaches the programs and frees the maps.
         let _ = rustix::mount::unmount(self.dir.path(), rustix::mount::UnmountFlags::DETACH);
+    }
+}
+
+const BPFFS_PREFIX: &str = "trellis-bpffs-";
+
+/// The pid embedded in a name made by [`unique`] (after `prefix`), if that process is gone.
+fn dead_owner(name: &str, prefix: &str) -> bool {
+    let pid = name.strip_prefix(prefix).and_then(|rest| rest.split('-').next());
+    pid.is_some_and(|pid| {
+        !pid.is_empty() && pid.bytes().all(|b| b.is_ascii_digit()) && !Path::new("/proc").join(pid).exists()
+    })
+}
+
+/// Drop guards do not run when a test process is killed: remove what such runs left behind
+/// (namespaces, cgroups, bpffs mounts named after a pid that no longer exists).
+fn sweep_killed_runs() {
+    if let Ok(output) = Command::new("ip").args(["netns", "list"]).output() {
+        for line in String::from_utf8_lossy(&output.stdout).lines() {
+            let name = line.split_whitespace().next().unwrap_or_default();
+            if dead_owner(name, "trb-") || dead_owner(name, "trc-") {
+                let _ = Command::new("ip").args(["netns", "del", name]).status();
+            }
+        }
+    }
+    for root in ["/sys/fs/cgroup/unified", "/sys/fs/cgroup"] {
+        for entry in std::fs::read_dir(root).into_iter().flatten().flatten() {
+            if dead_owner(&entry.file_name().to_string_lossy(), "trellis-test-") {
+                let _ = std::fs::remove_dir(entry.path());
+            }
+        }
+    }
+    for entry in std::fs::read_dir(std::env::temp_dir()).into_iter().flatten().flatten() {
+        if dead_owner(&entry.file_name().to_string_lossy(), BPFFS_PREFIX) {
+            let _ = rustix::mount::unmount(entry.path(), rustix::mount::UnmountFlags::DETACH);
+            let _ = std::fs::remove_dir(entry.path());
+        }
     }
 }
 
@@ -217,6 +257,8 @@ impl Lab {
     /// also an address with a server that answers `untranslated`: a connection the load
     /// balancer left alone lands there.
     pub fn new(count: u8, udp: bool) -> Self {
+        static SWEEP: std::sync::Once = std::sync::Once::new();
+        SWEEP.call_once(sweep_killed_runs);
         let id = unique();
         let bpffs = Bpffs::new();
         let cgroup = Cgroup::new(&format!("trellis-test-{id}"));
