@@ -48,8 +48,10 @@ if [ ! -x "/usr/lib/llvm-$llvm_major/bin/llvm-config" ]; then
   apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends "llvm-$llvm_major-dev" >/dev/null
 fi
 tools=$HOME/.cache/trellis-tools
-if ! { "$tools/bin/bpf-linker" --version 2>/dev/null | grep -q '0\.13\.0' &&
-       ldd "$tools/bin/bpf-linker" | grep -q "libLLVM.so.$llvm_major"; }; then
+# Captured first: `grep -q` closing a pipe early would fail the check under pipefail.
+linker_version=$("$tools/bin/bpf-linker" --version 2>/dev/null || true)
+linker_libs=$(ldd "$tools/bin/bpf-linker" 2>/dev/null || true)
+if [[ "$linker_version" != *"0.13.0"* || "$linker_libs" != *"libLLVM.so.$llvm_major"* ]]; then
   echo "== installing bpf-linker 0.13.0 for LLVM $llvm_major"
   env -u CARGO_TARGET_DIR PATH="/usr/lib/llvm-$llvm_major/bin:$PATH" cargo install --quiet --force bpf-linker \
     --version 0.13.0 --no-default-features --features "llvm-$llvm_major" --locked --root "$tools"
