@@ -477,3 +477,13 @@ async fn upgraded_connections_pass_through_both_proxies() {
     server.shutdown().await;
     client.shutdown().await;
 }
+
+#[tokio::test]
+async fn a_busy_listener_address_fails_the_start_naming_it() {
+    let mesh = ControlPlane::start(HOUR).await;
+    let busy = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
+    let addr = busy.local_addr().expect("addr").to_string();
+    let config = mesh.config("web", &[("TRELLIS_PROXY_ADMIN_ADDR", addr.as_str())]);
+    let error = trellis_proxy::start(config, tokio_util::sync::CancellationToken::new()).await.expect_err("busy");
+    assert!(error.to_string().contains(&addr), "{error}");
+}

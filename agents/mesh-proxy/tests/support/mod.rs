@@ -325,6 +325,12 @@ impl ControlPlane {
     /// A proxy configuration for service account `sa`, read through the real environment
     /// parser; `overrides` are extra `TRELLIS_PROXY_*` variables.
     pub fn config(&self, sa: &str, overrides: &[(&str, &str)]) -> ProxyConfig {
+        let env = self.env(sa, overrides);
+        ProxyConfig::from_env(|name| env.get(name).cloned()).expect("valid test configuration")
+    }
+
+    /// The environment of a proxy for service account `sa` on loopback ports the system picks.
+    pub fn env(&self, sa: &str, overrides: &[(&str, &str)]) -> HashMap<String, String> {
         let mut env: HashMap<String, String> = [
             ("TRELLIS_PROXY_INBOUND_ADDR", "127.0.0.1:0".to_owned()),
             ("TRELLIS_PROXY_OUTBOUND_ADDR", "127.0.0.1:0".to_owned()),
@@ -344,7 +350,7 @@ impl ControlPlane {
         for (name, value) in overrides {
             env.insert((*name).to_owned(), (*value).to_owned());
         }
-        ProxyConfig::from_env(|name| env.get(name).cloned()).expect("valid test configuration")
+        env
     }
 
     /// Starts a proxy and waits until it holds its certificate.
