@@ -13,6 +13,7 @@ use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
 
 use support::*;
+use trellis_mesh_identity::ClientAuth;
 
 /// Set in the child that runs inside the namespace.
 const IN_NAMESPACE: &str = "TRELLIS_PROXY_TEST_IN_NETNS";
@@ -129,8 +130,8 @@ fn server_speaks_first_on_an_opaque_port_without_waiting_and_elsewhere_after_the
 }
 
 #[test]
-fn redirected_http_and_plaintext_inbound() {
-    in_network_namespace("redirected_http_and_plaintext_inbound", async {
+fn redirected_http_plaintext_inbound_and_the_applications_own_tls() {
+    in_network_namespace("redirected_http_plaintext_inbound_and_the_applications_own_tls", async {
         let mesh = ControlPlane::start(HOUR).await;
         let server = mesh.proxy("web", &[]).await;
         let client = mesh.proxy("frontend", &[]).await;
@@ -154,5 +155,38 @@ fn redirected_http_and_plaintext_inbound() {
         let answer = send(pod, request(http::Version::HTTP_11, "web", "/", &spoofed)).await;
         assert_eq!(answer, Ok((StatusCode::OK, "web".to_owned())));
         assert_eq!(lock(&app.state.client_ids).last(), Some(&None));
+
+        // The application's own TLS (a server name that is not the proxy's) passes through the
+        // inbound proxy untouched, to be terminated by the application.
+        let own_tls = tls_echo(mesh.pki.certified_store(&identity("db")).server_config(ClientAuth::Optional)).await;
+        let pod: SocketAddr = SocketAddr::new("10.244.0.6".parse().expect("ip"), own_tls.port());
+        redirect(pod, server.inbound_addr().port());
+        let tcp = TcpStream::connect(pod).await.expect("connect");
+        let connector = tokio_rustls::TlsConnector::from(mesh.pki.store(&identity("anyone")).client_config());
+        let handshake = connector.connect(trellis_mesh_identity::server_name_for(&identity("db")), tcp);
+        let mut tls = tokio::time::timeout(PATIENCE, handshake).await.expect("handshake in time").expect("handshake");
+        tls.write_all(b"through").await.expect("write");
+        let mut echo = [0u8; 7];
+        tokio::time::timeout(PATIENCE, tls.read_exact(&mut echo)).await.expect("echo in time").expect("echo");
+        assert_eq!(&echo, b"through");
     });
+}
+
+/// A TLS server that echoes, on a loopback port.
+async fn tls_echo(config: std::sync::Arc<rustls::ServerConfig>) -> SocketAddr {
+    let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
+    let addr = listener.local_addr().expect("addr");
+    let acceptor = tokio_rustls::TlsAcceptor::from(config);
+    tokio::spawn(async move {
+        while let Ok((stream, _)) = listener.accept().await {
+            let acceptor = acceptor.clone();
+            tokio::spawn(async move {
+                let tls = acceptor.accept(stream).await?;
+                let (mut reader, mut writer) = tokio::io::split(tls);
+                tokio::io::copy(&mut reader, &mut writer).await?;
+                Ok::<_, std::io::Error>(())
+            });
+        }
+    });
+    addr
 }
