@@ -40,6 +40,9 @@ pub struct InboundSettings {
     pub policy: InboundPolicy,
     pub opaque_ports: PortSet,
     pub detect_timeout: Duration,
+    /// The proxy's own listener ports, which a peer must not name: forwarding there would let a
+    /// peer send traffic out through this proxy, under this workload's identity.
+    pub own_ports: Vec<u16>,
 }
 
 pub struct Inbound {
@@ -188,6 +191,11 @@ impl Inbound {
                 return;
             }
         };
+        if self.settings.own_ports.contains(&port) {
+            self.metrics.refused(DIRECTION, RefusalReason::TransportHeader);
+            tracing::info!(%peer, port, "refused a transport header naming one of the proxy's own ports");
+            return;
+        }
         self.serve_target(tls, port, client_id, None, &drain).await;
     }
 

@@ -130,6 +130,7 @@ pub async fn start(config: ProxyConfig, stop: CancellationToken) -> Result<Runni
             policy: config.inbound_policy,
             opaque_ports: config.opaque_ports.clone(),
             detect_timeout: config.detect_timeout,
+            own_ports: vec![inbound_addr.port(), outbound_addr.port(), admin_addr.port()],
         },
         Arc::clone(&store),
         connector.clone(),

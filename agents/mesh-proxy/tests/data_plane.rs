@@ -366,6 +366,11 @@ async fn bad_input_is_refused_counted_and_the_proxy_keeps_serving() {
     // Inbound: mTLS, then no transport header.
     let mut tls = mesh_tls(Arc::clone(&peer_config), inbound, &identity("web")).await.expect("mTLS");
     assert_eq!(exchange(&mut tls, b"HTTP/1.1 not a header").await, "");
+    // Inbound: mTLS and a header naming the proxy's own outbound listener.
+    let mut tls = mesh_tls(Arc::clone(&peer_config), inbound, &identity("web")).await.expect("mTLS");
+    let mut bytes = transport_header::encode(server.outbound_addr().port()).to_vec();
+    bytes.extend_from_slice(format!("GET / HTTP/1.1\r\nHost: {WEB}\r\n\r\n").as_bytes());
+    assert_eq!(exchange(&mut tls, &bytes).await, "", "no way out through the peer's outbound proxy");
     // Inbound: mTLS and a header, then malformed HTTP and an oversized head.
     for (request, status) in [(MALFORMED_REQUEST.to_vec(), "400"), (oversized_request(), "431")] {
         let mut tls = mesh_tls(Arc::clone(&peer_config), inbound, &identity("web")).await.expect("mTLS");
@@ -390,8 +395,10 @@ async fn bad_input_is_refused_counted_and_the_proxy_keeps_serving() {
     let text = metrics(server.admin_addr()).await;
     let refused =
         |reason| metric(&text, "trellis_proxy_refused_total", &[("direction", "inbound"), ("reason", reason)]);
-    for reason in ["tls_handshake", "transport_header", "http_malformed", "header_too_large"] {
-        assert_eq!(refused(reason), 1.0, "inbound {reason}: {text}");
+    for (reason, count) in
+        [("tls_handshake", 1.0), ("transport_header", 2.0), ("http_malformed", 1.0), ("header_too_large", 1.0)]
+    {
+        assert_eq!(refused(reason), count, "inbound {reason}: {text}");
     }
     let text = metrics(client.admin_addr()).await;
     let refused =
