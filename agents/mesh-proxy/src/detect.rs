@@ -130,10 +130,6 @@ impl<S> PrefixedIo<S> {
     pub fn new(prefix: Bytes, inner: S) -> Self {
         PrefixedIo { prefix, inner }
     }
-
-    pub fn get_ref(&self) -> &S {
-        &self.inner
-    }
 }
 
 impl<S: AsyncRead + Unpin> AsyncRead for PrefixedIo<S> {
