@@ -27,6 +27,7 @@ pub const INBOUND_POLICY: &str = "TRELLIS_PROXY_INBOUND_POLICY";
 pub const OPAQUE_PORTS: &str = "TRELLIS_PROXY_OPAQUE_PORTS";
 pub const DETECT_TIMEOUT: &str = "TRELLIS_PROXY_DETECT_TIMEOUT";
 pub const SHUTDOWN_GRACE: &str = "TRELLIS_PROXY_SHUTDOWN_GRACE";
+pub const CORES: &str = "TRELLIS_PROXY_CORES";
 pub const LOG: &str = "TRELLIS_PROXY_LOG";
 pub const LOG_FORMAT: &str = "TRELLIS_PROXY_LOG_FORMAT";
 pub const PROXY_UID: &str = "TRELLIS_PROXY_UID";
@@ -42,6 +43,10 @@ const DEFAULT_TOKEN_PATH: &str = "/var/run/secrets/tokens/trellis-identity-token
 const DEFAULT_OPAQUE_PORTS: &str = "25,587,3306,4444,5432,6379,9300,11211";
 const DEFAULT_DETECT_TIMEOUT: &str = "200ms";
 const DEFAULT_SHUTDOWN_GRACE: &str = "30s";
+/// One worker, as Linkerd's proxy defaults to: a sidecar shares its pod's CPU
+/// with the app, and a single-threaded runtime never pays for cross-thread
+/// wake-ups on the request path (measured in BENCHMARKS.md).
+const DEFAULT_CORES: &str = "1";
 const DEFAULT_LOG: &str = "info";
 const DEFAULT_PROXY_UID: u32 = 2102;
 const DEFAULT_INBOUND_SKIP_PORTS: &str = "4191";
@@ -62,6 +67,8 @@ pub struct ProxyConfig {
     pub opaque_ports: PortSet,
     pub detect_timeout: Duration,
     pub shutdown_grace: Duration,
+    /// Runtime worker threads.
+    pub cores: usize,
     pub log: String,
     pub log_format: LogFormat,
 }
@@ -338,6 +345,13 @@ fn parse_log_filter(s: &str) -> Result<String, String> {
     Ok(s.to_owned())
 }
 
+fn parse_cores(s: &str) -> Result<usize, String> {
+    match s.trim().parse::<usize>() {
+        Ok(n) if (1..=64).contains(&n) => Ok(n),
+        _ => Err(format!("`{s}` is not a number of worker threads between 1 and 64")),
+    }
+}
+
 fn parse_uid(s: &str) -> Result<u32, String> {
     s.trim().parse().map_err(|_| format!("`{s}` is not a numeric user id"))
 }
@@ -360,6 +374,7 @@ impl ProxyConfig {
         let opaque_ports = env.port_set(OPAQUE_PORTS, DEFAULT_OPAQUE_PORTS);
         let detect_timeout = env.parse_or(DETECT_TIMEOUT, DEFAULT_DETECT_TIMEOUT, parse_duration);
         let shutdown_grace = env.parse_or(SHUTDOWN_GRACE, DEFAULT_SHUTDOWN_GRACE, parse_duration);
+        let cores = env.parse_or(CORES, DEFAULT_CORES, parse_cores);
         let log = env.parse_or(LOG, DEFAULT_LOG, parse_log_filter);
         let log_format = env.parse_or(LOG_FORMAT, "plain", |s| s.trim().parse());
         env.finish(|| {
@@ -377,6 +392,7 @@ impl ProxyConfig {
                 opaque_ports: opaque_ports?,
                 detect_timeout: detect_timeout?,
                 shutdown_grace: shutdown_grace?,
+                cores: cores?,
                 log: log?,
                 log_format: log_format?,
             })
@@ -476,6 +492,7 @@ mod tests {
         assert!(!config.opaque_ports.contains(80));
         assert_eq!(config.detect_timeout, Duration::from_millis(200));
         assert_eq!(config.shutdown_grace, Duration::from_secs(30));
+        assert_eq!(config.cores, 1);
         assert_eq!(config.log, "info");
         assert_eq!(config.log_format, LogFormat::Plain);
     }
@@ -492,6 +509,7 @@ mod tests {
             (OPAQUE_PORTS, "9000-9002, 25"),
             (DETECT_TIMEOUT, "1s"),
             (SHUTDOWN_GRACE, "2m"),
+            (CORES, "2"),
             (LOG, "warn,trellis_proxy=debug"),
             (LOG_FORMAT, "json"),
         ])
@@ -505,6 +523,7 @@ mod tests {
         assert_eq!(config.opaque_ports.to_string(), "25,9000-9002");
         assert_eq!(config.detect_timeout, Duration::from_secs(1));
         assert_eq!(config.shutdown_grace, Duration::from_secs(120));
+        assert_eq!(config.cores, 2);
         assert_eq!(config.log, "warn,trellis_proxy=debug");
         assert_eq!(config.log_format, LogFormat::Json);
     }
@@ -533,6 +552,7 @@ mod tests {
             (OPAQUE_PORTS, "25,70000"),
             (DETECT_TIMEOUT, "200"),
             (SHUTDOWN_GRACE, "1h"),
+            (CORES, "0"),
             (LOG, "trellis_proxy=loud"),
             (LOG_FORMAT, "xml"),
         ];

@@ -34,7 +34,11 @@ fn run() -> ExitCode {
         }
     };
     init_tracing(&config.log, config.log_format);
-    let runtime = match tokio::runtime::Runtime::new() {
+    let runtime = match config.cores {
+        1 => tokio::runtime::Builder::new_current_thread().enable_all().build(),
+        cores => tokio::runtime::Builder::new_multi_thread().worker_threads(cores).enable_all().build(),
+    };
+    let runtime = match runtime {
         Ok(runtime) => runtime,
         Err(error) => {
             tracing::error!(%error, "cannot start the async runtime");
