@@ -1,224 +1,33 @@
 //! The proxy's control-plane clients against in-test identity and destination services, served
 //! over rustls on loopback with certificates from a test trust anchor.
 
-use std::io;
+mod support;
+
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
-use std::pin::Pin;
 use std::sync::atomic::{AtomicUsize, Ordering};
-use std::sync::{Arc, Mutex, MutexGuard};
-use std::task::{Context, Poll};
-use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant, SystemTime};
 
-use futures::{Stream, StreamExt};
+use futures::StreamExt;
 use rustls::ServerConfig;
-use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
-use tokio::net::{TcpListener, TcpStream};
-use tokio::sync::{mpsc, watch};
-use tokio::task::JoinHandle;
+use tokio::sync::watch;
 use tokio_util::sync::CancellationToken;
 use tonic::transport::Server;
-use tonic::transport::server::{Connected, Router};
 use tonic::{Request, Response, Status};
 use trellis_api::MeshIdentity;
 use trellis_balance::{BalancerConfig, Outcome, RetryBudgetConfig};
 use trellis_mesh_api::destination::destination_server::{Destination, DestinationServer};
-use trellis_mesh_api::destination::update::Update as UpdateKind;
-use trellis_mesh_api::destination::{Endpoint, EndpointSet, GetDestination, NoEndpoints, Update};
-use trellis_mesh_api::identity::identity_server::{Identity, IdentityServer};
-use trellis_mesh_api::identity::{CertifyRequest, CertifyResponse};
-use trellis_mesh_identity::{
-    CertStore, ClientAuth, Issuer, ProxyKey, TrustAnchors, generate_issuer, generate_trust_anchor, peer_identity,
-};
+use trellis_mesh_api::destination::{GetDestination, Update};
+use trellis_mesh_identity::{CertStore, ClientAuth};
 use trellis_proxy::config::ControlPlaneAddr;
 use trellis_proxy::discovery::{Discovery, DiscoveryError, DiscoveryTimeouts, EndpointInfo, ServiceEndpoints};
 use trellis_proxy::identity_client::{IdentityClient, IdentityClientError, control_plane_channel};
 use trellis_proxy::metrics::ProxyMetrics;
 
-const TRUST_DOMAIN: &str = "cluster.local";
-const HOUR: Duration = Duration::from_secs(3600);
-/// How long a test waits for something that should happen in well under a second; generous
-/// because the machine may be loaded.
-const PATIENCE: Duration = Duration::from_secs(30);
+use support::*;
+
 const AUTHORITY: &str = "web.shop.svc.cluster.local:8080";
-
-fn identity(sa: &str) -> MeshIdentity {
-    MeshIdentity::new(TRUST_DOMAIN, "shop", sa).expect("valid identity")
-}
-
-fn controller_identity() -> MeshIdentity {
-    MeshIdentity::new(TRUST_DOMAIN, "trellis", "trellis-controller").expect("valid identity")
-}
-
-fn lock<T>(mutex: &Mutex<T>) -> MutexGuard<'_, T> {
-    mutex.lock().expect("no test thread panicked holding the lock")
-}
-
-/// Polls `condition` until it holds, failing the test after [`PATIENCE`].
-async fn eventually(what: &str, mut condition: impl FnMut() -> bool) {
-    let deadline = Instant::now() + PATIENCE;
-    while !condition() {
-        assert!(Instant::now() < deadline, "timed out waiting until {what}");
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
-}
-
-/// A trust anchor and an issuer chained to it.
-struct Pki {
-    anchors_pem: String,
-    issuer: Arc<Issuer>,
-}
-
-impl Pki {
-    fn new() -> Pki {
-        let (anchor_cert, anchor_key) = generate_trust_anchor(TRUST_DOMAIN, HOUR).expect("trust anchor");
-        let (issuer_cert, issuer_key) =
-            generate_issuer(&anchor_cert, &anchor_key, TRUST_DOMAIN, HOUR).expect("issuer certificate");
-        let issuer = Issuer::from_pem(&issuer_cert, &issuer_key).expect("issuer");
-        Pki { anchors_pem: anchor_cert, issuer: Arc::new(issuer) }
-    }
-
-    fn store(&self, identity: &MeshIdentity) -> Arc<CertStore> {
-        let anchors = TrustAnchors::from_pem(&self.anchors_pem).expect("anchors");
-        CertStore::new(ProxyKey::generate().expect("key"), identity.clone(), anchors)
-    }
-
-    fn certified_store(&self, identity: &MeshIdentity) -> Arc<CertStore> {
-        let store = self.store(identity);
-        let csr = store.csr_der().expect("CSR");
-        let issued = self.issuer.sign(&csr, identity, HOUR, SystemTime::now()).expect("leaf");
-        store.install(issued).expect("install leaf");
-        store
-    }
-}
-
-/// The peer's mesh identity, as tonic hands connection info to handlers.
-#[derive(Debug, Clone)]
-struct PeerId(Option<MeshIdentity>);
-
-/// A server-side TLS connection tonic can serve: tonic wants its `Connected`.
-struct TlsConnection(tokio_rustls::server::TlsStream<TcpStream>);
-
-impl Connected for TlsConnection {
-    type ConnectInfo = PeerId;
-
-    fn connect_info(&self) -> PeerId {
-        PeerId(peer_identity(self.0.get_ref().1.peer_certificates()))
-    }
-}
-
-impl AsyncRead for TlsConnection {
-    fn poll_read(self: Pin<&mut Self>, cx: &mut Context<'_>, buf: &mut ReadBuf<'_>) -> Poll<io::Result<()>> {
-        Pin::new(&mut self.get_mut().0).poll_read(cx, buf)
-    }
-}
-
-impl AsyncWrite for TlsConnection {
-    fn poll_write(self: Pin<&mut Self>, cx: &mut Context<'_>, buf: &[u8]) -> Poll<io::Result<usize>> {
-        Pin::new(&mut self.get_mut().0).poll_write(cx, buf)
-    }
-
-    fn poll_flush(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
-        Pin::new(&mut self.get_mut().0).poll_flush(cx)
-    }
-
-    fn poll_shutdown(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
-        Pin::new(&mut self.get_mut().0).poll_shutdown(cx)
-    }
-}
-
-/// A gRPC server on a loopback port, stopped when dropped.
-struct Served {
-    addr: SocketAddr,
-    tasks: Vec<JoinHandle<()>>,
-}
-
-impl Drop for Served {
-    fn drop(&mut self) {
-        for task in &self.tasks {
-            task.abort();
-        }
-    }
-}
-
-impl Served {
-    async fn start(router: Router, config: Arc<ServerConfig>) -> Served {
-        let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind loopback");
-        let addr = listener.local_addr().expect("bound address");
-        // As the controller's servers do: they offer h2 by ALPN.
-        let mut config = ServerConfig::clone(&config);
-        config.alpn_protocols = vec![b"h2".to_vec()];
-        let acceptor = tokio_rustls::TlsAcceptor::from(Arc::new(config));
-        let (connections, incoming) = mpsc::channel::<io::Result<TlsConnection>>(16);
-        let accept = tokio::spawn(async move {
-            while let Ok((tcp, _)) = listener.accept().await {
-                let (acceptor, connections) = (acceptor.clone(), connections.clone());
-                // Handshakes run apart so one failing client does not hold up the others.
-                tokio::spawn(async move {
-                    let _ = connections.send(acceptor.accept(tcp).await.map(TlsConnection)).await;
-                });
-            }
-        });
-        let incoming = futures::stream::unfold(incoming, |mut rx| async move { rx.recv().await.map(|c| (c, rx)) });
-        let serve = tokio::spawn(async move {
-            let _ = router.serve_with_incoming(incoming).await;
-        });
-        Served { addr, tasks: vec![accept, serve] }
-    }
-
-    fn control_plane(&self, identity: &MeshIdentity) -> ControlPlaneAddr {
-        ControlPlaneAddr { addr: self.addr.to_string(), identity: identity.clone() }
-    }
-}
-
-/// An identity service that accepts one token and signs with the test issuer.
-struct TestIdentity {
-    issuer: Arc<Issuer>,
-    lifetime: Duration,
-    valid_token: Mutex<String>,
-    tokens: Mutex<Vec<String>>,
-}
-
-impl TestIdentity {
-    fn new(pki: &Pki, lifetime: Duration, valid_token: &str) -> Arc<TestIdentity> {
-        Arc::new(TestIdentity {
-            issuer: Arc::clone(&pki.issuer),
-            lifetime,
-            valid_token: Mutex::new(valid_token.to_owned()),
-            tokens: Mutex::default(),
-        })
-    }
-
-    fn tokens(&self) -> Vec<String> {
-        lock(&self.tokens).clone()
-    }
-
-    async fn serve(self: &Arc<Self>, config: Arc<ServerConfig>) -> Served {
-        Served::start(Server::builder().add_service(IdentityServer::from_arc(Arc::clone(self))), config).await
-    }
-}
-
-#[tonic::async_trait]
-impl Identity for TestIdentity {
-    async fn certify(&self, request: Request<CertifyRequest>) -> Result<Response<CertifyResponse>, Status> {
-        let request = request.into_inner();
-        lock(&self.tokens).push(request.token.clone());
-        if request.token != *lock(&self.valid_token) {
-            return Err(Status::unauthenticated("the token is not valid"));
-        }
-        let identity: MeshIdentity = request.identity.parse().map_err(|_| Status::invalid_argument("identity"))?;
-        let issued = self
-            .issuer
-            .sign(&request.certificate_signing_request, &identity, self.lifetime, SystemTime::now())
-            .map_err(|e| Status::invalid_argument(e.to_string()))?;
-        let valid_until = issued.not_after.duration_since(UNIX_EPOCH).map_or(0, |d| d.as_secs());
-        Ok(Response::new(CertifyResponse {
-            leaf_certificate: issued.leaf_der,
-            intermediate_certificates: issued.intermediates_der,
-            valid_until_unix_seconds: i64::try_from(valid_until).expect("a date within i64 seconds"),
-        }))
-    }
-}
 
 /// Decrements the count of open streams when the server drops a stream (the client went away).
 struct OpenStream(Arc<AtomicUsize>);
@@ -247,8 +56,6 @@ struct TestDestination {
     /// Cancelled to end every stream open now.
     break_streams: Mutex<CancellationToken>,
 }
-
-type UpdateStream = Pin<Box<dyn Stream<Item = Result<Update, Status>> + Send>>;
 
 impl TestDestination {
     fn new() -> Arc<TestDestination> {
@@ -310,20 +117,8 @@ impl Destination for TestDestination {
 }
 
 fn endpoints(ips: &[[u8; 4]]) -> Update {
-    let endpoints = ips
-        .iter()
-        .map(|ip| Endpoint {
-            ip: ip.to_vec(),
-            port: 8080,
-            identity: identity("web").to_string(),
-            ..Endpoint::default()
-        })
-        .collect();
-    Update { update: Some(UpdateKind::Endpoints(EndpointSet { endpoints, opaque: false })) }
-}
-
-fn no_endpoints(exists: bool) -> Update {
-    Update { update: Some(UpdateKind::NoEndpoints(NoEndpoints { exists })) }
+    let web = identity("web");
+    endpoint_set(ips.iter().map(|ip| endpoint(socket(*ip), Some(&web), None)).collect(), false)
 }
 
 fn addrs(endpoints: &[EndpointInfo]) -> Vec<SocketAddr> {
@@ -435,7 +230,7 @@ async fn each_certify_reads_the_token_file_again() {
     client.certify().await.expect("first certificate");
     // The kubelet rotated the projected token.
     write_token(proxy.token.path(), "second");
-    *lock(&identity_service.valid_token) = "second".to_owned();
+    identity_service.set_valid_token("second");
     client.certify().await.expect("renewed with the new token");
 
     assert_eq!(identity_service.tokens(), ["first", "second"]);
@@ -509,7 +304,7 @@ async fn run_renews_a_short_lived_leaf_repeatedly_and_a_failed_renewal_keeps_it(
     .await;
 
     // The identity service starts refusing: the retries fail, the certificate stays.
-    *lock(&identity_service.valid_token) = "rotated".to_owned();
+    identity_service.set_valid_token("rotated");
     let calls_before = identity_service.tokens().len();
     eventually("three refused renewals", || identity_service.tokens().len() >= calls_before + 3).await;
     assert!(proxy.store.is_ready());

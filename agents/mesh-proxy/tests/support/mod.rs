@@ -1,10 +1,6 @@
 //! Test fixtures shared by the proxy's integration tests: a test PKI, the identity and
 //! destination services served over rustls on loopback, whole proxies started in-process on
 //! 127.0.0.1:0, a configurable application server, and HTTP/metrics helpers.
-//!
-//! Note to the control-plane test author (`tests/control_plane.rs`): `Pki`, `Served` and
-//! `TestIdentity` here have the same shape as the copies in your file; they can move here
-//! (`mod support;`) rather than exist twice.
 
 // Each test binary uses a different part of the fixtures.
 #![allow(dead_code)]
@@ -45,7 +41,7 @@ use trellis_mesh_identity::{
     CertStore, ClientAuth, Issuer, ProxyKey, TrustAnchors, generate_issuer, generate_trust_anchor, peer_identity,
 };
 use trellis_proxy::RunningProxy;
-use trellis_proxy::config::ProxyConfig;
+use trellis_proxy::config::{ControlPlaneAddr, ProxyConfig};
 
 pub const TRUST_DOMAIN: &str = "cluster.local";
 pub const HOUR: Duration = Duration::from_secs(3600);
@@ -157,6 +153,7 @@ impl Served {
     pub async fn start(router: Router, config: Arc<ServerConfig>) -> Served {
         let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind loopback");
         let addr = listener.local_addr().expect("bound address");
+        // As the controller's servers do: they offer h2 by ALPN.
         let mut config = ServerConfig::clone(&config);
         config.alpn_protocols = vec![b"h2".to_vec()];
         let acceptor = tokio_rustls::TlsAcceptor::from(Arc::new(config));
@@ -164,6 +161,7 @@ impl Served {
         let accept = tokio::spawn(async move {
             while let Ok((tcp, _)) = listener.accept().await {
                 let (acceptor, connections) = (acceptor.clone(), connections.clone());
+                // Handshakes run apart so one failing client does not hold up the others.
                 tokio::spawn(async move {
                     let _ = connections.send(acceptor.accept(tcp).await.map(TlsConnection)).await;
                 });
@@ -174,6 +172,11 @@ impl Served {
             let _ = router.serve_with_incoming(incoming).await;
         });
         Served { addr, tasks: vec![accept, serve] }
+    }
+
+    /// This server as a proxy's control-plane client addresses it, expecting `identity`.
+    pub fn control_plane(&self, identity: &MeshIdentity) -> ControlPlaneAddr {
+        ControlPlaneAddr { addr: self.addr.to_string(), identity: identity.clone() }
     }
 }
 
@@ -193,6 +196,16 @@ impl TestIdentity {
             valid_token: Mutex::new(valid_token.to_owned()),
             tokens: Mutex::default(),
         })
+    }
+
+    /// The tokens of every certify call so far, accepted or not.
+    pub fn tokens(&self) -> Vec<String> {
+        lock(&self.tokens).clone()
+    }
+
+    /// From now on only `token` is accepted, as after the kubelet rotated it.
+    pub fn set_valid_token(&self, token: &str) {
+        token.clone_into(&mut lock(&self.valid_token));
     }
 
     pub async fn serve(self: &Arc<Self>, config: Arc<ServerConfig>) -> Served {
@@ -233,7 +246,7 @@ pub struct Destinations {
     authorities: Mutex<HashMap<String, watch::Sender<Update>>>,
 }
 
-type UpdateStream = Pin<Box<dyn Stream<Item = Result<Update, tonic::Status>> + Send>>;
+pub type UpdateStream = Pin<Box<dyn Stream<Item = Result<Update, tonic::Status>> + Send>>;
 
 impl Destinations {
     pub fn new() -> Arc<Destinations> {
