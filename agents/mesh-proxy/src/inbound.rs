@@ -92,9 +92,8 @@ impl Inbound {
 
     /// Accepts connections until shutdown begins.
     pub async fn serve(self: Arc<Self>, listener: TcpListener, drain: Drain) {
-        let handler_drain = drain.clone();
-        tcp::accept_loop(listener, &drain, DIRECTION, move |stream, peer| {
-            Arc::clone(&self).handle(stream, peer, handler_drain.clone())
+        tcp::accept_loop(listener, drain, DIRECTION, move |stream, peer, drain| {
+            Arc::clone(&self).handle(stream, peer, drain)
         })
         .await;
     }

@@ -11,7 +11,7 @@ use prometheus_client::metrics::counter::Counter;
 use prometheus_client::metrics::family::Family;
 use prometheus_client::metrics::gauge::Gauge;
 use prometheus_client::metrics::histogram::Histogram;
-use prometheus_client::registry::Registry;
+use prometheus_client::registry::{Metric, Registry};
 
 /// The content type of [`ProxyMetrics::encode`]'s output (Prometheus text 0.0.4).
 pub const CONTENT_TYPE: &str = prometheus_client::encoding::prometheus_text::CONTENT_TYPE;
@@ -160,6 +160,12 @@ struct BalancerLabels {
 
 type HistogramFamily<L> = Family<L, Histogram, fn() -> Histogram>;
 
+/// `metric`, after registering a handle to it under `name`.
+fn registered<M: Metric + Clone>(registry: &mut Registry, name: &str, help: &str, metric: M) -> M {
+    registry.register(name, help, metric.clone());
+    metric
+}
+
 /// All the proxy's metrics; cheap to update from any task.
 pub struct ProxyMetrics {
     registry: Registry,
@@ -178,59 +184,61 @@ pub struct ProxyMetrics {
 impl ProxyMetrics {
     pub fn new() -> Arc<ProxyMetrics> {
         let mut registry = Registry::default();
-        let requests = Family::<TrafficLabels, Counter>::default();
-        let responses = Family::<ResponseLabels, Counter>::default();
-        let response_latency: HistogramFamily<ResponseLabels> =
-            Family::new_with_constructor(|| Histogram::new(LATENCY_BUCKETS_MS));
-        let tcp_open = Family::<TrafficLabels, Counter>::default();
-        let tcp_close = Family::<TrafficLabels, Counter>::default();
-        let tcp_open_connections = Family::<TrafficLabels, Gauge>::default();
-        let refused = Family::<RefusalLabels, Counter>::default();
-        let cert_expiration = Gauge::<f64, AtomicU64>::default();
-        let cert_refreshes = Counter::default();
-        let balancer_endpoints = Family::<BalancerLabels, Gauge>::default();
-
         // Counters get their `_total` suffix from the encoder.
-        registry.register("request", "HTTP requests the proxy forwarded", requests.clone());
-        registry.register("response", "HTTP responses the proxy forwarded, by classification", responses.clone());
-        registry.register(
-            "response_latency_ms",
-            "Time from the request's start to the response's head, in milliseconds",
-            response_latency.clone(),
-        );
-        registry.register("tcp_open", "TCP connections the proxy opened or accepted", tcp_open.clone());
-        registry.register("tcp_close", "TCP connections that closed", tcp_close.clone());
-        registry.register("tcp_open_connections", "TCP connections open now", tcp_open_connections.clone());
-        registry.register(
-            "trellis_proxy_refused",
-            "Connections and requests the proxy refused or dropped, by reason",
-            refused.clone(),
-        );
-        registry.register(
-            "identity_cert_expiration_timestamp_seconds",
-            "When the proxy's identity certificate expires, in seconds since the Unix epoch",
-            cert_expiration.clone(),
-        );
-        registry.register("identity_cert_refresh", "Identity certificates the proxy obtained", cert_refreshes.clone());
-        registry.register(
-            "outbound_http_balancer_endpoints",
-            "Endpoints of each outbound balancer, by state",
-            balancer_endpoints.clone(),
-        );
-
-        Arc::new(ProxyMetrics {
+        let metrics = ProxyMetrics {
+            requests: registered(&mut registry, "request", "HTTP requests the proxy forwarded", Family::default()),
+            responses: registered(
+                &mut registry,
+                "response",
+                "HTTP responses the proxy forwarded, by classification",
+                Family::default(),
+            ),
+            response_latency: registered(
+                &mut registry,
+                "response_latency_ms",
+                "Time from the request's start to the response's head, in milliseconds",
+                Family::new_with_constructor(|| Histogram::new(LATENCY_BUCKETS_MS)),
+            ),
+            tcp_open: registered(
+                &mut registry,
+                "tcp_open",
+                "TCP connections the proxy opened or accepted",
+                Family::default(),
+            ),
+            tcp_close: registered(&mut registry, "tcp_close", "TCP connections that closed", Family::default()),
+            tcp_open_connections: registered(
+                &mut registry,
+                "tcp_open_connections",
+                "TCP connections open now",
+                Family::default(),
+            ),
+            refused: registered(
+                &mut registry,
+                "trellis_proxy_refused",
+                "Connections and requests the proxy refused or dropped, by reason",
+                Family::default(),
+            ),
+            cert_expiration: registered(
+                &mut registry,
+                "identity_cert_expiration_timestamp_seconds",
+                "When the proxy's identity certificate expires, in seconds since the Unix epoch",
+                Gauge::default(),
+            ),
+            cert_refreshes: registered(
+                &mut registry,
+                "identity_cert_refresh",
+                "Identity certificates the proxy obtained",
+                Counter::default(),
+            ),
+            balancer_endpoints: registered(
+                &mut registry,
+                "outbound_http_balancer_endpoints",
+                "Endpoints of each outbound balancer, by state",
+                Family::default(),
+            ),
             registry,
-            requests,
-            responses,
-            response_latency,
-            tcp_open,
-            tcp_close,
-            tcp_open_connections,
-            refused,
-            cert_expiration,
-            cert_refreshes,
-            balancer_endpoints,
-        })
+        };
+        Arc::new(metrics)
     }
 
     pub fn http_request(&self, labels: &TrafficLabels) {

@@ -15,11 +15,11 @@ use crate::shutdown::Drain;
 /// After a failed accept (often file-descriptor exhaustion), wait before retrying instead of spinning.
 const ACCEPT_BACKOFF: Duration = Duration::from_millis(100);
 
-/// Accepts connections until shutdown begins, each handled in its own drained task; a failing
-/// connection never takes the listener down.
-pub async fn accept_loop<F, Fut>(listener: TcpListener, drain: &Drain, direction: Direction, handle: F)
+/// Accepts connections until shutdown begins, each handled in its own drained task (which gets
+/// the drain too, for the work it spawns); a failing connection never takes the listener down.
+pub async fn accept_loop<F, Fut>(listener: TcpListener, drain: Drain, direction: Direction, handle: F)
 where
-    F: Fn(TcpStream, SocketAddr) -> Fut,
+    F: Fn(TcpStream, SocketAddr, Drain) -> Fut,
     Fut: Future<Output = ()> + Send + 'static,
 {
     loop {
@@ -33,7 +33,7 @@ where
                 if let Err(error) = stream.set_nodelay(true) {
                     tracing::debug!(%peer, %error, "cannot disable Nagle on an accepted connection");
                 }
-                drain.spawn(handle(stream, peer));
+                drain.spawn(handle(stream, peer, drain.clone()));
             }
             Err(error) => {
                 tracing::warn!(direction = direction.as_str(), %error, "accept failed");
