@@ -171,7 +171,8 @@ impl Emulator {
         expires_at: std::time::SystemTime,
     ) -> Result<String, error::ApiError> {
         let audiences = audiences.iter().map(|a| (*a).to_owned()).collect();
-        tokens::issue(&self.shared, namespace, service_account, audiences, bound_pod.map(|p| (p, None)), expires_at)
+        let pod = bound_pod.map(|p| (p, None));
+        tokens::issue(&self.shared, tokens::Grant { namespace, service_account, audiences, pod, expires_at })
     }
 
     /// A complete kubeconfig for this server, context `kube-emulator`.

@@ -54,27 +54,26 @@ impl Tokens {
     }
 }
 
-/// Issues a token for a service account, bound to a pod of that service
-/// account when `pod` names one (with the uid the caller expects, if any).
-pub fn issue(
-    shared: &Shared,
-    namespace: &str,
-    service_account: &str,
-    audiences: Vec<String>,
-    pod: Option<(&str, Option<&str>)>,
-    expires_at: SystemTime,
-) -> Result<String, ApiError> {
-    record(shared, namespace, service_account, audiences, pod, expires_at).map(|(token, _)| token)
+/// What a token is asked for.
+pub struct Grant<'a> {
+    pub namespace: &'a str,
+    pub service_account: &'a str,
+    /// Empty means the API's own ([`API_AUDIENCE`]).
+    pub audiences: Vec<String>,
+    /// A pod of that service account to bind the token to, by name, with
+    /// the uid the caller expects, if any.
+    pub pod: Option<(&'a str, Option<&'a str>)>,
+    pub expires_at: SystemTime,
 }
 
-fn record(
-    shared: &Shared,
-    namespace: &str,
-    service_account: &str,
-    audiences: Vec<String>,
-    pod: Option<(&str, Option<&str>)>,
-    expires_at: SystemTime,
-) -> Result<(String, Issued), ApiError> {
+/// Issues a token for a service account, bound to a pod of that service
+/// account when the grant names one.
+pub fn issue(shared: &Shared, grant: Grant<'_>) -> Result<String, ApiError> {
+    record(shared, grant).map(|(token, _)| token)
+}
+
+fn record(shared: &Shared, grant: Grant<'_>) -> Result<(String, Issued), ApiError> {
+    let Grant { namespace, service_account, audiences, pod, expires_at } = grant;
     let (service_account_uid, pod) = {
         let store = shared.store();
         let sa = get(&store, "serviceaccounts", namespace, service_account)?;
@@ -123,7 +122,7 @@ pub fn request(shared: &Shared, namespace: &str, service_account: &str, request:
     let pod = bound.map(pod_reference).transpose()?;
     let now = SystemTime::now();
     let expires_at = now + Duration::from_secs(seconds.unsigned_abs());
-    let (token, issued) = record(shared, namespace, service_account, audiences, pod, expires_at)?;
+    let (token, issued) = record(shared, Grant { namespace, service_account, audiences, pod, expires_at })?;
     let mut spec = json!({"audiences": issued.audiences, "expirationSeconds": seconds});
     if let (Some(reference), Some(pod)) = (bound, &issued.pod) {
         let mut reference = reference.clone();
