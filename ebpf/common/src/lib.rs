@@ -15,6 +15,9 @@
 
 use core::net::Ipv4Addr;
 
+mod policy;
+pub use policy::*;
+
 /// Slots in each frontend's Maglev lookup table. Maglev wants a prime much larger than the number
 /// of backends (the paper's imbalance bound shrinks with M/N); 4093 keeps each backend within one
 /// slot of its fair share for a few hundred backends at 16 KiB per frontend, where Cilium's default
@@ -54,6 +57,20 @@ pub mod map_name {
     pub const NODE_ADDRS: &str = "TR_NODE_ADDRS";
     /// [`crate::SockLbVerdict`] (`u32`) → per-CPU `u64` count.
     pub const SOCK_LB_VERDICTS: &str = "TR_SOCK_LB_CNT";
+    /// host veth ifindex (`u32`) → [`crate::EndpointInfo`].
+    pub const ENDPOINTS: &str = "TR_ENDPOINTS";
+    /// LPM trie: address prefix (`u32`, network order) → security identity (`u32`).
+    pub const IPCACHE: &str = "TR_IPCACHE";
+    /// LPM trie: [`crate::PolicyKey`] prefix → [`crate::PRESENT`] (allow).
+    pub const POLICY: &str = "TR_POLICY";
+    /// [`crate::CtKey`] → [`crate::CtValue`] (LRU).
+    pub const CT: &str = "TR_CT";
+    /// [`crate::CtKey`] → [`crate::FlowState`] (LRU).
+    pub const FLOWS: &str = "TR_FLOWS";
+    /// Ring buffer of [`crate::FlowEvent`].
+    pub const FLOW_EVENTS: &str = "TR_FLOW_EVENTS";
+    /// host veth ifindex (`u32`) → per-CPU [`crate::VerdictCounters`].
+    pub const POLICY_VERDICTS: &str = "TR_POLICY_CNT";
 }
 
 /// The value stored in set-like maps (meshed netns, node addresses): only presence matters.
@@ -264,6 +281,13 @@ mod pod {
     unsafe impl aya::Pod for super::AffinityValue {}
     unsafe impl aya::Pod for super::RevNatKey {}
     unsafe impl aya::Pod for super::RevNatValue {}
+    unsafe impl aya::Pod for super::EndpointInfo {}
+    unsafe impl aya::Pod for super::PolicyKey {}
+    unsafe impl aya::Pod for super::CtKey {}
+    unsafe impl aya::Pod for super::CtValue {}
+    unsafe impl aya::Pod for super::FlowState {}
+    unsafe impl aya::Pod for super::FlowEvent {}
+    unsafe impl aya::Pod for super::VerdictCounters {}
 }
 
 #[cfg(test)]
@@ -281,6 +305,50 @@ mod tests {
         assert_eq!(size_of::<AffinityValue>(), 16);
         assert_eq!(size_of::<RevNatKey>(), 16);
         assert_eq!(size_of::<RevNatValue>(), 8);
+        assert_eq!(size_of::<EndpointInfo>(), 8);
+        assert_eq!(size_of::<PolicyKey>(), 12);
+        assert_eq!(size_of::<PolicyKey>() as u32 * 8, POLICY_PREFIX_FULL);
+        assert_eq!(size_of::<CtKey>(), 20);
+        assert_eq!(size_of::<CtValue>(), 16);
+        assert_eq!(size_of::<FlowState>(), 56);
+        assert_eq!(size_of::<FlowEvent>(), 64);
+        assert_eq!(size_of::<VerdictCounters>(), 16);
+    }
+
+    #[test]
+    fn policy_keys_are_big_endian_so_port_prefixes_are_bit_prefixes() {
+        let key = PolicyKey::new(0x0102_0304, 2, DIRECTION_EGRESS, PROTO_TCP, 8080);
+        let bytes: [u8; 12] = key_bytes(&key);
+        assert_eq!(bytes, [1, 2, 3, 4, 0, 0, 0, 2, DIRECTION_EGRESS, PROTO_TCP, 0x1f, 0x90]);
+        assert_eq!((key.subject(), key.peer(), key.dport()), (0x0102_0304, 2, 8080));
+    }
+
+    fn key_bytes(key: &PolicyKey) -> [u8; 12] {
+        let mut out = [0; 12];
+        out[..4].copy_from_slice(&key.subject.to_ne_bytes());
+        out[4..8].copy_from_slice(&key.peer.to_ne_bytes());
+        out[8] = key.direction;
+        out[9] = key.proto;
+        out[10..].copy_from_slice(&key.dport.to_ne_bytes());
+        out
+    }
+
+    #[test]
+    fn reasons_and_verdicts_round_trip() {
+        for reason in DropReason::ALL {
+            assert_eq!(DropReason::from_u8(reason as u8), Some(reason));
+        }
+        assert_eq!(DropReason::from_u8(200), None);
+        assert_eq!(Verdict::from_u8(Verdict::Dropped as u8), Some(Verdict::Dropped));
+        assert_eq!(Verdict::from_u8(0), None);
+    }
+
+    #[test]
+    fn a_reversed_tuple_is_the_reply() {
+        let key = CtKey { ifindex: 7, saddr: 1, daddr: 2, sport: 3, dport: 4, proto: PROTO_UDP, _pad: [0; 3] };
+        let reply = key.reversed();
+        assert_eq!((reply.saddr, reply.daddr, reply.sport, reply.dport), (2, 1, 4, 3));
+        assert_eq!(reply.reversed(), key);
     }
 
     #[test]

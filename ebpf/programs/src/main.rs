@@ -1,5 +1,7 @@
-//! Socket-level service load balancing on cgroup v2 (the kube-proxy replacement).
+//! Socket-level service load balancing on cgroup v2 (the kube-proxy replacement), and
+//! NetworkPolicy with flow reporting on pods' veths ([`policy`]).
 //!
+//! The load balancer:
 //! Instead of rewriting packets, the destination of a socket is rewritten once, when the
 //! application calls `connect()` (TCP, connected UDP) or `sendmsg()` (unconnected UDP): a
 //! ClusterIP:port or node-address:NodePort becomes a backend's address, so every packet after
@@ -9,6 +11,8 @@
 //! Map layouts, byte order and the map names the agent relies on live in `trellis-ebpf-common`.
 #![no_std]
 #![no_main]
+
+mod policy;
 
 use aya_ebpf::{
     bindings::bpf_sock_addr,
