@@ -12,6 +12,7 @@ use bytes::Bytes;
 use http_body_util::{BodyExt, Empty};
 use hyper_util::rt::TokioIo;
 use k8s_openapi::ByteString;
+use k8s_openapi::api::authentication::v1::{TokenRequest, TokenRequestSpec};
 use k8s_openapi::api::core::v1::{Namespace, Secret, ServiceAccount};
 use kube::Client;
 use kube::api::{Api, ObjectMeta, PostParams};
@@ -21,6 +22,7 @@ use tokio::net::{TcpListener, TcpStream};
 use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
 use tonic::transport::{Channel, Endpoint};
+use trellis_mesh::names::TOKEN_AUDIENCE;
 use trellis_mesh::run::{Listeners, RunError};
 use trellis_mesh_identity::{CertStore, MeshIdentity, ProxyKey, TrustAnchors, generate_issuer, generate_trust_anchor};
 
@@ -53,6 +55,38 @@ pub async fn namespace(client: &Client, name: &str, annotations: &[(&str, &str)]
         ..Namespace::default()
     };
     Api::<Namespace>::all(client.clone()).create(&PostParams::default(), &ns).await.expect("namespace");
+}
+
+/// Creates a namespaced object given as JSON.
+pub async fn create<K>(client: &Client, namespace: &str, value: serde_json::Value) -> K
+where
+    K: kube::Resource<Scope = k8s_openapi::NamespaceResourceScope>
+        + Clone
+        + serde::Serialize
+        + serde::de::DeserializeOwned
+        + std::fmt::Debug,
+    K::DynamicType: Default,
+{
+    let object: K = serde_json::from_value(value).expect("object");
+    Api::<K>::namespaced(client.clone(), namespace).create(&PostParams::default(), &object).await.expect("create")
+}
+
+/// A token for `<namespace>/<service_account>` as the kubelet would project
+/// it for the proxy: from TokenRequest, for the identity service's audience.
+pub async fn token(client: &Client, namespace: &str, service_account: &str) -> String {
+    let request = TokenRequest {
+        spec: Some(TokenRequestSpec {
+            audiences: Some(vec![TOKEN_AUDIENCE.to_owned()]),
+            expiration_seconds: Some(3600),
+            ..TokenRequestSpec::default()
+        }),
+        ..TokenRequest::default()
+    };
+    let issued = Api::<ServiceAccount>::namespaced(client.clone(), namespace)
+        .create_token_request(service_account, &PostParams::default(), &request)
+        .await
+        .expect("token request");
+    issued.status.and_then(|s| s.token).expect("token")
 }
 
 pub async fn service_account(client: &Client, namespace: &str, name: &str) {
@@ -179,12 +213,17 @@ impl Drop for Running {
 
 /// GET over plain HTTP/1 (the admin port).
 pub async fn get(addr: SocketAddr, path: &str) -> Result<(u16, String), String> {
+    get_host(addr, "admin", path).await
+}
+
+/// GET over plain HTTP/1 naming `host`, as an application talks to its proxy.
+pub async fn get_host(addr: SocketAddr, host: &str, path: &str) -> Result<(u16, String), String> {
     let tcp = TcpStream::connect(addr).await.map_err(|e| e.to_string())?;
     let (mut sender, connection) =
         hyper::client::conn::http1::handshake(TokioIo::new(tcp)).await.map_err(|e| e.to_string())?;
     tokio::spawn(connection);
     let request = http::Request::get(path)
-        .header(http::header::HOST, "admin")
+        .header(http::header::HOST, host)
         .body(Empty::<Bytes>::new())
         .map_err(|e| e.to_string())?;
     let response = sender.send_request(request).await.map_err(|e| e.to_string())?;
