@@ -3,8 +3,13 @@
 //! [`datapath::Datapath`] seam with a fake, and the aya implementation ([`ebpf`]) that loads
 //! `ebpf/programs`, attaches it to a cgroup v2 and keeps its maps pinned across restarts.
 
+pub mod admin;
+pub mod cni_server;
 pub mod config;
 pub mod datapath;
 pub mod ebpf;
+pub mod kube;
 pub mod maglev;
+pub mod metrics;
+pub mod readiness;
 pub mod services;
