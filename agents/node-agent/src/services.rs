@@ -167,20 +167,26 @@ fn maglev_table(ids: &[u32], backends: &BTreeMap<u32, Backend>) -> Box<MaglevTab
 /// Ids that are never handed out again soon after release: an id freed and reused within one
 /// diff would let a racing lookup follow an old reference to the new owner's entry.
 #[derive(Clone, Debug)]
-struct IdAllocator {
+pub(crate) struct IdAllocator {
     next: u32,
-    limit: u32,
+    first: u32,
+    last: u32,
 }
 
 impl IdAllocator {
     fn new(limit: u32) -> Self {
-        Self { next: 1, limit }
+        Self::with_range(1, limit)
     }
 
-    fn allocate(&mut self, in_use: &BTreeSet<u32>) -> Option<u32> {
-        for _ in 0..self.limit {
+    /// Ids in `first..=last`.
+    pub(crate) fn with_range(first: u32, last: u32) -> Self {
+        Self { next: first, first, last }
+    }
+
+    pub(crate) fn allocate(&mut self, in_use: &BTreeSet<u32>) -> Option<u32> {
+        for _ in self.first..=self.last {
             let candidate = self.next;
-            self.next = if self.next >= self.limit { 1 } else { self.next + 1 };
+            self.next = if self.next >= self.last { self.first } else { self.next + 1 };
             if !in_use.contains(&candidate) {
                 return Some(candidate);
             }
@@ -188,8 +194,8 @@ impl IdAllocator {
         None
     }
 
-    fn skip_past(&mut self, id: u32) {
-        if id >= self.next && id < self.limit {
+    pub(crate) fn skip_past(&mut self, id: u32) {
+        if id >= self.next && id < self.last {
             self.next = id + 1;
         }
     }
