@@ -15,7 +15,7 @@ use hyper::body::Incoming;
 use hyper::service::service_fn;
 use rustls::server::{Accepted, Acceptor};
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite};
-use tokio::net::{TcpListener, TcpStream};
+use tokio::net::TcpStream;
 use tokio_rustls::StartHandshake;
 use trellis_api::MeshIdentity;
 use trellis_mesh_identity::{CertStore, ClientAuth, peer_identity};
@@ -88,40 +88,6 @@ impl Inbound {
         let tls = store.server_config(client_auth);
         let app = HttpClients::new(connector.clone());
         Arc::new(Inbound { settings, store, tls, connector, app, metrics, tap })
-    }
-
-    /// Accepts connections until shutdown begins.
-    pub async fn serve(self: Arc<Self>, listener: TcpListener, drain: Drain) {
-        tcp::accept_loop(listener, drain, DIRECTION, move |stream, peer, drain| {
-            Arc::clone(&self).handle(stream, peer, drain)
-        })
-        .await;
-    }
-
-    async fn handle(self: Arc<Self>, mut stream: TcpStream, peer: SocketAddr, drain: Drain) {
-        let original_dst = tcp::original_dst(&stream);
-        let (protocol, prefix) = match detect::detect(&mut stream, self.settings.detect_timeout).await {
-            Ok(detected) => detected,
-            Err(error) => {
-                tracing::debug!(%peer, %error, "inbound connection failed during detection");
-                return;
-            }
-        };
-        if protocol == Protocol::Tls {
-            return self.handle_tls(stream, prefix, peer, original_dst, drain).await;
-        }
-        if self.settings.policy == InboundPolicy::AllAuthenticated {
-            self.metrics.refused(DIRECTION, RefusalReason::PlaintextDenied);
-            tracing::info!(%peer, "refused a plaintext connection: the inbound policy requires mTLS");
-            return;
-        }
-        let Some(original_dst) = original_dst else {
-            // Only a redirect says which application port a plaintext client wanted.
-            self.metrics.refused(DIRECTION, RefusalReason::PlaintextDenied);
-            tracing::info!(%peer, "refused a plaintext connection made straight to the inbound listener: no target port");
-            return;
-        };
-        self.serve_target(stream, original_dst.port(), None, Some((protocol, prefix)), &drain).await;
     }
 
     async fn handle_tls(
@@ -306,6 +272,36 @@ impl Inbound {
         };
         observation.finish(&self.metrics, &self.tap, server_id, Some(response.status()));
         response
+    }
+}
+
+impl tcp::ConnectionHandler for Inbound {
+    const DIRECTION: Direction = DIRECTION;
+
+    async fn handle(self: Arc<Self>, mut stream: TcpStream, peer: SocketAddr, drain: Drain) {
+        let original_dst = tcp::original_dst(&stream);
+        let (protocol, prefix) = match detect::detect(&mut stream, self.settings.detect_timeout).await {
+            Ok(detected) => detected,
+            Err(error) => {
+                tracing::debug!(%peer, %error, "inbound connection failed during detection");
+                return;
+            }
+        };
+        if protocol == Protocol::Tls {
+            return self.handle_tls(stream, prefix, peer, original_dst, drain).await;
+        }
+        if self.settings.policy == InboundPolicy::AllAuthenticated {
+            self.metrics.refused(DIRECTION, RefusalReason::PlaintextDenied);
+            tracing::info!(%peer, "refused a plaintext connection: the inbound policy requires mTLS");
+            return;
+        }
+        let Some(original_dst) = original_dst else {
+            // Only a redirect says which application port a plaintext client wanted.
+            self.metrics.refused(DIRECTION, RefusalReason::PlaintextDenied);
+            tracing::info!(%peer, "refused a plaintext connection made straight to the inbound listener: no target port");
+            return;
+        };
+        self.serve_target(stream, original_dst.port(), None, Some((protocol, prefix)), &drain).await;
     }
 }
 

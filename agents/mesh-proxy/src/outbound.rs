@@ -13,7 +13,7 @@ use http::{Request, Response, StatusCode};
 use hyper::body::Incoming;
 use hyper::service::service_fn;
 use tokio::io::{AsyncRead, AsyncWrite};
-use tokio::net::{TcpListener, TcpStream};
+use tokio::net::TcpStream;
 use trellis_balance::Outcome;
 
 use crate::config::PortSet;
@@ -87,55 +87,6 @@ impl Outbound {
     ) -> Arc<Outbound> {
         let clients = HttpClients::new(connector.clone());
         Arc::new(Outbound { settings, discovery, connector, clients, identity, metrics, tap })
-    }
-
-    /// Accepts connections until shutdown begins.
-    pub async fn serve(self: Arc<Self>, listener: TcpListener, drain: Drain) {
-        tcp::accept_loop(listener, drain, DIRECTION, move |stream, peer, drain| {
-            Arc::clone(&self).handle(stream, peer, drain)
-        })
-        .await;
-    }
-
-    async fn handle(self: Arc<Self>, mut stream: TcpStream, peer: SocketAddr, drain: Drain) {
-        let original_dst = tcp::original_dst(&stream);
-        if let Some(dst) = original_dst {
-            // Server-speaks-first protocols: the client would wait for the server forever while
-            // detection waited for the client.
-            if self.settings.opaque_ports.contains(dst.port()) {
-                return self.forward_opaque(stream, dst, None).await;
-            }
-            // The destination service knows ports marked opaque on the Service.
-            if let Ok(endpoints) = self.discovery.resolve(&dst.to_string()).await
-                && endpoints.is_opaque()
-            {
-                return self.forward_opaque(stream, dst, Some(endpoints)).await;
-            }
-        }
-        let (protocol, prefix) = match detect::detect(&mut stream, self.settings.detect_timeout).await {
-            Ok(detected) => detected,
-            Err(error) => {
-                tracing::debug!(%peer, %error, "outbound connection failed during detection");
-                return;
-            }
-        };
-        let io = PrefixedIo::new(prefix, stream);
-        match (protocol, original_dst) {
-            (Protocol::Http1 | Protocol::Http2, _) => {
-                let metrics = Arc::clone(&self.metrics);
-                let upgrades = drain.clone();
-                let service = service_fn(move |request| {
-                    let (outbound, upgrades) = (Arc::clone(&self), upgrades.clone());
-                    async move { Ok::<_, Infallible>(outbound.proxy_http(request, original_dst, &upgrades).await) }
-                });
-                proxy_http::serve(io, service, DIRECTION, &metrics, &drain).await;
-            }
-            (Protocol::Tls | Protocol::Opaque, Some(dst)) => self.forward_opaque(io, dst, None).await,
-            (Protocol::Tls | Protocol::Opaque, None) => {
-                self.metrics.refused(DIRECTION, RefusalReason::HttpMalformed);
-                tracing::info!(%peer, "refused a connection that is neither HTTP nor redirected: nowhere to send it");
-            }
-        }
     }
 
     /// Finds where traffic for `authority` (tried first) or the original destination goes.
@@ -342,6 +293,51 @@ impl Outbound {
     fn connect_failed(&self, error: &ConnectError) {
         self.metrics.refused(DIRECTION, RefusalReason::ConnectFailed);
         tracing::info!(%error, "cannot connect for an opaque connection");
+    }
+}
+
+impl tcp::ConnectionHandler for Outbound {
+    const DIRECTION: Direction = DIRECTION;
+
+    async fn handle(self: Arc<Self>, mut stream: TcpStream, peer: SocketAddr, drain: Drain) {
+        let original_dst = tcp::original_dst(&stream);
+        if let Some(dst) = original_dst {
+            // Server-speaks-first protocols: the client would wait for the server forever while
+            // detection waited for the client.
+            if self.settings.opaque_ports.contains(dst.port()) {
+                return self.forward_opaque(stream, dst, None).await;
+            }
+            // The destination service knows ports marked opaque on the Service.
+            if let Ok(endpoints) = self.discovery.resolve(&dst.to_string()).await
+                && endpoints.is_opaque()
+            {
+                return self.forward_opaque(stream, dst, Some(endpoints)).await;
+            }
+        }
+        let (protocol, prefix) = match detect::detect(&mut stream, self.settings.detect_timeout).await {
+            Ok(detected) => detected,
+            Err(error) => {
+                tracing::debug!(%peer, %error, "outbound connection failed during detection");
+                return;
+            }
+        };
+        let io = PrefixedIo::new(prefix, stream);
+        match (protocol, original_dst) {
+            (Protocol::Http1 | Protocol::Http2, _) => {
+                let metrics = Arc::clone(&self.metrics);
+                let upgrades = drain.clone();
+                let service = service_fn(move |request| {
+                    let (outbound, upgrades) = (Arc::clone(&self), upgrades.clone());
+                    async move { Ok::<_, Infallible>(outbound.proxy_http(request, original_dst, &upgrades).await) }
+                });
+                proxy_http::serve(io, service, DIRECTION, &metrics, &drain).await;
+            }
+            (Protocol::Tls | Protocol::Opaque, Some(dst)) => self.forward_opaque(io, dst, None).await,
+            (Protocol::Tls | Protocol::Opaque, None) => {
+                self.metrics.refused(DIRECTION, RefusalReason::HttpMalformed);
+                tracing::info!(%peer, "refused a connection that is neither HTTP nor redirected: nowhere to send it");
+            }
+        }
     }
 }
 

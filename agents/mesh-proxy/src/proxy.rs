@@ -21,6 +21,7 @@ use crate::metrics::ProxyMetrics;
 use crate::outbound::{Outbound, OutboundSettings};
 use crate::shutdown::Drain;
 use crate::tap::Tap;
+use crate::tcp;
 use crate::upstream::Connector;
 
 /// Outbound requests get this long for their response head (retries included), as Linkerd's
@@ -158,8 +159,8 @@ pub async fn start(config: ProxyConfig, stop: CancellationToken) -> Result<Runni
         AdminState { metrics, tap, ready: Arc::new(move || ready_store.is_ready()), shutdown: stop.clone() };
     let drain = Drain::new();
     let listeners = [
-        tokio::spawn(inbound.serve(inbound_listener, drain.clone())),
-        tokio::spawn(outbound.serve(outbound_listener, drain.clone())),
+        tokio::spawn(tcp::accept_loop(inbound, inbound_listener, drain.clone())),
+        tokio::spawn(tcp::accept_loop(outbound, outbound_listener, drain.clone())),
     ];
     let admin = tokio::spawn(admin::serve(admin_listener, admin_state, admin_stop.clone()));
     let identity = tokio::spawn(identity_client.run(identity_stop.clone()));

@@ -15,13 +15,22 @@ use crate::shutdown::Drain;
 /// After a failed accept (often file-descriptor exhaustion), wait before retrying instead of spinning.
 const ACCEPT_BACKOFF: Duration = Duration::from_millis(100);
 
-/// Accepts connections until shutdown begins, each handled in its own drained task (which gets
-/// the drain too, for the work it spawns); a failing connection never takes the listener down.
-pub async fn accept_loop<F, Fut>(listener: TcpListener, drain: Drain, direction: Direction, handle: F)
-where
-    F: Fn(TcpStream, SocketAddr, Drain) -> Fut,
-    Fut: Future<Output = ()> + Send + 'static,
-{
+/// What a listener does with each connection it accepts.
+pub trait ConnectionHandler: Send + Sync + 'static {
+    const DIRECTION: Direction;
+
+    /// Serves one connection; `drain` covers the work it spawns.
+    fn handle(
+        self: Arc<Self>,
+        stream: TcpStream,
+        peer: SocketAddr,
+        drain: Drain,
+    ) -> impl Future<Output = ()> + Send + 'static;
+}
+
+/// Accepts connections until shutdown begins, each handled in its own drained task; a failing
+/// connection never takes the listener down.
+pub async fn accept_loop<H: ConnectionHandler>(handler: Arc<H>, listener: TcpListener, drain: Drain) {
     loop {
         let accepted = tokio::select! {
             () = drain.draining().cancelled() => return,
@@ -33,10 +42,10 @@ where
                 if let Err(error) = stream.set_nodelay(true) {
                     tracing::debug!(%peer, %error, "cannot disable Nagle on an accepted connection");
                 }
-                drain.spawn(handle(stream, peer, drain.clone()));
+                drain.spawn(Arc::clone(&handler).handle(stream, peer, drain.clone()));
             }
             Err(error) => {
-                tracing::warn!(direction = direction.as_str(), %error, "accept failed");
+                tracing::warn!(direction = H::DIRECTION.as_str(), %error, "accept failed");
                 tokio::select! {
                     () = drain.draining().cancelled() => return,
                     () = tokio::time::sleep(ACCEPT_BACKOFF) => {}
