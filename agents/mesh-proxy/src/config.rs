@@ -27,6 +27,7 @@ pub const INBOUND_POLICY: &str = "TRELLIS_PROXY_INBOUND_POLICY";
 pub const OPAQUE_PORTS: &str = "TRELLIS_PROXY_OPAQUE_PORTS";
 pub const DETECT_TIMEOUT: &str = "TRELLIS_PROXY_DETECT_TIMEOUT";
 pub const SHUTDOWN_GRACE: &str = "TRELLIS_PROXY_SHUTDOWN_GRACE";
+pub const REQUEST_TIMEOUT: &str = "TRELLIS_PROXY_REQUEST_TIMEOUT";
 pub const CORES: &str = "TRELLIS_PROXY_CORES";
 pub const LOG: &str = "TRELLIS_PROXY_LOG";
 pub const LOG_FORMAT: &str = "TRELLIS_PROXY_LOG_FORMAT";
@@ -43,6 +44,8 @@ const DEFAULT_TOKEN_PATH: &str = "/var/run/secrets/tokens/trellis-identity-token
 const DEFAULT_OPAQUE_PORTS: &str = "25,587,3306,4444,5432,6379,9300,11211";
 const DEFAULT_DETECT_TIMEOUT: &str = "200ms";
 const DEFAULT_SHUTDOWN_GRACE: &str = "30s";
+/// Linkerd's default route timeout.
+const DEFAULT_REQUEST_TIMEOUT: &str = "10s";
 /// One worker, as Linkerd's proxy defaults to: a sidecar shares its pod's CPU
 /// with the app, and a single-threaded runtime never pays for cross-thread
 /// wake-ups on the request path (measured in BENCHMARKS.md).
@@ -67,6 +70,8 @@ pub struct ProxyConfig {
     pub opaque_ports: PortSet,
     pub detect_timeout: Duration,
     pub shutdown_grace: Duration,
+    /// How long an outbound request waits for its response head, retries included.
+    pub request_timeout: Duration,
     /// Runtime worker threads.
     pub cores: usize,
     pub log: String,
@@ -345,6 +350,14 @@ fn parse_log_filter(s: &str) -> Result<String, String> {
     Ok(s.to_owned())
 }
 
+/// A duration that lets something happen: a zero timeout would fail every request.
+fn parse_timeout(s: &str) -> Result<Duration, String> {
+    match parse_duration(s)? {
+        Duration::ZERO => Err(format!("`{s}` is not a timeout: it must be longer than zero")),
+        timeout => Ok(timeout),
+    }
+}
+
 fn parse_cores(s: &str) -> Result<usize, String> {
     match s.trim().parse::<usize>() {
         Ok(n) if (1..=64).contains(&n) => Ok(n),
@@ -374,6 +387,7 @@ impl ProxyConfig {
         let opaque_ports = env.port_set(OPAQUE_PORTS, DEFAULT_OPAQUE_PORTS);
         let detect_timeout = env.parse_or(DETECT_TIMEOUT, DEFAULT_DETECT_TIMEOUT, parse_duration);
         let shutdown_grace = env.parse_or(SHUTDOWN_GRACE, DEFAULT_SHUTDOWN_GRACE, parse_duration);
+        let request_timeout = env.parse_or(REQUEST_TIMEOUT, DEFAULT_REQUEST_TIMEOUT, parse_timeout);
         let cores = env.parse_or(CORES, DEFAULT_CORES, parse_cores);
         let log = env.parse_or(LOG, DEFAULT_LOG, parse_log_filter);
         let log_format = env.parse_or(LOG_FORMAT, "plain", |s| s.trim().parse());
@@ -392,6 +406,7 @@ impl ProxyConfig {
                 opaque_ports: opaque_ports?,
                 detect_timeout: detect_timeout?,
                 shutdown_grace: shutdown_grace?,
+                request_timeout: request_timeout?,
                 cores: cores?,
                 log: log?,
                 log_format: log_format?,
@@ -492,6 +507,7 @@ mod tests {
         assert!(!config.opaque_ports.contains(80));
         assert_eq!(config.detect_timeout, Duration::from_millis(200));
         assert_eq!(config.shutdown_grace, Duration::from_secs(30));
+        assert_eq!(config.request_timeout, Duration::from_secs(10));
         assert_eq!(config.cores, 1);
         assert_eq!(config.log, "info");
         assert_eq!(config.log_format, LogFormat::Plain);
@@ -509,6 +525,7 @@ mod tests {
             (OPAQUE_PORTS, "9000-9002, 25"),
             (DETECT_TIMEOUT, "1s"),
             (SHUTDOWN_GRACE, "2m"),
+            (REQUEST_TIMEOUT, "1500ms"),
             (CORES, "2"),
             (LOG, "warn,trellis_proxy=debug"),
             (LOG_FORMAT, "json"),
@@ -523,6 +540,7 @@ mod tests {
         assert_eq!(config.opaque_ports.to_string(), "25,9000-9002");
         assert_eq!(config.detect_timeout, Duration::from_secs(1));
         assert_eq!(config.shutdown_grace, Duration::from_secs(120));
+        assert_eq!(config.request_timeout, Duration::from_millis(1500));
         assert_eq!(config.cores, 2);
         assert_eq!(config.log, "warn,trellis_proxy=debug");
         assert_eq!(config.log_format, LogFormat::Json);
@@ -552,6 +570,7 @@ mod tests {
             (OPAQUE_PORTS, "25,70000"),
             (DETECT_TIMEOUT, "200"),
             (SHUTDOWN_GRACE, "1h"),
+            (REQUEST_TIMEOUT, "0s"),
             (CORES, "0"),
             (LOG, "trellis_proxy=loud"),
             (LOG_FORMAT, "xml"),

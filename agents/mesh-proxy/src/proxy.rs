@@ -4,7 +4,6 @@
 use std::io;
 use std::net::SocketAddr;
 use std::sync::Arc;
-use std::time::Duration;
 
 use tokio::net::TcpListener;
 use tokio::task::JoinHandle;
@@ -24,9 +23,6 @@ use crate::tap::Tap;
 use crate::tcp;
 use crate::upstream::Connector;
 
-/// Outbound requests get this long for their response head (retries included), as Linkerd's
-/// default route timeout.
-pub const REQUEST_TIMEOUT: Duration = Duration::from_secs(10);
 /// Tap events queued per subscriber before a slow one loses the oldest.
 const TAP_CAPACITY: usize = 1024;
 
@@ -142,7 +138,7 @@ pub async fn start(config: ProxyConfig, stop: CancellationToken) -> Result<Runni
         OutboundSettings {
             opaque_ports: config.opaque_ports.clone(),
             detect_timeout: config.detect_timeout,
-            request_timeout: REQUEST_TIMEOUT,
+            request_timeout: config.request_timeout,
         },
         discovery,
         connector,

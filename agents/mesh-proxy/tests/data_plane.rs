@@ -17,7 +17,7 @@ use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 use trellis_api::MeshIdentity;
 use trellis_mesh_identity::server_name_for;
-use trellis_proxy::transport_header;
+use trellis_proxy::{config, transport_header};
 
 use support::*;
 
@@ -437,9 +437,9 @@ async fn graceful_shutdown_lets_an_in_flight_request_finish() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn requests_without_a_response_in_time_get_504() {
     let mesh = ControlPlane::start(HOUR).await;
-    let client = mesh.proxy("frontend", &[]).await;
+    let client = mesh.proxy("frontend", &[(config::REQUEST_TIMEOUT, "1s")]).await;
     let app = App::start("stuck").await;
-    app.state.set_delay(trellis_proxy::proxy::REQUEST_TIMEOUT + Duration::from_secs(5));
+    app.state.set_delay(Duration::from_secs(20));
     mesh.destinations.set(WEB, endpoint_set(vec![unmeshed(&app)], false));
 
     let mut post = request(Version::HTTP_11, WEB, "/", &[]);
