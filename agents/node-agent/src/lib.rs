@@ -11,5 +11,6 @@ pub mod ebpf;
 pub mod kube;
 pub mod maglev;
 pub mod metrics;
+pub mod policy;
 pub mod readiness;
 pub mod services;
