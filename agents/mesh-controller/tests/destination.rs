@@ -11,7 +11,7 @@ use futures::StreamExt;
 use k8s_openapi::api::core::v1::{Pod, Service};
 use k8s_openapi::api::discovery::v1::EndpointSlice;
 use kube::Client;
-use kube::api::{Api, DeleteParams, Patch, PatchParams, PostParams};
+use kube::api::{Api, DeleteParams, Patch, PatchParams};
 use serde_json::{Value, json};
 use tonic::Streaming;
 use trellis_mesh::config::DestinationConfig;
@@ -23,23 +23,11 @@ use trellis_mesh_identity::{CertStore, Issuer};
 const DESTINATION_SERVICE: &str = "spiffe://cluster.local/ns/trellis/sa/trellis-destination";
 const CLIENT: &str = "spiffe://cluster.local/ns/shop/sa/client";
 
-async fn create<K>(client: &Client, value: Value) -> K
-where
-    K: kube::Resource<Scope = k8s_openapi::NamespaceResourceScope>
-        + Clone
-        + serde::Serialize
-        + serde::de::DeserializeOwned
-        + std::fmt::Debug,
-    K::DynamicType: Default,
-{
-    let object: K = serde_json::from_value(value).expect("object");
-    Api::<K>::namespaced(client.clone(), "shop").create(&PostParams::default(), &object).await.expect("create")
-}
-
 async fn running_pod(client: &Client, name: &str, ip: &str, meshed: bool) {
     let annotations = if meshed { json!({"trellis.io/proxy-version": "0.1.0"}) } else { json!({}) };
-    create::<Pod>(
+    common::create::<Pod>(
         client,
+        "shop",
         json!({
             "metadata": {"name": name, "annotations": annotations},
             "spec": {"serviceAccountName": "web", "nodeName": "node-1", "containers": [{"name": "app", "image": "web"}]},
@@ -108,15 +96,17 @@ async fn a_stream_follows_endpoint_slices_and_the_service() {
     let issuer = pki.issuer();
     common::control_plane(&client, &pki, &issuer).await;
     common::namespace(&client, "shop", &[]).await;
-    create::<Service>(
+    common::create::<Service>(
         &client,
+        "shop",
         json!({"metadata": {"name": "web"}, "spec": {"clusterIP": "10.96.0.20", "ports": [{"name": "http", "port": 80, "targetPort": "http"}]}}),
     )
     .await;
     running_pod(&client, "web-1", "10.1.0.1", true).await;
     running_pod(&client, "web-2", "10.1.0.2", false).await;
-    create::<EndpointSlice>(
+    common::create::<EndpointSlice>(
         &client,
+        "shop",
         json!({
             "metadata": {"name": "web-abc", "labels": {"kubernetes.io/service-name": "web"}},
             "addressType": "IPv4", "ports": [{"name": "http", "port": 8080}],

@@ -7,8 +7,7 @@ use std::time::{Duration, SystemTime};
 
 use common::{CONTROL_NS, ISSUER_SECRET, Pki, Running, WAIT};
 use k8s_openapi::ByteString;
-use k8s_openapi::api::authentication::v1::{TokenRequest, TokenRequestSpec};
-use k8s_openapi::api::core::v1::{Secret, ServiceAccount};
+use k8s_openapi::api::core::v1::Secret;
 use kube::Client;
 use kube::api::{Api, PostParams};
 use kube_emulator::Emulator;
@@ -47,23 +46,6 @@ async fn setup() -> Setup {
     Setup { emulator, client, pki, identity }
 }
 
-/// A token for `shop/<service_account>` as the kubelet would project it.
-async fn token(client: &Client, service_account: &str) -> String {
-    let request = TokenRequest {
-        spec: Some(TokenRequestSpec {
-            audiences: Some(vec![TOKEN_AUDIENCE.to_owned()]),
-            expiration_seconds: Some(3600),
-            ..TokenRequestSpec::default()
-        }),
-        ..TokenRequest::default()
-    };
-    let issued = Api::<ServiceAccount>::namespaced(client.clone(), "shop")
-        .create_token_request(service_account, &PostParams::default(), &request)
-        .await
-        .expect("token request");
-    issued.status.and_then(|s| s.token).expect("token")
-}
-
 async fn certify(
     setup: &Setup,
     proxy: &std::sync::Arc<CertStore>,
@@ -91,7 +73,8 @@ fn issued(response: CertifyResponse) -> IssuedCertificate {
 async fn a_projected_token_gets_a_leaf_that_chains_to_the_anchor() {
     let setup = setup().await;
     let proxy = setup.pki.proxy(WEB);
-    let response = certify(&setup, &proxy, &token(&setup.client, "web").await).await.expect("certified");
+    let response =
+        certify(&setup, &proxy, &common::token(&setup.client, "shop", "web").await).await.expect("certified");
     let leaf = CertificateDer::from(response.leaf_certificate.clone());
     assert_eq!(trellis_mesh_identity::peer_identity(Some(&[leaf])).map(|id| id.to_string()).as_deref(), Some(WEB));
     let valid_until = response.valid_until_unix_seconds;
@@ -134,7 +117,7 @@ async fn bad_expired_and_foreign_tokens_are_refused() {
     let refused = certify(&setup, &proxy, &wrong_audience).await.expect_err("refused");
     assert_eq!(refused.code(), Code::Unauthenticated, "{refused:?}");
 
-    let db = certify(&setup, &proxy, &token(&setup.client, "db").await).await.expect_err("refused");
+    let db = certify(&setup, &proxy, &common::token(&setup.client, "shop", "db").await).await.expect_err("refused");
     assert_eq!(db.code(), Code::PermissionDenied, "{db:?}");
     assert!(db.message().contains("system:serviceaccount:shop:db"), "{}", db.message());
 
@@ -152,7 +135,7 @@ async fn a_rotated_issuer_signs_new_leaves_and_a_broken_one_is_ignored() {
     let setup = setup().await;
     let secrets: Api<Secret> = Api::namespaced(setup.client.clone(), CONTROL_NS);
     let proxy = setup.pki.proxy(WEB);
-    let token = token(&setup.client, "web").await;
+    let token = common::token(&setup.client, "shop", "web").await;
     let first = certify(&setup, &proxy, &token).await.expect("certified");
     let original_issuer = first.intermediate_certificates.clone();
 
