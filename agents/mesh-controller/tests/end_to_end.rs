@@ -274,8 +274,9 @@ async fn two_proxies_and_the_control_plane_carry_a_request_with_the_clients_iden
     let server_id = format!(r#"server_id="spiffe://{TRUST_DOMAIN}/ns/{NS}/sa/server""#);
     assert!(outbound.lines().any(|l| l.starts_with("response_total") && l.contains(&server_id)), "{outbound}");
 
-    // Scaling out: a second slice for the same pod (its named port resolves
-    // to another number, as for a second revision) reaches the proxy as a
+    // Scaling out: a second app behind the same proxy. A slice has one port
+    // set, so the second port needs its own slice (as when a named targetPort
+    // resolves to different numbers); it reaches the client's proxy as a
     // destination update, and the balancer uses the new endpoint.
     common::create::<EndpointSlice>(&client, NS, origin_slice("origin-2", app_b.port(), true)).await;
     balancing_over(&client_proxy, 2).await;
