@@ -3,7 +3,9 @@
 //! metrics and tap record of each request.
 
 use std::error::Error as StdError;
+use std::pin::Pin;
 use std::sync::Arc;
+use std::task::{Context, Poll};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use bytes::Bytes;
@@ -12,7 +14,7 @@ use http::uri::{Authority, PathAndQuery, Scheme};
 use http::{Method, Request, Response, StatusCode, Uri, Version};
 use http_body_util::combinators::UnsyncBoxBody;
 use http_body_util::{BodyExt, Empty, Full};
-use hyper::body::Incoming;
+use hyper::body::{Body, Frame, Incoming, SizeHint};
 use hyper::service::Service;
 use hyper::upgrade::OnUpgrade;
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
@@ -247,8 +249,18 @@ fn refusal_reason(error: &(dyn StdError + 'static)) -> Option<RefusalReason> {
     None
 }
 
-/// One request's record for metrics and tap, finished once its response head (or the proxy's
-/// own error) is known.
+/// Carries gRPC's outcome, in the trailers or, for a trailers-only response, in the head.
+const GRPC_STATUS: &str = "grpc-status";
+
+/// Whether `headers` carry a gRPC status other than OK (0): such a response failed whatever
+/// its HTTP status says.
+fn grpc_failed(headers: &HeaderMap) -> bool {
+    headers.get(GRPC_STATUS).is_some_and(|status| status.as_bytes() != b"0")
+}
+
+/// One request's record for metrics and tap: started with the request, given the response
+/// head (which fixes the latency), and finished when the response body ends, when a gRPC
+/// status in the trailers is known.
 #[derive(Debug)]
 pub struct Observation {
     direction: Direction,
@@ -271,26 +283,65 @@ impl Observation {
         }
     }
 
-    /// Counts the request and its response (`status` is `None` when none came), and publishes
-    /// the tap event when someone is tapping.
-    pub fn finish(self, metrics: &ProxyMetrics, tap: &Arc<Tap>, server_id: Option<String>, status: Option<StatusCode>) {
-        let latency = self.started.elapsed();
-        let peer_identity = match self.direction {
-            Direction::Inbound => self.client_id.clone(),
+    /// `response` (the upstream's or the proxy's own), its body observed so the request is
+    /// counted, classified and tapped once that body ends, is abandoned or fails.
+    pub fn respond(
+        self,
+        response: Response<ProxyBody>,
+        metrics: &Arc<ProxyMetrics>,
+        tap: &Arc<Tap>,
+        server_id: Option<String>,
+    ) -> Response<ProxyBody> {
+        let head = ResponseHead {
+            latency: self.started.elapsed(),
+            status: response.status(),
+            grpc_failed: grpc_failed(response.headers()),
+            server_id,
+            metrics: Arc::clone(metrics),
+            tap: Arc::clone(tap),
+            observation: self,
+        };
+        if response.body().is_end_stream() {
+            head.finish(false);
+            return response;
+        }
+        response.map(|body| ObservedBody { body, head: Some(head) }.boxed_unsync())
+    }
+}
+
+/// What is known of a response once its head has arrived.
+struct ResponseHead {
+    observation: Observation,
+    latency: Duration,
+    status: StatusCode,
+    grpc_failed: bool,
+    server_id: Option<String>,
+    metrics: Arc<ProxyMetrics>,
+    tap: Arc<Tap>,
+}
+
+impl ResponseHead {
+    /// Counts the request and its response, `failed` by how its body ended, and publishes the
+    /// tap event when someone is tapping.
+    fn finish(self, failed: bool) {
+        let ResponseHead { observation, latency, status, grpc_failed, server_id, metrics, tap } = self;
+        let peer_identity = match observation.direction {
+            Direction::Inbound => observation.client_id.clone(),
             Direction::Outbound => server_id.clone(),
         };
-        let labels = TrafficLabels { direction: self.direction, authority: self.authority, peer_identity };
+        let labels =
+            TrafficLabels { direction: observation.direction, authority: observation.authority, peer_identity };
         metrics.http_request(&labels);
-        metrics.http_response(&labels, status, false, latency);
+        metrics.http_response(&labels, Some(status), failed || grpc_failed, latency);
         if tap.has_subscribers() {
             tap.publish(TapEvent {
-                direction: self.direction,
-                method: self.method.to_string(),
+                direction: observation.direction,
+                method: observation.method.to_string(),
                 authority: labels.authority,
-                path: self.path,
-                status: status.map(|status| status.as_u16()),
+                path: observation.path,
+                status: Some(status.as_u16()),
                 latency_ms: latency.as_secs_f64() * 1_000.0,
-                client_id: self.client_id,
+                client_id: observation.client_id,
                 server_id,
                 timestamp_unix_ms: SystemTime::now()
                     .duration_since(UNIX_EPOCH)
@@ -300,9 +351,124 @@ impl Observation {
     }
 }
 
+/// A response body that finishes its request's observation when it ends: at its last frame,
+/// before that frame reaches the client, or when it fails or is dropped unfinished.
+struct ObservedBody {
+    body: ProxyBody,
+    /// Taken when the observation is finished.
+    head: Option<ResponseHead>,
+}
+
+impl ObservedBody {
+    fn finish(&mut self, failed: bool) {
+        if let Some(head) = self.head.take() {
+            head.finish(failed);
+        }
+    }
+}
+
+impl Body for ObservedBody {
+    type Data = Bytes;
+    type Error = BoxError;
+
+    fn poll_frame(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Result<Frame<Bytes>, BoxError>>> {
+        let this = self.get_mut();
+        let polled = Pin::new(&mut this.body).poll_frame(cx);
+        match &polled {
+            Poll::Pending => {}
+            Poll::Ready(None) => this.finish(false),
+            // A reset or broken upstream: the client gets a truncated response.
+            Poll::Ready(Some(Err(_))) => this.finish(true),
+            Poll::Ready(Some(Ok(frame))) => {
+                if let Some(trailers) = frame.trailers_ref() {
+                    this.finish(grpc_failed(trailers));
+                } else if this.body.is_end_stream() {
+                    this.finish(false);
+                }
+            }
+        }
+        polled
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.body.is_end_stream()
+    }
+
+    fn size_hint(&self) -> SizeHint {
+        self.body.size_hint()
+    }
+}
+
+impl Drop for ObservedBody {
+    /// The client went away before the end: the response is counted by its head alone.
+    fn drop(&mut self) {
+        self.finish(false);
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// A response observed as the outbound proxy observes one, and its metrics.
+    fn observed(response: Response<ProxyBody>) -> (Arc<ProxyMetrics>, Response<ProxyBody>) {
+        let metrics = ProxyMetrics::new();
+        let request = Request::post("/shop.Orders/Place").body(()).expect("request");
+        let observation = Observation::start(Direction::Outbound, "web:80".to_owned(), &request, None);
+        let response = observation.respond(response, &metrics, &Tap::new(1), None);
+        (metrics, response)
+    }
+
+    /// A gRPC-shaped response: a message, then `frames` (trailers or a failure).
+    fn grpc(frames: Vec<Result<Frame<Bytes>, BoxError>>) -> Response<ProxyBody> {
+        let message = Ok(Frame::data(Bytes::from_static(b"\0\0\0\0\0")));
+        let body = http_body_util::StreamBody::new(futures::stream::iter([message].into_iter().chain(frames)));
+        let mut response = Response::new(body.boxed_unsync());
+        response.headers_mut().insert(header::CONTENT_TYPE, HeaderValue::from_static("application/grpc"));
+        response
+    }
+
+    fn grpc_trailers(status: &'static str) -> Result<Frame<Bytes>, BoxError> {
+        let mut trailers = HeaderMap::new();
+        trailers.insert(GRPC_STATUS, HeaderValue::from_static(status));
+        Ok(Frame::trailers(trailers))
+    }
+
+    /// The `response_total` count of `classification`.
+    fn responses(metrics: &ProxyMetrics, classification: &str) -> usize {
+        let label = format!("classification=\"{classification}\"");
+        metrics.encode().lines().filter(|line| line.starts_with("response_total{") && line.contains(&label)).count()
+    }
+
+    #[tokio::test]
+    async fn a_grpc_status_in_the_trailers_classifies_the_response_when_the_body_ends() {
+        for (status, failures, successes) in [("14", 1, 0), ("0", 0, 1)] {
+            let (metrics, response) = observed(grpc(vec![grpc_trailers(status)]));
+            assert_eq!(responses(&metrics, "failure") + responses(&metrics, "success"), 0, "not before the end");
+            let body = response.into_body().collect().await.expect("the whole body");
+            assert!(body.trailers().is_some_and(|trailers| trailers.contains_key(GRPC_STATUS)), "trailers pass on");
+            assert_eq!((responses(&metrics, "failure"), responses(&metrics, "success")), (failures, successes));
+        }
+    }
+
+    #[test]
+    fn a_trailers_only_grpc_error_fails_at_its_head() {
+        let mut response = Response::new(empty());
+        response.headers_mut().insert(GRPC_STATUS, HeaderValue::from_static("14"));
+        let (metrics, _response) = observed(response);
+        assert_eq!(responses(&metrics, "failure"), 1);
+    }
+
+    #[tokio::test]
+    async fn a_body_that_breaks_fails_and_one_the_client_drops_counts_by_its_head() {
+        let (metrics, response) = observed(grpc(vec![Err(BoxError::from("stream reset"))]));
+        assert!(response.into_body().collect().await.is_err());
+        assert_eq!(responses(&metrics, "failure"), 1);
+
+        let (metrics, response) = observed(grpc(vec![grpc_trailers("14")]));
+        drop(response);
+        assert_eq!((responses(&metrics, "failure"), responses(&metrics, "success")), (0, 1));
+    }
 
     #[test]
     fn hop_by_hop_headers_are_removed() {

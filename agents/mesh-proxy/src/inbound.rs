@@ -250,8 +250,7 @@ impl Inbound {
                 self.metrics.refused(DIRECTION, RefusalReason::HttpMalformed);
                 let response =
                     proxy_http::error_response(StatusCode::BAD_REQUEST, &format!("bad request target: {error}"));
-                observation.finish(&self.metrics, &self.tap, server_id, Some(response.status()));
-                return response;
+                return observation.respond(response, &self.metrics, &self.tap, server_id);
             }
         };
         *request.uri_mut() = uri;
@@ -270,8 +269,7 @@ impl Inbound {
                 proxy_http::error_response(StatusCode::BAD_GATEWAY, "the application did not answer")
             }
         };
-        observation.finish(&self.metrics, &self.tap, server_id, Some(response.status()));
-        response
+        observation.respond(response, &self.metrics, &self.tap, server_id)
     }
 }
 

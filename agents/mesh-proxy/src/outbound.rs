@@ -135,8 +135,7 @@ impl Outbound {
         let Some(authority) = authority else {
             self.metrics.refused(DIRECTION, RefusalReason::HttpMalformed);
             let response = proxy_http::error_response(StatusCode::BAD_REQUEST, "the request names no authority");
-            observation.finish(&self.metrics, &self.tap, None, Some(response.status()));
-            return response;
+            return observation.respond(response, &self.metrics, &self.tap, None);
         };
         let upgrade = proxy_http::prepare_request(&mut request);
         match proxy_http::absolute_uri(request.uri(), &authority) {
@@ -145,8 +144,7 @@ impl Outbound {
                 self.metrics.refused(DIRECTION, RefusalReason::HttpMalformed);
                 let message = format!("bad request target: {error}");
                 let response = proxy_http::error_response(StatusCode::BAD_REQUEST, &message);
-                observation.finish(&self.metrics, &self.tap, None, Some(response.status()));
-                return response;
+                return observation.respond(response, &self.metrics, &self.tap, None);
             }
         }
         let default_port = if request.uri().scheme() == Some(&http::uri::Scheme::HTTPS) { 443 } else { 80 };
@@ -159,8 +157,7 @@ impl Outbound {
                 (proxy_http::error_response(status, &message), None)
             }
         };
-        observation.finish(&self.metrics, &self.tap, server_id, Some(response.status()));
-        response
+        observation.respond(response, &self.metrics, &self.tap, server_id)
     }
 
     /// Sends the request along `route` within the request timeout, retrying once when allowed.

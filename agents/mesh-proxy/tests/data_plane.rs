@@ -149,6 +149,32 @@ async fn meshed_requests_carry_the_client_identity_and_are_observed() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_grpc_error_in_the_trailers_counts_as_a_failure_on_both_sides() {
+    let mesh = ControlPlane::start(HOUR).await;
+    let server = mesh.proxy("web", &[]).await;
+    let client = mesh.proxy("frontend", &[]).await;
+    let app = App::start("web").await;
+    app.state.set_grpc_status("14");
+    mesh.destinations.set(WEB, endpoint_set(vec![meshed(&app, "web", &server)], false));
+
+    let grpc = [("content-type", "application/grpc"), ("te", "trailers")];
+    let mut call = request(Version::HTTP_2, WEB, "/shop.Orders/Place", &grpc);
+    *call.method_mut() = Method::POST;
+    assert_eq!(send(client.outbound_addr(), call).await, Ok((StatusCode::OK, "web".to_owned())));
+
+    // HTTP said 200; gRPC said UNAVAILABLE, and that is what counts.
+    let failure = [("classification", "failure"), ("status_code", "200")];
+    for (proxy, direction) in [(&client, "outbound"), (&server, "inbound")] {
+        let text = metrics(proxy.admin_addr()).await;
+        let labels = [[("direction", direction), ("authority", WEB)].as_slice(), &failure].concat();
+        assert_eq!(metric(&text, "response_total", &labels), 1.0, "{direction}: {text}");
+        assert_eq!(metric(&text, "response_total", &[("classification", "success")]), 0.0, "{direction}: {text}");
+    }
+    server.shutdown().await;
+    client.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn all_authenticated_refuses_plaintext_and_foreign_certificates() {
     let mesh = ControlPlane::start(HOUR).await;
     let server = mesh.proxy("web", &[("TRELLIS_PROXY_INBOUND_POLICY", "all-authenticated")]).await;

@@ -18,8 +18,8 @@ use bytes::Bytes;
 use futures::Stream;
 use http::{Request, Response, StatusCode, Version};
 use http_body_util::combinators::UnsyncBoxBody;
-use http_body_util::{BodyExt, Empty, Full};
-use hyper::body::Incoming;
+use http_body_util::{BodyExt, Empty, Full, StreamBody};
+use hyper::body::{Frame, Incoming};
 use hyper::service::service_fn;
 use hyper_util::rt::{TokioExecutor, TokioIo};
 use hyper_util::server::conn::auto;
@@ -383,6 +383,8 @@ pub struct AppState {
     status: AtomicU16,
     pub client_ids: Mutex<Vec<Option<String>>>,
     pub versions: Mutex<Vec<Version>>,
+    /// When set, answers are gRPC-shaped and end with this `grpc-status` trailer.
+    grpc_status: Mutex<Option<&'static str>>,
 }
 
 impl AppState {
@@ -394,13 +396,17 @@ impl AppState {
         self.status.store(status.as_u16(), Ordering::SeqCst);
     }
 
+    pub fn set_grpc_status(&self, status: &'static str) {
+        *lock(&self.grpc_status) = Some(status);
+    }
+
     pub fn requests(&self) -> usize {
         self.requests.load(Ordering::SeqCst)
     }
 }
 
 /// An HTTP/1 and HTTP/2 application on a loopback port that answers `name` (after its delay,
-/// with its status), recording each request's `l5d-client-id` and version. Stopped when dropped.
+/// with its status, as gRPC when told), recording each request's `l5d-client-id` and version. Stopped when dropped.
 pub struct App {
     pub addr: SocketAddr,
     pub state: Arc<AppState>,
@@ -438,7 +444,9 @@ impl App {
     }
 }
 
-async fn answer(state: &AppState, name: &str, mut request: Request<Incoming>) -> Response<Full<Bytes>> {
+type AppBody = UnsyncBoxBody<Bytes, std::convert::Infallible>;
+
+async fn answer(state: &AppState, name: &str, mut request: Request<Incoming>) -> Response<AppBody> {
     state.requests.fetch_add(1, Ordering::SeqCst);
     let client_id = request.headers().get("l5d-client-id").and_then(|v| v.to_str().ok()).map(str::to_owned);
     lock(&state.client_ids).push(client_id);
@@ -451,7 +459,7 @@ async fn answer(state: &AppState, name: &str, mut request: Request<Incoming>) ->
             let (mut reader, mut writer) = tokio::io::split(TokioIo::new(upgraded));
             let _ = tokio::io::copy(&mut reader, &mut writer).await;
         });
-        let mut response = Response::new(Full::new(Bytes::new()));
+        let mut response = Response::new(Full::new(Bytes::new()).boxed_unsync());
         *response.status_mut() = StatusCode::SWITCHING_PROTOCOLS;
         response.headers_mut().insert(http::header::CONNECTION, http::HeaderValue::from_static("upgrade"));
         response.headers_mut().insert(http::header::UPGRADE, protocol);
@@ -463,7 +471,20 @@ async fn answer(state: &AppState, name: &str, mut request: Request<Incoming>) ->
     if delay > 0 {
         tokio::time::sleep(Duration::from_millis(delay)).await;
     }
-    let mut response = Response::new(Full::new(Bytes::from(name.to_owned())));
+    let message = Bytes::from(name.to_owned());
+    let grpc_status = *lock(&state.grpc_status);
+    let mut response = match grpc_status {
+        None => Response::new(Full::new(message).boxed_unsync()),
+        Some(status) => {
+            let mut trailers = http::HeaderMap::new();
+            trailers.insert("grpc-status", http::HeaderValue::from_static(status));
+            let frames = [Ok(Frame::data(message)), Ok(Frame::trailers(trailers))];
+            let mut response = Response::new(StreamBody::new(futures::stream::iter(frames)).boxed_unsync());
+            let grpc = http::HeaderValue::from_static("application/grpc");
+            response.headers_mut().insert(http::header::CONTENT_TYPE, grpc);
+            response
+        }
+    };
     *response.status_mut() = StatusCode::from_u16(state.status.load(Ordering::SeqCst)).expect("a valid status");
     response
 }
