@@ -10,6 +10,7 @@ pub mod executor;
 pub mod fake;
 pub mod limits;
 pub mod model;
+pub mod operator;
 pub mod planner;
 pub mod settings;
 

@@ -1,9 +1,14 @@
 //! The command line, reported all at once on error.
 
-use trellis_ipam::Settings;
+use crate::Settings;
 
-pub const USAGE: &str = "\
-usage: trellis-ipam operator [--once] [--dry-run] [--cluster NAME] [--region R] [--endpoint URL]
+/// The usage text, for `program` (`trellis-ipam` or `trellis-agent`).
+pub fn usage(program: &str) -> String {
+    USAGE.replace("{program}", program)
+}
+
+const USAGE: &str = "\
+usage: {program} operator [--once] [--dry-run] [--cluster NAME] [--region R] [--endpoint URL]
                              [--prefix-delegation] [--pre-allocate N] [--min-allocate N] [--max-allocate N] [--max-above-watermark N]
                              [--first-interface-index 0|1] [--subnet-id ID]... [--subnet-tag KEY=VALUE]...
                              [--security-group ID]... [--release-excess] [--excess-ip-release-delay SECONDS] [--interval SECONDS]

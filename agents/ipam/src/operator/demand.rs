@@ -4,9 +4,9 @@
 
 use std::collections::BTreeMap;
 
+use crate::engine::{Demand, Observation};
 use k8s_openapi::api::core::v1::{Node, Pod};
 use kube::api::{Api, ListParams};
-use trellis_ipam::engine::{Demand, Observation};
 
 pub async fn from_pods(client: &kube::Client, observation: &Observation) -> Result<BTreeMap<String, Demand>, String> {
     let nodes: Api<Node> = Api::all(client.clone());
