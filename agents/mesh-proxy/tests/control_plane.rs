@@ -167,6 +167,16 @@ impl Proxy {
     }
 }
 
+/// A proxy without a certificate yet and an identity service that accepts `valid_token`,
+/// issuing leaves that live `lifetime`.
+async fn identity_fixture(lifetime: Duration, valid_token: &str) -> (Proxy, Arc<TestIdentity>, Served) {
+    let pki = Pki::new();
+    let controller = pki.certified_store(&controller_identity());
+    let identity_service = TestIdentity::new(&pki, lifetime, valid_token);
+    let served = identity_service.serve(controller.server_config(ClientAuth::Optional)).await;
+    (Proxy::new(pki.store(&identity("web"))), identity_service, served)
+}
+
 /// A certified proxy and a destination service that accepts it.
 async fn destination_fixture() -> (Proxy, Arc<TestDestination>, Served) {
     let pki = Pki::new();
@@ -219,11 +229,7 @@ async fn certify_installs_a_leaf_that_the_control_plane_sees_as_our_identity() {
 
 #[tokio::test]
 async fn each_certify_reads_the_token_file_again() {
-    let pki = Pki::new();
-    let controller = pki.certified_store(&controller_identity());
-    let identity_service = TestIdentity::new(&pki, HOUR, "first");
-    let served = identity_service.serve(controller.server_config(ClientAuth::Optional)).await;
-    let proxy = Proxy::new(pki.store(&identity("web")));
+    let (proxy, identity_service, served) = identity_fixture(HOUR, "first").await;
     let client = proxy.identity_client(&served.control_plane(&controller_identity()));
 
     write_token(proxy.token.path(), "first");
@@ -238,11 +244,7 @@ async fn each_certify_reads_the_token_file_again() {
 
 #[tokio::test]
 async fn a_missing_token_file_is_an_error() {
-    let pki = Pki::new();
-    let controller = pki.certified_store(&controller_identity());
-    let identity_service = TestIdentity::new(&pki, HOUR, "token");
-    let served = identity_service.serve(controller.server_config(ClientAuth::Optional)).await;
-    let proxy = Proxy::new(pki.store(&identity("web")));
+    let (proxy, identity_service, served) = identity_fixture(HOUR, "token").await;
     let channel = control_plane_channel(&served.control_plane(&controller_identity()), Arc::clone(&proxy.store))
         .expect("channel");
     let missing = proxy.token.path().with_extension("missing");
@@ -254,11 +256,7 @@ async fn a_missing_token_file_is_an_error() {
 
 #[tokio::test]
 async fn a_refused_token_is_an_error_and_run_retries_until_it_is_accepted() {
-    let pki = Pki::new();
-    let controller = pki.certified_store(&controller_identity());
-    let identity_service = TestIdentity::new(&pki, HOUR, "good");
-    let served = identity_service.serve(controller.server_config(ClientAuth::Optional)).await;
-    let proxy = Proxy::new(pki.store(&identity("web")));
+    let (proxy, identity_service, served) = identity_fixture(HOUR, "good").await;
     let control_plane = served.control_plane(&controller_identity());
     write_token(proxy.token.path(), "bad");
 
@@ -281,11 +279,7 @@ async fn a_refused_token_is_an_error_and_run_retries_until_it_is_accepted() {
 
 #[tokio::test]
 async fn run_renews_a_short_lived_leaf_repeatedly_and_a_failed_renewal_keeps_it() {
-    let pki = Pki::new();
-    let controller = pki.certified_store(&controller_identity());
-    let identity_service = TestIdentity::new(&pki, Duration::from_secs(3), "token");
-    let served = identity_service.serve(controller.server_config(ClientAuth::Optional)).await;
-    let proxy = Proxy::new(pki.store(&identity("web")));
+    let (proxy, identity_service, served) = identity_fixture(Duration::from_secs(3), "token").await;
     write_token(proxy.token.path(), "token");
     let stop = CancellationToken::new();
     let run = tokio::spawn(proxy.identity_client(&served.control_plane(&controller_identity())).run(stop.clone()));
