@@ -1,22 +1,30 @@
-//! The kernel side of [`Datapath`]: loads `ebpf/programs` with aya, pins its maps and the
-//! programs' cgroup links under `<bpffs>/trellis`, and re-adopts them on restart, so a restarted
-//! or upgraded agent keeps every socket translation working while it catches up.
+//! The kernel side of [`Datapath`] and [`PolicyDatapath`]: loads `ebpf/programs` with aya, pins
+//! its maps, the programs' cgroup links and the pods' tcx links under `<bpffs>/trellis`, and
+//! re-adopts them on restart, so a restarted or upgraded agent keeps every socket translation,
+//! policy and tracked connection working while it catches up.
 
-use std::collections::BTreeSet;
+use std::collections::{BTreeMap, BTreeSet};
 use std::fs::File;
 use std::io;
 use std::net::Ipv4Addr;
 use std::path::{Path, PathBuf};
 
-use aya::maps::{HashMap, MapData, MapError, PerCpuArray};
-use aya::programs::links::{FdLink, PinnedLink};
-use aya::programs::{CgroupAttachMode, CgroupSockAddr, ProgramError};
+use aya::maps::lpm_trie::{Key, LpmTrie};
+use aya::maps::{HashMap, MapData, MapError, PerCpuArray, PerCpuHashMap, RingBuf};
+use aya::programs::links::{FdLink, LinkOrder, PinnedLink};
+use aya::programs::tc::TcAttachOptions;
+use aya::programs::{CgroupAttachMode, CgroupSockAddr, ProgramError, SchedClassifier, TcAttachType};
 use aya::{Ebpf, EbpfError, EbpfLoader};
 use rustix::thread::CapabilitySet;
 use thiserror::Error;
-use trellis_ebpf_common::{Backend, MaglevTable, ServiceKey, ServiceValue, SockLbVerdict, map_name};
+use trellis_ebpf_common::{
+    Backend, CtKey, EndpointInfo, FlowState, MaglevTable, PRESENT, PolicyKey, ServiceKey, ServiceValue, SockLbVerdict,
+    VerdictCounters, map_name,
+};
 
-use crate::datapath::Datapath;
+use crate::datapath::{Datapath, PolicyDatapath};
+use crate::policy::Cidr;
+use crate::policy::index::{PolicyChange, PolicyDiff, PolicyEntry, PolicyState};
 use crate::services::{Change, DatapathState, Diff};
 
 /// Where the programs' object is when the build script produced it and nothing else was said.
@@ -24,6 +32,13 @@ pub const OBJECT_ENV: &str = "TRELLIS_EBPF_OBJECT";
 
 /// The socket load balancer's programs, by function name in `ebpf/programs`.
 pub const SOCK_LB_PROGRAMS: [&str; 4] = ["connect4", "sendmsg4", "recvmsg4", "getpeername4"];
+
+/// The policy programs on a pod's host-side veth: (program, hook, pin suffix). Packets the pod
+/// sends arrive on the veth's ingress, packets to the pod leave through its egress.
+pub const POLICY_PROGRAMS: [(&str, TcAttachType, &str); 2] =
+    [("tc_from_pod", TcAttachType::Ingress, "ingress"), ("tc_to_pod", TcAttachType::Egress, "egress")];
+/// Where the pods' tcx links are pinned, under the pin directory.
+const TC_LINK_SUBDIR: &str = "tc";
 
 const PIN_SUBDIR: &str = "trellis";
 const BPF_FS_MAGIC: u64 = 0xcafe_4a11;
@@ -71,6 +86,12 @@ pub enum EbpfDatapathError {
     AdoptLink { name: &'static str, path: PathBuf, source: Box<aya::programs::links::LinkError> },
     #[error("map {name}: {source}")]
     Map { name: &'static str, source: Box<MapError> },
+    #[error("no interface with index {ifindex} in the agent's network namespace: {source}")]
+    Interface { ifindex: u32, source: io::Error },
+    #[error("attaching {name} to interface {ifindex}: {source}")]
+    Attach { name: &'static str, ifindex: u32, source: Box<ProgramError> },
+    #[error("the flow event ring buffer was already taken")]
+    FlowEventsTaken,
 }
 
 type Result<T, E = EbpfDatapathError> = std::result::Result<T, E>;
@@ -105,6 +126,12 @@ pub struct EbpfDatapath {
     meshed_netns: HashMap<MapData, u64, u8>,
     node_addrs: HashMap<MapData, u32, u8>,
     verdicts: PerCpuArray<MapData, u64>,
+    endpoints: HashMap<MapData, u32, EndpointInfo>,
+    ipcache: LpmTrie<MapData, u32, u32>,
+    policy: LpmTrie<MapData, PolicyKey, u8>,
+    flows: HashMap<MapData, CtKey, FlowState>,
+    policy_verdicts: PerCpuHashMap<MapData, u32, VerdictCounters>,
+    flow_events: Option<RingBuf<MapData>>,
 }
 
 impl EbpfDatapath {
@@ -171,7 +198,28 @@ impl EbpfDatapath {
             })?);
         }
 
+        for (name, _, _) in POLICY_PROGRAMS {
+            let program: &mut SchedClassifier = ebpf
+                .program_mut(name)
+                .ok_or(EbpfDatapathError::Missing { kind: "program", name })?
+                .try_into()
+                .map_err(|source| EbpfDatapathError::Program { name, source: Box::new(source) })?;
+            program.load().map_err(|source| EbpfDatapathError::Program { name, source: Box::new(source) })?;
+        }
+        let tc_dir = pin_dir.join(TC_LINK_SUBDIR);
+        std::fs::create_dir_all(&tc_dir).map_err(|source| EbpfDatapathError::Io {
+            what: "creating the tc link directory",
+            path: tc_dir,
+            source,
+        })?;
+
         Ok(Self {
+            endpoints: take_map(&mut ebpf, map_name::ENDPOINTS)?,
+            ipcache: take_map(&mut ebpf, map_name::IPCACHE)?,
+            policy: take_map(&mut ebpf, map_name::POLICY)?,
+            flows: take_map(&mut ebpf, map_name::FLOWS)?,
+            policy_verdicts: take_map(&mut ebpf, map_name::POLICY_VERDICTS)?,
+            flow_events: Some(take_map(&mut ebpf, map_name::FLOW_EVENTS)?),
             services: take_map(&mut ebpf, map_name::SERVICES)?,
             backends: take_map(&mut ebpf, map_name::BACKENDS)?,
             maglev: take_map(&mut ebpf, map_name::MAGLEV)?,
@@ -206,6 +254,36 @@ impl EbpfDatapath {
                 Ok((*verdict, per_cpu.iter().sum()))
             })
             .collect()
+    }
+}
+
+impl EbpfDatapath {
+    /// The flow-event ring buffer, for one [`crate::flows::FlowReader`].
+    pub fn take_flow_events(&mut self) -> Result<RingBuf<MapData>> {
+        self.flow_events.take().ok_or(EbpfDatapathError::FlowEventsTaken)
+    }
+
+    /// Per-endpoint (host ifindex) forwarded and dropped packet counts, over all CPUs.
+    pub fn policy_verdicts(&self) -> Result<BTreeMap<u32, VerdictCounters>> {
+        let mut out = BTreeMap::new();
+        for entry in self.policy_verdicts.iter() {
+            let (ifindex, per_cpu) = entry.map_err(map_error(map_name::POLICY_VERDICTS))?;
+            let total = per_cpu.iter().fold(VerdictCounters::default(), |sum, c| VerdictCounters {
+                forwarded: sum.forwarded + c.forwarded,
+                dropped: sum.dropped + c.dropped,
+            });
+            out.insert(ifindex, total);
+        }
+        Ok(out)
+    }
+
+    /// The programs' per-flow aggregates (packets and bytes per 5-tuple and endpoint).
+    pub fn flow_states(&self) -> Result<Vec<(CtKey, FlowState)>> {
+        self.flows.iter().map(|entry| entry.map_err(map_error(map_name::FLOWS))).collect()
+    }
+
+    fn tc_link_path(&self, ifindex: u32, suffix: &str) -> PathBuf {
+        self.pin_dir.join(TC_LINK_SUBDIR).join(format!("{ifindex}_{suffix}"))
     }
 }
 
@@ -315,7 +393,6 @@ impl Datapath for EbpfDatapath {
     }
 
     fn apply(&mut self, diff: &Diff) -> Result<()> {
-        use trellis_ebpf_common::PRESENT;
         for change in &diff.changes {
             match change {
                 Change::UpsertBackend { id, backend } => {
@@ -350,6 +427,134 @@ impl Datapath for EbpfDatapath {
             }
         }
         Ok(())
+    }
+}
+
+fn cidr_key(cidr: &Cidr) -> Key<u32> {
+    Key::new(u32::from(cidr.prefix()), addr_key(cidr.addr()))
+}
+
+fn policy_key(entry: &PolicyEntry) -> Key<PolicyKey> {
+    let (prefix, key) = entry.lpm();
+    Key::new(prefix, key)
+}
+
+/// The interface's name in the calling thread's network namespace (aya attaches by name).
+fn interface_name(ifindex: u32) -> Result<String> {
+    let interface_error = |e: rustix::io::Errno| EbpfDatapathError::Interface { ifindex, source: e.into() };
+    let socket = rustix::net::socket(rustix::net::AddressFamily::INET, rustix::net::SocketType::DGRAM, None)
+        .map_err(interface_error)?;
+    rustix::net::netdevice::index_to_name(&socket, ifindex).map_err(interface_error)
+}
+
+impl PolicyDatapath for EbpfDatapath {
+    type Error = EbpfDatapathError;
+
+    fn programmed_policy(&self) -> Result<PolicyState> {
+        let mut state = PolicyState::default();
+        for entry in self.endpoints.iter() {
+            let (ifindex, info) = entry.map_err(map_error(map_name::ENDPOINTS))?;
+            state.endpoints.insert(ifindex, info);
+        }
+        for entry in self.ipcache.iter() {
+            let (key, identity) = entry.map_err(map_error(map_name::IPCACHE))?;
+            let addr = Ipv4Addr::from(key.data().to_ne_bytes());
+            if let Some(cidr) = u8::try_from(key.prefix_len()).ok().and_then(|prefix| Cidr::new(addr, prefix)) {
+                state.ipcache.insert(cidr, identity);
+            }
+        }
+        for key in self.policy.keys() {
+            let key = key.map_err(map_error(map_name::POLICY))?;
+            if let Some(entry) = PolicyEntry::from_lpm(key.prefix_len(), &key.data()) {
+                state.policy.insert(entry);
+            }
+        }
+        Ok(state)
+    }
+
+    fn apply_policy(&mut self, diff: &PolicyDiff) -> Result<()> {
+        for change in &diff.changes {
+            match change {
+                PolicyChange::InsertPolicy(entry) => {
+                    self.policy.insert(&policy_key(entry), PRESENT, 0).map_err(map_error(map_name::POLICY))?
+                }
+                PolicyChange::UpsertIpcache { cidr, identity } => {
+                    self.ipcache.insert(&cidr_key(cidr), identity, 0).map_err(map_error(map_name::IPCACHE))?
+                }
+                PolicyChange::UpsertEndpoint { ifindex, info } => {
+                    self.endpoints.insert(ifindex, info, 0).map_err(map_error(map_name::ENDPOINTS))?
+                }
+                PolicyChange::DeleteEndpoint(ifindex) => {
+                    tolerate_absent(self.endpoints.remove(ifindex)).map_err(map_error(map_name::ENDPOINTS))?
+                }
+                PolicyChange::DeleteIpcache(cidr) => {
+                    tolerate_absent(self.ipcache.remove(&cidr_key(cidr))).map_err(map_error(map_name::IPCACHE))?
+                }
+                PolicyChange::DeletePolicy(entry) => {
+                    tolerate_absent(self.policy.remove(&policy_key(entry))).map_err(map_error(map_name::POLICY))?
+                }
+            }
+        }
+        Ok(())
+    }
+
+    /// Attaches through tcx (kernel ≥ 6.6) and pins the links, so the programs stay attached
+    /// when the agent exits. The interface is looked up in the calling thread's network
+    /// namespace. An interface whose links are already pinned is left as it is.
+    fn attach_endpoint(&mut self, ifindex: u32) -> Result<()> {
+        for (name, attach_type, suffix) in POLICY_PROGRAMS {
+            let path = self.tc_link_path(ifindex, suffix);
+            if path.exists() {
+                continue;
+            }
+            let interface = interface_name(ifindex)?;
+            let attach_error = |source| EbpfDatapathError::Attach { name, ifindex, source: Box::new(source) };
+            let program: &mut SchedClassifier = self
+                ._ebpf
+                .program_mut(name)
+                .ok_or(EbpfDatapathError::Missing { kind: "program", name })?
+                .try_into()
+                .map_err(attach_error)?;
+            let link_id = program
+                .attach_with_options(&interface, attach_type, TcAttachOptions::TcxOrder(LinkOrder::default()))
+                .map_err(attach_error)?;
+            let link = program.take_link(link_id).map_err(attach_error)?;
+            let link = FdLink::try_from(link).map_err(|e| EbpfDatapathError::AdoptLink {
+                name,
+                path: path.clone(),
+                source: Box::new(e),
+            })?;
+            // Dropping the pinned link closes our descriptor; the pin keeps the program attached.
+            link.pin(&path).map_err(|source| EbpfDatapathError::PinLink { name, path, source: Box::new(source) })?;
+        }
+        Ok(())
+    }
+
+    /// Unpins the links: the last reference to a tcx link gone, the kernel detaches it. A link
+    /// whose interface was already deleted is just unpinned.
+    fn detach_endpoint(&mut self, ifindex: u32) -> Result<()> {
+        for (_, _, suffix) in POLICY_PROGRAMS {
+            let path = self.tc_link_path(ifindex, suffix);
+            match std::fs::remove_file(&path) {
+                Ok(()) => {}
+                Err(e) if e.kind() == io::ErrorKind::NotFound => {}
+                Err(source) => return Err(EbpfDatapathError::Io { what: "unpinning the tc link", path, source }),
+            }
+        }
+        Ok(())
+    }
+
+    fn attached_endpoints(&self) -> Result<BTreeSet<u32>> {
+        let dir = self.pin_dir.join(TC_LINK_SUBDIR);
+        let entries = std::fs::read_dir(&dir).map_err(|source| EbpfDatapathError::Io {
+            what: "listing the tc links",
+            path: dir.clone(),
+            source,
+        })?;
+        Ok(entries
+            .flatten()
+            .filter_map(|e| e.file_name().to_str().and_then(|n| n.split('_').next()).and_then(|i| i.parse().ok()))
+            .collect())
     }
 }
 

@@ -4,10 +4,12 @@
 //! `ebpf/programs`, attaches it to a cgroup v2 and keeps its maps pinned across restarts.
 
 pub mod admin;
+pub mod cli;
 pub mod cni_server;
 pub mod config;
 pub mod datapath;
 pub mod ebpf;
+pub mod flows;
 pub mod kube;
 pub mod maglev;
 pub mod metrics;

@@ -180,14 +180,10 @@ fn decide(key: &CtKey, direction: u8, now: u64) -> Outcome {
 
     let enforced = endpoint.flags & if egress { ENDPOINT_ENFORCE_EGRESS } else { ENDPOINT_ENFORCE_INGRESS } != 0;
     if enforced {
-        let lookup = PolicyKey {
-            subject: endpoint.identity.to_be(),
-            peer: peer.to_be(),
-            direction,
-            proto: key.proto,
-            dport: key.dport,
-        };
-        if POLICY.get(Key::new(POLICY_PREFIX_FULL, lookup)).is_none() {
+        // The peer's own entries first, then the rules that allow every peer (identity 0).
+        let allowed = allows(endpoint.identity, peer, direction, key)
+            || allows(endpoint.identity, identity::UNKNOWN, direction, key);
+        if !allowed {
             outcome.verdict = Verdict::Dropped;
             outcome.reason = DropReason::PolicyDenied;
             return outcome;
@@ -200,6 +196,14 @@ fn decide(key: &CtKey, direction: u8, now: u64) -> Outcome {
         outcome.reason = DropReason::CtFull;
     }
     outcome
+}
+
+fn allows(subject: u32, peer: u32, direction: u8, key: &CtKey) -> bool {
+    // The trie's longest match stands for "exact port, else a port range, else any port of the
+    // protocol, else any protocol": every entry is an allow, so any match allows.
+    let lookup =
+        PolicyKey { subject: subject.to_be(), peer: peer.to_be(), direction, proto: key.proto, dport: key.dport };
+    POLICY.get(Key::new(POLICY_PREFIX_FULL, lookup)).is_some()
 }
 
 fn record(key: &CtKey, direction: u8, tcp_flags: u8, len: u32, now: u64, outcome: &Outcome) {
