@@ -70,6 +70,12 @@ pub fn parse_assignable(text: &str) -> Result<BTreeSet<Ipv4Addr>, Vec<String>> {
     if problems.is_empty() { Ok(addresses) } else { Err(problems) }
 }
 
+/// The addresses a Node's [`POD_ADDRESSES_ANNOTATION`] gives its pods (none without it).
+pub fn node_pod_addresses(node: &k8s_openapi::api::core::v1::Node) -> Result<BTreeSet<Ipv4Addr>, Vec<String>> {
+    let annotations = node.metadata.annotations.as_ref();
+    annotations.and_then(|a| a.get(POD_ADDRESSES_ANNOTATION)).map_or(Ok(BTreeSet::new()), |text| parse_assignable(text))
+}
+
 /// The addresses this node may give and who holds which. Allocation is idempotent per
 /// attachment; an address withdrawn from the node stays with its holder until released.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
@@ -388,6 +394,16 @@ mod tests {
             .collect();
         assert_eq!(parsed, expected);
         assert_eq!(parse_assignable("nope,10.0.2.33/28,10.0.0.1").expect_err("two problems").len(), 2);
+    }
+
+    #[test]
+    fn a_node_annotation_names_its_addresses() {
+        let node: k8s_openapi::api::core::v1::Node = serde_json::from_value(serde_json::json!({
+            "metadata": {"name": "n", "annotations": {POD_ADDRESSES_ANNOTATION: "10.0.1.5"}},
+        }))
+        .expect("a Node");
+        assert_eq!(node_pod_addresses(&node), Ok([Ipv4Addr::new(10, 0, 1, 5)].into()));
+        assert_eq!(node_pod_addresses(&k8s_openapi::api::core::v1::Node::default()), Ok(BTreeSet::new()));
     }
 
     #[test]

@@ -1,33 +1,42 @@
-//! Brings the socket load balancer up (or re-adopts the pinned one) and reports what is
-//! programmed. The reflectors that feed it Services come in a later slice.
+//! `trellis-agent run` (the node agent) and `trellis-agent operator` (the IPAM operator).
 
 use std::process::ExitCode;
 
-use trellis_agent::config::Config;
-use trellis_agent::datapath::ServiceSync;
-use trellis_agent::ebpf::EbpfDatapath;
+use trellis_agent::cli::{self, Command, PROGRAM, RunConfig};
 
-fn main() -> ExitCode {
-    let config = match Config::from_env(|name| std::env::var(name).ok()) {
-        Ok(config) => config,
+#[tokio::main]
+async fn main() -> ExitCode {
+    let _ = rustls::crypto::aws_lc_rs::default_provider().install_default();
+    let command = match cli::parse(std::env::args().skip(1).collect()) {
+        Ok(command) => command,
         Err(error) => {
-            eprintln!("trellis-agent: {error}");
-            return ExitCode::FAILURE;
+            eprintln!("{PROGRAM}: {error}");
+            return ExitCode::from(2);
         }
     };
-    let sync = match EbpfDatapath::open(&config.ebpf).and_then(ServiceSync::start) {
-        Ok(sync) => sync,
-        Err(error) => {
-            eprintln!("trellis-agent: {error}");
-            return ExitCode::FAILURE;
+    let outcome = match command {
+        Command::Help(usage) => {
+            println!("{usage}");
+            return ExitCode::SUCCESS;
+        }
+        Command::Operator(options) => trellis_ipam::operator::run(options, PROGRAM).await,
+        Command::Run => {
+            let config = match RunConfig::from_env(|name| std::env::var(name).ok()) {
+                Ok(config) => config,
+                Err(problems) => {
+                    eprintln!("{PROGRAM}: invalid configuration:\n  {}", problems.join("\n  "));
+                    return ExitCode::from(2);
+                }
+            };
+            tracing_subscriber::fmt().json().with_env_filter(tracing_subscriber::EnvFilter::from_default_env()).init();
+            cli::run(config).await
         }
     };
-    let datapath = sync.datapath();
-    println!(
-        "socket load balancer {} on {}, pinned under {}",
-        if datapath.adopted() { "re-adopted" } else { "attached" },
-        config.ebpf.cgroup.display(),
-        datapath.pin_dir().display(),
-    );
-    ExitCode::SUCCESS
+    match outcome {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(error) => {
+            eprintln!("{PROGRAM}: {error}");
+            ExitCode::FAILURE
+        }
+    }
 }

@@ -1,0 +1,296 @@
+//! The command line (`run`, `operator`) and `run`'s configuration from the environment, every
+//! problem reported at once.
+
+use std::collections::BTreeSet;
+use std::net::{Ipv4Addr, SocketAddr};
+use std::path::PathBuf;
+use std::sync::{Arc, Mutex, PoisonError};
+use std::time::Duration;
+
+use ipnet::Ipv4Net;
+use k8s_openapi::api::core::v1::Node;
+use kube::Api;
+use serde_json::{Value, json};
+use tokio::signal::unix::{SignalKind, signal};
+
+use crate::admin::{self, Admin};
+use crate::cni_server::{CniServer, Endpoints, Mode, POD_ADDRESSES_ANNOTATION, node_pod_addresses, parse_assignable};
+use crate::config::Config;
+use crate::datapath::ServiceSync;
+use crate::ebpf::EbpfDatapath;
+use crate::kube::reflectors;
+use crate::kube::sync::{self, Reconciler};
+use crate::metrics::Metrics;
+use crate::readiness::{self, Readiness};
+
+const GATE_POLL: Duration = Duration::from_secs(1);
+const SYNC_RETRY: Duration = Duration::from_secs(5);
+
+pub const PROGRAM: &str = "trellis-agent";
+pub const USAGE: &str = "\
+usage: trellis-agent run        the node agent; configured from the environment:
+         TRELLIS_NODE_NAME (required), TRELLIS_IPAM_MODE=cluster-pool|eni, TRELLIS_POD_CIDR (cluster-pool),
+         TRELLIS_POD_ADDRESSES (eni: addresses and prefixes, also read from the Node's trellis.io/pod-addresses),
+         TRELLIS_CNI_SOCKET, TRELLIS_CNI_CONF_DIR, TRELLIS_MTU, TRELLIS_ADMIN_ADDR,
+         TRELLIS_EBPF_OBJECT, TRELLIS_BPFFS, TRELLIS_MOUNT_BPFFS, TRELLIS_CGROUP
+       trellis-agent operator …  the IPAM operator (see `trellis-agent operator --help`)";
+
+pub const NODE_NAME_ENV: &str = "TRELLIS_NODE_NAME";
+pub const IPAM_MODE_ENV: &str = "TRELLIS_IPAM_MODE";
+pub const POD_CIDR_ENV: &str = "TRELLIS_POD_CIDR";
+pub const POD_ADDRESSES_ENV: &str = "TRELLIS_POD_ADDRESSES";
+pub const CNI_SOCKET_ENV: &str = "TRELLIS_CNI_SOCKET";
+pub const CNI_CONF_DIR_ENV: &str = "TRELLIS_CNI_CONF_DIR";
+pub const MTU_ENV: &str = "TRELLIS_MTU";
+pub const ADMIN_ADDR_ENV: &str = "TRELLIS_ADMIN_ADDR";
+
+pub const DEFAULT_CNI_SOCKET: &str = trellis_cni::config::DEFAULT_AGENT_SOCKET;
+pub const DEFAULT_CNI_CONF_DIR: &str = "/etc/cni/net.d";
+/// Cilium's agent health port neighbourhood, unused by Kubernetes' own components.
+pub const DEFAULT_ADMIN_ADDR: &str = "0.0.0.0:9962";
+
+#[derive(Debug)]
+pub enum Command {
+    Run,
+    Operator(trellis_ipam::operator::Options),
+    Help(String),
+}
+
+/// `args` without the program name.
+pub fn parse(args: Vec<String>) -> Result<Command, String> {
+    match args.first().map(String::as_str) {
+        Some("run") if args.len() == 1 => Ok(Command::Run),
+        Some("run") => Err(format!("run takes no arguments (it is configured from the environment)\n{USAGE}")),
+        Some("operator") => match trellis_ipam::operator::parse(args) {
+            Ok(Some(options)) => Ok(Command::Operator(options)),
+            Ok(None) => Ok(Command::Help(trellis_ipam::operator::usage(PROGRAM))),
+            Err(e) => Err(format!("{e}\n{}", trellis_ipam::operator::usage(PROGRAM))),
+        },
+        None | Some("-h" | "--help" | "help") => Ok(Command::Help(USAGE.to_owned())),
+        Some(other) => Err(format!("unknown command {other:?}\n{USAGE}")),
+    }
+}
+
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum IpamMode {
+    ClusterPool { pod_cidr: Ipv4Net },
+    /// Addresses from the environment; the Node's annotation adds more.
+    Eni { addresses: BTreeSet<Ipv4Addr> },
+}
+
+impl IpamMode {
+    pub fn mode(&self) -> Mode {
+        match self {
+            Self::ClusterPool { .. } => Mode::ClusterPool,
+            Self::Eni { .. } => Mode::Eni,
+        }
+    }
+
+    /// The conflist's `ipam` section.
+    pub fn cni_ipam(&self) -> Value {
+        match self {
+            Self::ClusterPool { pod_cidr } => json!({"type": "trellis", "mode": "cluster-pool", "podCIDR": pod_cidr}),
+            Self::Eni { .. } => json!({"type": "trellis", "mode": "eni"}),
+        }
+    }
+}
+
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct RunConfig {
+    pub datapath: Config,
+    pub node_name: String,
+    pub ipam: IpamMode,
+    pub cni_socket: PathBuf,
+    pub cni_conf_dir: PathBuf,
+    pub mtu: u32,
+    pub admin_addr: SocketAddr,
+}
+
+impl RunConfig {
+    pub fn from_env(var: impl Fn(&str) -> Option<String>) -> Result<Self, Vec<String>> {
+        let var = |name: &str| var(name).filter(|v| !v.is_empty());
+        let mut problems = Vec::new();
+        let datapath = Config::from_env(var).map_err(|e| problems.extend(e.0)).ok();
+        let node_name = var(NODE_NAME_ENV).unwrap_or_else(|| {
+            problems.push(format!("{NODE_NAME_ENV} is required (the Node this agent runs on)"));
+            String::new()
+        });
+        let ipam = match var(IPAM_MODE_ENV).as_deref() {
+            None | Some("cluster-pool") => match var(POD_CIDR_ENV).map(|t| t.parse::<Ipv4Net>().map_err(|_| t)) {
+                Some(Ok(pod_cidr)) => Some(IpamMode::ClusterPool { pod_cidr }),
+                Some(Err(text)) => {
+                    problems.push(format!("{POD_CIDR_ENV}={text:?} is not an IPv4 CIDR"));
+                    None
+                }
+                None => {
+                    problems.push(format!("{POD_CIDR_ENV} is required in cluster-pool mode"));
+                    None
+                }
+            },
+            Some("eni") => match parse_assignable(&var(POD_ADDRESSES_ENV).unwrap_or_default()) {
+                Ok(addresses) => Some(IpamMode::Eni { addresses }),
+                Err(bad) => {
+                    problems.extend(bad.into_iter().map(|b| format!("{POD_ADDRESSES_ENV}: {b}")));
+                    None
+                }
+            },
+            Some(other) => {
+                problems.push(format!("{IPAM_MODE_ENV}={other:?} must be cluster-pool or eni"));
+                None
+            }
+        };
+        let mut absolute = |name: &str, default: &str| {
+            let path = PathBuf::from(var(name).unwrap_or_else(|| default.to_owned()));
+            if !path.is_absolute() {
+                problems.push(format!("{name}={:?} must be an absolute path", path.display()));
+            }
+            path
+        };
+        let cni_socket = absolute(CNI_SOCKET_ENV, DEFAULT_CNI_SOCKET);
+        let cni_conf_dir = absolute(CNI_CONF_DIR_ENV, DEFAULT_CNI_CONF_DIR);
+        let mtu = match var(MTU_ENV).map(|t| t.parse::<u32>().map_err(|_| t)) {
+            None => trellis_cni::config::DEFAULT_MTU,
+            Some(Ok(mtu)) if (68..=65535).contains(&mtu) => mtu,
+            Some(Ok(mtu)) => {
+                problems.push(format!("{MTU_ENV}={mtu} is outside 68..=65535"));
+                0
+            }
+            Some(Err(text)) => {
+                problems.push(format!("{MTU_ENV}={text:?} is not a number"));
+                0
+            }
+        };
+        let admin_text = var(ADMIN_ADDR_ENV).unwrap_or_else(|| DEFAULT_ADMIN_ADDR.to_owned());
+        let admin_addr = admin_text.parse::<SocketAddr>().map_err(|_| {
+            problems.push(format!("{ADMIN_ADDR_ENV}={admin_text:?} is not an address:port"));
+        });
+        match (datapath, ipam, admin_addr) {
+            (Some(datapath), Some(ipam), Ok(admin_addr)) if problems.is_empty() => {
+                Ok(Self { datapath, node_name, ipam, cni_socket, cni_conf_dir, mtu, admin_addr })
+            }
+            _ => Err(problems),
+        }
+    }
+}
+
+/// Brings the agent up and runs it until SIGTERM/SIGINT: the datapath (failing at once when it
+/// cannot be loaded), the reflectors, the CNI server, the CNI config, the admin listener, the
+/// readiness gate and the sync loop.
+pub async fn run(config: RunConfig) -> Result<(), String> {
+    let readiness = Arc::new(Readiness::default());
+    let metrics = Metrics::new();
+    let datapath = EbpfDatapath::open(&config.datapath.ebpf).map_err(|e| e.to_string())?;
+    let sync = ServiceSync::start(datapath).map_err(|e| e.to_string())?;
+    readiness.set_programs_attached();
+
+    let client = kube::Client::try_default().await.map_err(|e| format!("cannot reach Kubernetes: {e}"))?;
+    let reflectors = reflectors::start(&client, &config.node_name);
+
+    let endpoints = Arc::new(Mutex::new(Endpoints::new(config.ipam.mode())));
+    let configured = match &config.ipam {
+        IpamMode::Eni { addresses } => addresses.clone(),
+        IpamMode::ClusterPool { .. } => BTreeSet::new(),
+    };
+    update_pool(&endpoints, &readiness, &configured, None);
+    let _cni = CniServer::start(&config.cni_socket, Arc::clone(&endpoints), Arc::clone(&readiness), metrics.clone())
+        .map_err(|e| format!("CNI socket {}: {e}", config.cni_socket.display()))?;
+    let conflist = readiness::conflist(config.mtu, &config.cni_socket, &config.ipam.cni_ipam());
+    let installed = readiness::install_conflist(&config.cni_conf_dir, &conflist)
+        .map_err(|e| format!("writing the CNI config into {}: {e}", config.cni_conf_dir.display()))?;
+    readiness.set_cni_config_installed();
+    tracing::info!(path = %installed.display(), "CNI config installed");
+
+    let admin = Admin { metrics: metrics.clone(), readiness: Arc::clone(&readiness) };
+    let listener = admin::bind(config.admin_addr).await.map_err(|e| format!("admin {}: {e}", config.admin_addr))?;
+    tokio::spawn(async move {
+        if let Err(error) = admin.serve(listener).await {
+            tracing::error!(%error, "admin listener stopped");
+        }
+    });
+    tokio::spawn({
+        let (nodes, node, readiness) = (Api::all(client.clone()), config.node_name.clone(), Arc::clone(&readiness));
+        async move { readiness::remove_taint_when_ready(nodes, &node, &readiness, GATE_POLL).await }
+    });
+    tokio::spawn({
+        let (stores, mut changes) = (reflectors.stores.clone(), reflectors.changes.clone());
+        let (endpoints, readiness) = (Arc::clone(&endpoints), Arc::clone(&readiness));
+        async move {
+            while changes.changed().await.is_ok() {
+                update_pool(&endpoints, &readiness, &configured, stores.node().as_deref());
+            }
+        }
+    });
+
+    let reconciler = Reconciler::new(sync, metrics, readiness);
+    let syncing = sync::run(reflectors.stores.clone(), reflectors.changes.clone(), reconciler, SYNC_RETRY);
+    let mut terminate = signal(SignalKind::terminate()).map_err(|e| format!("SIGTERM handler: {e}"))?;
+    tokio::select! {
+        () = syncing => Err("the sync loop stopped".to_owned()),
+        _ = terminate.recv() => Ok(()),
+        _ = tokio::signal::ctrl_c() => Ok(()),
+    }
+}
+
+/// The pool is what the environment configured plus what the Node's annotation grants.
+fn update_pool(endpoints: &Mutex<Endpoints>, readiness: &Readiness, configured: &BTreeSet<Ipv4Addr>, node: Option<&Node>) {
+    let mut addresses = configured.clone();
+    match node.map(node_pod_addresses) {
+        Some(Ok(granted)) => addresses.extend(granted),
+        Some(Err(problems)) => tracing::warn!(?problems, "the Node's {POD_ADDRESSES_ANNOTATION} annotation"),
+        None => {}
+    }
+    let mut endpoints = endpoints.lock().unwrap_or_else(PoisonError::into_inner);
+    endpoints.pool_mut().set_assignable(addresses);
+    readiness.set_addresses_available(endpoints.has_addresses());
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::collections::HashMap;
+
+    fn from(vars: &[(&str, &str)]) -> Result<RunConfig, Vec<String>> {
+        let vars: HashMap<String, String> = vars.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect();
+        RunConfig::from_env(|name| vars.get(name).cloned())
+    }
+
+    #[test]
+    fn a_cluster_pool_agent_needs_its_node_and_cidr() {
+        let config = from(&[(NODE_NAME_ENV, "node-1"), (POD_CIDR_ENV, "10.244.1.0/24")]).expect("valid");
+        assert_eq!(config.ipam.mode(), Mode::ClusterPool);
+        assert_eq!(config.cni_conf_dir, PathBuf::from(DEFAULT_CNI_CONF_DIR));
+        assert_eq!(config.ipam.cni_ipam()["podCIDR"], "10.244.1.0/24");
+        assert_eq!(config.admin_addr.port(), 9962);
+    }
+
+    #[test]
+    fn every_problem_is_reported_at_once() {
+        let problems = from(&[
+            (IPAM_MODE_ENV, "eni"),
+            (POD_ADDRESSES_ENV, "10.0.0.1,bogus"),
+            (CNI_CONF_DIR_ENV, "net.d"),
+            (MTU_ENV, "9"),
+            (ADMIN_ADDR_ENV, "nowhere"),
+            ("TRELLIS_CGROUP", "cg"),
+        ])
+        .expect_err("six problems");
+        assert_eq!(problems.len(), 6, "{problems:#?}");
+        assert!(problems.iter().any(|p| p.contains(NODE_NAME_ENV)), "{problems:#?}");
+        assert!(problems.iter().any(|p| p.contains("\"bogus\"")), "{problems:#?}");
+        assert!(problems.iter().any(|p| p.contains("TRELLIS_CGROUP")), "{problems:#?}");
+        let problems = from(&[(NODE_NAME_ENV, "n")]).expect_err("no CIDR");
+        assert_eq!(problems, vec![format!("{POD_CIDR_ENV} is required in cluster-pool mode")]);
+    }
+
+    #[test]
+    fn commands() {
+        let args = |a: &[&str]| a.iter().map(|s| s.to_string()).collect::<Vec<_>>();
+        assert!(matches!(parse(args(&["run"])), Ok(Command::Run)));
+        assert!(parse(args(&["run", "--fast"])).is_err());
+        assert!(matches!(parse(args(&[])), Ok(Command::Help(_))));
+        assert!(matches!(parse(args(&["operator", "--cluster", "c", "--once"])), Ok(Command::Operator(o)) if o.once));
+        let error = parse(args(&["operator", "--bogus", "--cluster", "c"])).expect_err("bad flag");
+        assert!(error.contains("--bogus") && error.contains("trellis-agent operator"), "{error}");
+        assert!(parse(args(&["flows"])).is_err(), "flows waits for the flow log");
+    }
+}
