@@ -4,6 +4,7 @@
 use std::collections::BTreeSet;
 use std::net::{Ipv4Addr, SocketAddr};
 use std::path::PathBuf;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex, PoisonError};
 use std::time::Duration;
 
@@ -13,11 +14,12 @@ use kube::Api;
 use serde_json::{Value, json};
 use tokio::signal::unix::{SignalKind, signal};
 
-use crate::admin::{self, Admin};
+use crate::admin::{self, Admin, FlowQuery};
 use crate::cni_server::{CniServer, Endpoints, Mode, POD_ADDRESSES_ANNOTATION, node_pod_addresses, parse_assignable};
 use crate::config::Config;
 use crate::datapath::ServiceSync;
 use crate::ebpf::EbpfDatapath;
+use crate::flows::{FlowLog, FlowReader};
 use crate::kube::reflectors;
 use crate::kube::sync::{self, Reconciler};
 use crate::metrics::Metrics;
@@ -25,6 +27,8 @@ use crate::readiness::{self, Readiness};
 
 const GATE_POLL: Duration = Duration::from_secs(1);
 const SYNC_RETRY: Duration = Duration::from_secs(5);
+/// Recent flows kept for `trellis-agent flows` without `--follow`.
+const FLOW_LOG_CAPACITY: usize = 10_000;
 
 pub const PROGRAM: &str = "trellis-agent";
 pub const USAGE: &str = "\
@@ -33,6 +37,8 @@ usage: trellis-agent run        the node agent; configured from the environment:
          TRELLIS_POD_ADDRESSES (eni: addresses and prefixes, also read from the Node's trellis.io/pod-addresses),
          TRELLIS_CNI_SOCKET, TRELLIS_CNI_CONF_DIR, TRELLIS_MTU, TRELLIS_ADMIN_ADDR,
          TRELLIS_EBPF_OBJECT, TRELLIS_BPFFS, TRELLIS_MOUNT_BPFFS, TRELLIS_CGROUP
+       trellis-agent flows [--follow] [--pod NS/NAME] [--verdict dropped|forwarded] [--server ADDR:PORT]
+                                 flows seen by the agent on this node (its admin listener, 127.0.0.1:9962)
        trellis-agent operator …  the IPAM operator (see `trellis-agent operator --help`)";
 
 pub const NODE_NAME_ENV: &str = "TRELLIS_NODE_NAME";
@@ -48,11 +54,14 @@ pub const DEFAULT_CNI_SOCKET: &str = trellis_cni::config::DEFAULT_AGENT_SOCKET;
 pub const DEFAULT_CNI_CONF_DIR: &str = "/etc/cni/net.d";
 /// Cilium's agent health port neighbourhood, unused by Kubernetes' own components.
 pub const DEFAULT_ADMIN_ADDR: &str = "0.0.0.0:9962";
+/// Where `flows` finds the agent of this node.
+pub const DEFAULT_FLOWS_SERVER: &str = "127.0.0.1:9962";
 
 #[derive(Debug)]
 pub enum Command {
     Run,
     Operator(trellis_ipam::operator::Options),
+    Flows { server: SocketAddr, query: FlowQuery },
     Help(String),
 }
 
@@ -66,16 +75,100 @@ pub fn parse(args: Vec<String>) -> Result<Command, String> {
             Ok(None) => Ok(Command::Help(trellis_ipam::operator::usage(PROGRAM))),
             Err(e) => Err(format!("{e}\n{}", trellis_ipam::operator::usage(PROGRAM))),
         },
+        Some("flows") => parse_flows(&args[1..]),
         None | Some("-h" | "--help" | "help") => Ok(Command::Help(USAGE.to_owned())),
         Some(other) => Err(format!("unknown command {other:?}\n{USAGE}")),
     }
 }
 
+fn parse_flows(args: &[String]) -> Result<Command, String> {
+    let mut query = FlowQuery::default();
+    let mut server = None;
+    let mut problems = Vec::new();
+    let mut args = args.iter();
+    while let Some(flag) = args.next() {
+        let mut value = || args.next().cloned().ok_or_else(|| format!("{flag} needs a value"));
+        let outcome = match flag.as_str() {
+            "--follow" | "-f" => {
+                query.follow = true;
+                Ok(())
+            }
+            "--pod" => value().and_then(|pod| match pod.split_once('/') {
+                Some((ns, name)) if !ns.is_empty() && !name.is_empty() && !name.contains(['/', '&', '=']) => {
+                    query.filter.pod = Some(pod);
+                    Ok(())
+                }
+                _ => Err(format!("--pod {pod:?} is not NAMESPACE/NAME")),
+            }),
+            "--verdict" => value().and_then(|text| match crate::admin::parse_verdict(&text) {
+                Some(verdict) => {
+                    query.filter.verdict = Some(verdict);
+                    Ok(())
+                }
+                None => Err(format!("--verdict {text:?} is neither dropped nor forwarded")),
+            }),
+            "--server" => value().and_then(|text| {
+                server = Some(text.parse().map_err(|_| format!("--server {text:?} is not ADDRESS:PORT"))?);
+                Ok(())
+            }),
+            other => Err(format!("unknown option {other:?}")),
+        };
+        if let Err(problem) = outcome {
+            problems.push(problem);
+        }
+    }
+    if !problems.is_empty() {
+        return Err(format!("{}\n{USAGE}", problems.join("; ")));
+    }
+    let server = match server {
+        Some(server) => server,
+        None => DEFAULT_FLOWS_SERVER.parse().map_err(|_| "the default flows server is not an address".to_owned())?,
+    };
+    Ok(Command::Flows { server, query })
+}
+
+/// Asks the agent at `server` for flows and hands each chunk of lines to `out` as it arrives
+/// (with `--follow`, until the agent goes away).
+pub async fn fetch_flows(server: SocketAddr, query: &FlowQuery, mut out: impl FnMut(&[u8])) -> Result<(), String> {
+    let stream = tokio::net::TcpStream::connect(server).await.map_err(|e| format!("agent at {server}: {e}"))?;
+    let (mut sender, connection) = hyper::client::conn::http1::handshake(hyper_util::rt::TokioIo::new(stream))
+        .await
+        .map_err(|e| format!("agent at {server}: {e}"))?;
+    tokio::spawn(connection);
+    let uri = format!("/flows?{}", query.to_query());
+    let request = hyper::Request::get(uri)
+        .header(hyper::header::HOST, server.to_string())
+        .body(http_body_util::Empty::<hyper::body::Bytes>::new())
+        .map_err(|e| e.to_string())?;
+    let mut response = sender.send_request(request).await.map_err(|e| format!("agent at {server}: {e}"))?;
+    let status = response.status();
+    let mut body = Vec::new();
+    while let Some(frame) = http_body_util::BodyExt::frame(response.body_mut()).await {
+        let frame = frame.map_err(|e| format!("agent at {server}: {e}"))?;
+        if let Some(data) = frame.data_ref() {
+            if status.is_success() {
+                out(data);
+            } else {
+                body.extend_from_slice(data);
+            }
+        }
+    }
+    if status.is_success() {
+        Ok(())
+    } else {
+        Err(format!("agent at {server} answered {status}: {}", String::from_utf8_lossy(&body).trim()))
+    }
+}
+
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum IpamMode {
-    ClusterPool { pod_cidr: Ipv4Net },
+    ClusterPool {
+        pod_cidr: Ipv4Net,
+    },
     /// Addresses from the environment; the Node's annotation adds more.
-    Eni { addresses: BTreeSet<Ipv4Addr> },
+    Eni {
+        addresses: BTreeSet<Ipv4Addr>,
+    },
 }
 
 impl IpamMode {
@@ -179,7 +272,8 @@ impl RunConfig {
 pub async fn run(config: RunConfig) -> Result<(), String> {
     let readiness = Arc::new(Readiness::default());
     let metrics = Metrics::new();
-    let datapath = EbpfDatapath::open(&config.datapath.ebpf).map_err(|e| e.to_string())?;
+    let mut datapath = EbpfDatapath::open(&config.datapath.ebpf).map_err(|e| e.to_string())?;
+    let flow_events = datapath.take_flow_events().map_err(|e| e.to_string())?;
     let sync = ServiceSync::start(datapath).map_err(|e| e.to_string())?;
     readiness.set_programs_attached();
 
@@ -200,7 +294,21 @@ pub async fn run(config: RunConfig) -> Result<(), String> {
     readiness.set_cni_config_installed();
     tracing::info!(path = %installed.display(), "CNI config installed");
 
-    let admin = Admin { metrics: metrics.clone(), readiness: Arc::clone(&readiness) };
+    let flows = Arc::new(FlowLog::new(FLOW_LOG_CAPACITY));
+    let stop_flows = Arc::new(AtomicBool::new(false));
+    let flow_reader = {
+        let (flows, endpoints, stop) = (Arc::clone(&flows), Arc::clone(&endpoints), Arc::clone(&stop_flows));
+        std::thread::Builder::new()
+            .name("flow-reader".into())
+            .spawn(move || {
+                let names = |ip| endpoints.lock().unwrap_or_else(PoisonError::into_inner).pod_at(ip);
+                if let Err(error) = FlowReader::new(flow_events).run(&flows, &names, &stop) {
+                    tracing::error!(%error, "flow events stopped");
+                }
+            })
+            .map_err(|e| format!("flow reader thread: {e}"))?
+    };
+    let admin = Admin { metrics: metrics.clone(), readiness: Arc::clone(&readiness), flows };
     let listener = admin::bind(config.admin_addr).await.map_err(|e| format!("admin {}: {e}", config.admin_addr))?;
     tokio::spawn(async move {
         if let Err(error) = admin.serve(listener).await {
@@ -224,15 +332,23 @@ pub async fn run(config: RunConfig) -> Result<(), String> {
     let reconciler = Reconciler::new(sync, metrics, readiness);
     let syncing = sync::run(reflectors.stores.clone(), reflectors.changes.clone(), reconciler, SYNC_RETRY);
     let mut terminate = signal(SignalKind::terminate()).map_err(|e| format!("SIGTERM handler: {e}"))?;
-    tokio::select! {
+    let outcome = tokio::select! {
         () = syncing => Err("the sync loop stopped".to_owned()),
         _ = terminate.recv() => Ok(()),
         _ = tokio::signal::ctrl_c() => Ok(()),
-    }
+    };
+    stop_flows.store(true, Ordering::Relaxed);
+    let _ = flow_reader.join();
+    outcome
 }
 
 /// The pool is what the environment configured plus what the Node's annotation grants.
-fn update_pool(endpoints: &Mutex<Endpoints>, readiness: &Readiness, configured: &BTreeSet<Ipv4Addr>, node: Option<&Node>) {
+fn update_pool(
+    endpoints: &Mutex<Endpoints>,
+    readiness: &Readiness,
+    configured: &BTreeSet<Ipv4Addr>,
+    node: Option<&Node>,
+) {
     let mut addresses = configured.clone();
     match node.map(node_pod_addresses) {
         Some(Ok(granted)) => addresses.extend(granted),
@@ -291,6 +407,14 @@ mod tests {
         assert!(matches!(parse(args(&["operator", "--cluster", "c", "--once"])), Ok(Command::Operator(o)) if o.once));
         let error = parse(args(&["operator", "--bogus", "--cluster", "c"])).expect_err("bad flag");
         assert!(error.contains("--bogus") && error.contains("trellis-agent operator"), "{error}");
-        assert!(parse(args(&["flows"])).is_err(), "flows waits for the flow log");
+        match parse(args(&["flows", "-f", "--pod", "shop/web-0", "--verdict", "dropped"])) {
+            Ok(Command::Flows { server, query }) => {
+                assert_eq!(server.to_string(), DEFAULT_FLOWS_SERVER);
+                assert_eq!(query.to_query(), "pod=shop/web-0&verdict=dropped&follow=true");
+            }
+            other => panic!("expected flows, got {other:?}"),
+        }
+        let error = parse(args(&["flows", "--pod", "web", "--verdict", "lost", "--server", "x"])).expect_err("bad");
+        assert_eq!(error.lines().next().map(|l| l.split("; ").count()), Some(3), "{error}");
     }
 }

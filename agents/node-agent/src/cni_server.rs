@@ -159,6 +159,12 @@ impl Endpoints {
         &self.endpoints
     }
 
+    /// `namespace/name` of the pod at `ip`, for flows.
+    pub fn pod_at(&self, ip: Ipv4Addr) -> Option<String> {
+        let pod = self.endpoints.values().find(|e| e.ip == ip)?.pod.as_ref()?;
+        Some(format!("{}/{}", pod.namespace, pod.name))
+    }
+
     /// The namespaces of endpoints whose pod `is_meshed` says the mesh proxy balances for.
     pub fn meshed_netns(&self, is_meshed: impl Fn(&PodRef) -> bool) -> BTreeSet<String> {
         self.endpoints.values().filter(|e| e.pod.as_ref().is_some_and(&is_meshed)).map(|e| e.netns.clone()).collect()
@@ -440,6 +446,8 @@ mod tests {
         assert_eq!(answer(&mut endpoints, register("a", "10.0.1.1", "meshed")), serde_json::json!({"ok": {}}));
         assert_eq!(answer(&mut endpoints, register("b", "10.0.1.1", "thief"))["error"]["code"], CODE_CHECK_FAILED);
         answer(&mut endpoints, register("b", "10.0.1.2", "plain"));
+        assert_eq!(endpoints.pod_at(Ipv4Addr::new(10, 0, 1, 2)).as_deref(), Some("shop/plain"));
+        assert_eq!(endpoints.pod_at(Ipv4Addr::new(10, 0, 1, 9)), None);
         let meshed = endpoints.meshed_netns(|pod| pod.name == "meshed");
         assert_eq!(meshed.into_iter().collect::<Vec<_>>(), vec!["/run/netns/a".to_owned()]);
 

@@ -1,4 +1,4 @@
-//! `trellis-agent run` (the node agent) and `trellis-agent operator` (the IPAM operator).
+//! `trellis-agent run` (the node agent), `flows` (its flow log) and `operator` (the IPAM operator).
 
 use std::process::ExitCode;
 
@@ -20,6 +20,14 @@ async fn main() -> ExitCode {
             return ExitCode::SUCCESS;
         }
         Command::Operator(options) => trellis_ipam::operator::run(options, PROGRAM).await,
+        Command::Flows { server, query } => {
+            let mut stdout = std::io::stdout();
+            cli::fetch_flows(server, &query, |chunk| {
+                // A closed pipe (`| head`) ends the output; nothing to report.
+                let _ = std::io::Write::write_all(&mut stdout, chunk).and_then(|()| std::io::Write::flush(&mut stdout));
+            })
+            .await
+        }
         Command::Run => {
             let config = match RunConfig::from_env(|name| std::env::var(name).ok()) {
                 Ok(config) => config,
