@@ -34,12 +34,12 @@ pub fn object_path() -> PathBuf {
     path
 }
 
-fn run(program: &str, args: &[&str]) {
+pub fn run(program: &str, args: &[&str]) {
     let output = Command::new(program).args(args).output().unwrap_or_else(|e| panic!("{program}: {e}"));
     assert!(output.status.success(), "{program} {}: {}", args.join(" "), String::from_utf8_lossy(&output.stderr));
 }
 
-fn unique() -> String {
+pub fn unique() -> String {
     static NEXT: AtomicUsize = AtomicUsize::new(0);
     format!("{}-{}", std::process::id(), NEXT.fetch_add(1, Ordering::Relaxed))
 }
@@ -49,7 +49,7 @@ pub struct Netns {
 }
 
 impl Netns {
-    fn new(name: String) -> Self {
+    pub fn new(name: String) -> Self {
         run("ip", &["netns", "add", &name]);
         let netns = Self { name };
         netns.ip(&["link", "set", "lo", "up"]);
@@ -62,7 +62,7 @@ impl Netns {
         run("ip", &all);
     }
 
-    fn path(&self) -> PathBuf {
+    pub fn path(&self) -> PathBuf {
         Path::new("/run/netns").join(&self.name)
     }
 }
@@ -79,7 +79,7 @@ pub struct Cgroup {
 }
 
 impl Cgroup {
-    fn new(name: &str) -> Self {
+    pub fn new(name: &str) -> Self {
         // Never the machine's root cgroup: a child only the tests' client processes join. The
         // cgroup2 hierarchy is at /sys/fs/cgroup/unified on hybrid hosts (like this one).
         let unified = Path::new("/sys/fs/cgroup/unified");
@@ -108,7 +108,7 @@ pub struct Bpffs {
 }
 
 impl Bpffs {
-    fn new() -> Self {
+    pub fn new() -> Self {
         // The pid in the name lets a later run sweep what a killed run left mounted.
         let dir = tempfile::Builder::new()
             .prefix(&format!("{BPFFS_PREFIX}{}-", std::process::id()))
@@ -139,11 +139,11 @@ fn dead_owner(name: &str, prefix: &str) -> bool {
 
 /// Drop guards do not run when a test process is killed: remove what such runs left behind
 /// (namespaces, cgroups, bpffs mounts named after a pid that no longer exists).
-fn sweep_killed_runs() {
+pub fn sweep_killed_runs() {
     if let Ok(output) = Command::new("ip").args(["netns", "list"]).output() {
         for line in String::from_utf8_lossy(&output.stdout).lines() {
             let name = line.split_whitespace().next().unwrap_or_default();
-            if dead_owner(name, "trb-") || dead_owner(name, "trc-") {
+            if ["trb-", "trc-", "trn-", "trp-"].iter().any(|prefix| dead_owner(name, prefix)) {
                 let _ = Command::new("ip").args(["netns", "del", name]).status();
             }
         }

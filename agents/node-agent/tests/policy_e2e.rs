@@ -1,0 +1,316 @@
+//! NetworkPolicy end to end, as root: a "node" network namespace holding the host ends of three
+//! "pods" (namespaces joined to it by veth pairs, routed through it), the policy programs
+//! attached to the host ends through tcx, real TCP connections between the pods. The node
+//! namespace keeps the machine's own interfaces untouched; the bpffs is the test's own.
+
+#[allow(dead_code)]
+mod support;
+
+use std::fs::File;
+use std::io::{BufRead, BufReader, Write};
+use std::net::{Ipv4Addr, SocketAddr, SocketAddrV4, TcpListener, TcpStream};
+use std::os::fd::AsFd;
+use std::path::Path;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::thread::JoinHandle;
+use std::time::Duration;
+
+use support::{Bpffs, Cgroup, Netns};
+use trellis_agent::datapath::PolicySync;
+use trellis_agent::ebpf::{EbpfConfig, EbpfDatapath};
+use trellis_agent::flows::{FlowLog, FlowReader, format_flow};
+use trellis_agent::policy::{LabelSelector, NetworkPolicy, Peer, Pod, PortRule, Rule};
+use trellis_agent::services::Protocol;
+use trellis_ebpf_common::{DropReason, Verdict};
+
+const SERVER_PORT: u16 = 8080;
+/// Bounded waits: a denied SYN gets no answer, so a connection attempt ends by this timeout.
+const DENIED_CONNECT: Duration = Duration::from_secs(3);
+const ALLOWED_CONNECT: Duration = Duration::from_secs(20);
+
+/// Runs `f` on a thread that entered `netns` (only that thread moves), returning its result.
+fn in_netns<T: Send>(netns: &Path, f: impl FnOnce() -> T + Send) -> T {
+    let namespace = File::open(netns).unwrap_or_else(|e| panic!("{}: {e}", netns.display()));
+    std::thread::scope(|scope| {
+        scope
+            .spawn(move || {
+                rustix::thread::move_into_link_name_space(
+                    namespace.as_fd(),
+                    Some(rustix::thread::LinkNameSpaceType::Network),
+                )
+                .expect("setns");
+                f()
+            })
+            .join()
+            .expect("the namespace thread")
+    })
+}
+
+struct PodNs {
+    netns: Netns,
+    ip: Ipv4Addr,
+    /// The host end's ifindex in the node namespace.
+    ifindex: u32,
+}
+
+/// An echo server in a pod: each connection gets its lines back until it closes.
+struct EchoServer {
+    stop: Arc<AtomicBool>,
+    thread: Option<JoinHandle<()>>,
+}
+
+impl EchoServer {
+    fn start(pod: &PodNs) -> Self {
+        let addr = SocketAddrV4::new(pod.ip, SERVER_PORT);
+        let listener = in_netns(&pod.netns.path(), || TcpListener::bind(addr)).expect("binding the server");
+        listener.set_nonblocking(true).expect("nonblocking listener");
+        let stop = Arc::new(AtomicBool::new(false));
+        let flag = stop.clone();
+        let thread = std::thread::spawn(move || {
+            let mut connections = Vec::new();
+            while !flag.load(Ordering::Relaxed) {
+                match listener.accept() {
+                    Ok((stream, _)) => {
+                        let flag = flag.clone();
+                        connections.push(std::thread::spawn(move || echo(stream, &flag)));
+                    }
+                    Err(_) => std::thread::sleep(Duration::from_millis(20)),
+                }
+            }
+            connections.into_iter().for_each(|c| {
+                let _ = c.join();
+            });
+        });
+        Self { stop, thread: Some(thread) }
+    }
+}
+
+fn echo(stream: TcpStream, stop: &AtomicBool) {
+    let _ = stream.set_read_timeout(Some(Duration::from_millis(200)));
+    let Ok(mut writer) = stream.try_clone() else { return };
+    let mut reader = BufReader::new(stream);
+    let mut line = String::new();
+    while !stop.load(Ordering::Relaxed) {
+        match reader.read_line(&mut line) {
+            Ok(0) => return,
+            Ok(_) => {
+                if writer.write_all(line.as_bytes()).is_err() {
+                    return;
+                }
+                line.clear();
+            }
+            Err(_) => {}
+        }
+    }
+}
+
+impl Drop for EchoServer {
+    fn drop(&mut self) {
+        self.stop.store(true, Ordering::Relaxed);
+        if let Some(thread) = self.thread.take() {
+            let _ = thread.join();
+        }
+    }
+}
+
+/// Field order is cleanup order: servers, then the pods, the node (and with it every veth),
+/// the cgroup, and last the bpffs (which unpins every link and map).
+struct Node {
+    server_process: Option<EchoServer>,
+    pods: Vec<PodNs>,
+    node: Netns,
+    cgroup: Cgroup,
+    bpffs: Bpffs,
+}
+
+impl Node {
+    fn new() -> Self {
+        static SWEEP: std::sync::Once = std::sync::Once::new();
+        SWEEP.call_once(support::sweep_killed_runs);
+        let id = support::unique();
+        let bpffs = Bpffs::new();
+        let cgroup = Cgroup::new(&format!("trellis-test-{id}"));
+        let node = Netns::new(format!("trn-{id}"));
+        support::run("ip", &["netns", "exec", &node.name, "sh", "-c", "echo 1 > /proc/sys/net/ipv4/ip_forward"]);
+        // The pods' gateway is a node address: the node answers ARP for it on every veth.
+        node.ip(&["addr", "add", "169.254.1.1/32", "dev", "lo"]);
+        let mut pods = Vec::new();
+        for n in 0..3u8 {
+            let netns = Netns::new(format!("trp-{id}-{n}"));
+            let (host, inside) = (format!("h{n}-{id}"), format!("p{n}-{id}"));
+            let ip = Ipv4Addr::new(10, 251, 0, 10 + n);
+            support::run(
+                "ip",
+                &[
+                    "link",
+                    "add",
+                    &host,
+                    "netns",
+                    &node.name,
+                    "type",
+                    "veth",
+                    "peer",
+                    "name",
+                    &inside,
+                    "netns",
+                    &netns.name,
+                ],
+            );
+            // Routed like Calico or Cilium: a /32 in the pod, a link-local gateway, and a /32
+            // route to each pod on the node.
+            netns.ip(&["addr", "add", &format!("{ip}/32"), "dev", &inside]);
+            netns.ip(&["link", "set", &inside, "up"]);
+            netns.ip(&["route", "add", "169.254.1.1", "dev", &inside, "scope", "link"]);
+            netns.ip(&["route", "add", "default", "via", "169.254.1.1", "dev", &inside]);
+            node.ip(&["link", "set", &host, "up"]);
+            node.ip(&["route", "add", &format!("{ip}/32"), "dev", &host, "scope", "link"]);
+            let ifindex = ifindex(&node, &host);
+            pods.push(PodNs { netns, ip, ifindex });
+        }
+        Self { server_process: None, pods, node, cgroup, bpffs }
+    }
+
+    fn config(&self) -> EbpfConfig {
+        EbpfConfig {
+            object: support::object_path(),
+            bpffs: self.bpffs.dir.path().to_path_buf(),
+            mount_bpffs: false,
+            cgroup: self.cgroup.path.clone(),
+        }
+    }
+
+    fn server(&self) -> &PodNs {
+        &self.pods[0]
+    }
+
+    /// The agent's view of the pods.
+    fn pods(&self) -> Vec<Pod> {
+        ["server", "a", "b"]
+            .iter()
+            .zip(&self.pods)
+            .map(|(app, pod)| Pod {
+                namespace: "default".into(),
+                name: format!("{app}-0"),
+                ip: pod.ip,
+                labels: [("app".to_string(), app.to_string())].into(),
+                host_ifindex: Some(pod.ifindex),
+            })
+            .collect()
+    }
+
+    /// Opens (or re-adopts) the datapath and syncs the index to the pods and `policies`, all
+    /// from the node namespace, where the agent runs.
+    fn agent(&self, policies: &[NetworkPolicy]) -> (PolicySync<EbpfDatapath>, usize, usize) {
+        in_netns(&self.node.path(), || {
+            let datapath = EbpfDatapath::open(&self.config()).unwrap_or_else(|e| panic!("opening the datapath: {e}"));
+            let mut sync = PolicySync::start(datapath).expect("reading the maps");
+            self.pods().into_iter().for_each(|p| sync.index_mut().upsert_pod(p));
+            policies.iter().for_each(|p| sync.index_mut().upsert_policy(p.clone()));
+            let report = sync.sync().expect("programming the maps");
+            assert_eq!(report.conflicts, Vec::new());
+            (sync, report.changes, report.attached)
+        })
+    }
+
+    fn resync(&self, sync: &mut PolicySync<EbpfDatapath>) {
+        in_netns(&self.node.path(), || sync.sync().expect("programming the maps"));
+    }
+
+    fn connect(&self, client: usize, timeout: Duration) -> std::io::Result<TcpStream> {
+        let to = SocketAddr::V4(SocketAddrV4::new(self.server().ip, SERVER_PORT));
+        in_netns(&self.pods[client].netns.path(), || TcpStream::connect_timeout(&to, timeout))
+    }
+}
+
+fn ifindex(node: &Netns, interface: &str) -> u32 {
+    let output = std::process::Command::new("ip")
+        .args(["-n", &node.name, "-j", "link", "show", interface])
+        .output()
+        .expect("ip link show");
+    let links: serde_json::Value = serde_json::from_slice(&output.stdout).expect("ip -j output");
+    links[0]["ifindex"].as_u64().and_then(|i| u32::try_from(i).ok()).expect("an ifindex")
+}
+
+fn round_trip(stream: &mut TcpStream, text: &str) -> String {
+    stream.set_read_timeout(Some(Duration::from_secs(20))).expect("timeout");
+    stream.write_all(format!("{text}\n").as_bytes()).expect("sending");
+    let mut line = String::new();
+    BufReader::new(stream.try_clone().expect("clone")).read_line(&mut line).expect("an answer");
+    line.trim_end().to_owned()
+}
+
+fn only_a_on_8080() -> NetworkPolicy {
+    let selector = |app: &str| LabelSelector {
+        match_labels: [("app".to_string(), app.to_string())].into(),
+        match_expressions: Vec::new(),
+    };
+    NetworkPolicy {
+        namespace: "default".into(),
+        name: "server".into(),
+        pod_selector: selector("server"),
+        // Egress enforced with no rule: the server's answers pass only through connection tracking.
+        policy_types: Some((true, true)),
+        ingress: vec![Rule {
+            peers: vec![Peer::Pods { pod_selector: Some(selector("a")), namespace_selector: None }],
+            ports: vec![PortRule { protocol: Protocol::Tcp, port: Some(SERVER_PORT), end_port: None }],
+        }],
+        egress: Vec::new(),
+    }
+}
+
+#[test]
+fn a_policy_admits_one_client_denies_another_and_survives_a_restart() {
+    let mut lab = Node::new();
+    lab.server_process = Some(EchoServer::start(lab.server()));
+    let policy = only_a_on_8080();
+    let (mut sync, _, attached) = lab.agent(std::slice::from_ref(&policy));
+    assert_eq!(attached, 3, "every pod's veth gets the programs");
+    let mut reader = FlowReader::new(sync.datapath_mut().take_flow_events().expect("the ring buffer"));
+    let log = FlowLog::new(1_000);
+
+    let mut a = lab.connect(1, ALLOWED_CONNECT).expect("client A is allowed");
+    assert_eq!(round_trip(&mut a, "hello"), "hello", "replies reach A");
+    let denied = lab.connect(2, DENIED_CONNECT).expect_err("client B is denied");
+    assert_eq!(denied.kind(), std::io::ErrorKind::TimedOut, "{denied}");
+
+    let names = |ip: Ipv4Addr| sync.index().pod_by_ip(ip);
+    reader.drain(&log, &names);
+    let flows = log.recent();
+    let lines: Vec<String> = flows.iter().map(format_flow).collect();
+    let server_if = lab.server().ifindex;
+    assert!(
+        flows.iter().any(|f| f.source_pod.as_deref() == Some("default/a-0")
+            && f.destination.port() == SERVER_PORT
+            && f.ifindex == server_if
+            && f.verdict == Verdict::Forwarded),
+        "{lines:#?}"
+    );
+    assert!(
+        flows.iter().any(|f| f.source_pod.as_deref() == Some("default/b-0")
+            && f.ifindex == server_if
+            && f.verdict == Verdict::Dropped
+            && f.drop_reason == Some(DropReason::PolicyDenied)),
+        "{lines:#?}"
+    );
+    assert!(
+        lines.iter().any(|l| l.contains("default/b-0:") && l.ends_with("Policy denied DROPPED (TCP Flags: SYN)")),
+        "{lines:#?}"
+    );
+    let counters = sync.datapath().policy_verdicts().expect("counters");
+    assert!(counters.get(&server_if).is_some_and(|c| c.dropped >= 1 && c.forwarded >= 1), "{counters:?}");
+
+    // Restart: the agent goes away (pins keep everything), then a new one re-adopts.
+    drop(reader);
+    drop(sync);
+    assert_eq!(round_trip(&mut a, "still there"), "still there", "no agent: the pinned datapath keeps working");
+    let (mut sync, changes, attached) = lab.agent(std::slice::from_ref(&policy));
+    assert_eq!((changes, attached), (0, 0), "the same objects change nothing after a restart");
+    assert_eq!(round_trip(&mut a, "after restart"), "after restart");
+    assert!(lab.connect(2, DENIED_CONNECT).is_err(), "B is still denied");
+
+    sync.index_mut().remove_policy("default", "server");
+    lab.resync(&mut sync);
+    let mut b = lab.connect(2, ALLOWED_CONNECT).expect("without the policy B gets in");
+    assert_eq!(round_trip(&mut b, "finally"), "finally");
+}
