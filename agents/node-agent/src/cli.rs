@@ -1,9 +1,9 @@
 //! The command line (`run`, `operator`) and `run`'s configuration from the environment, every
 //! problem reported at once.
 
-use std::collections::BTreeSet;
+use std::collections::{BTreeMap, BTreeSet};
 use std::net::{Ipv4Addr, SocketAddr};
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex, PoisonError};
 use std::time::Duration;
@@ -15,14 +15,17 @@ use serde_json::{Value, json};
 use tokio::signal::unix::{SignalKind, signal};
 
 use crate::admin::{self, Admin, FlowQuery};
-use crate::cni_server::{CniServer, Endpoints, Mode, POD_ADDRESSES_ANNOTATION, node_pod_addresses, parse_assignable};
+use crate::cni_server::{
+    CniServer, EndpointRecord, Endpoints, Mode, POD_ADDRESSES_ANNOTATION, node_pod_addresses, parse_assignable,
+};
 use crate::config::Config;
-use crate::datapath::ServiceSync;
+use crate::datapath::{PolicySync, ServiceSync, Shared};
 use crate::ebpf::EbpfDatapath;
 use crate::flows::{FlowLog, FlowReader};
 use crate::kube::reflectors;
-use crate::kube::sync::{self, Reconciler};
+use crate::kube::sync::{self, LocalEndpoint, Reconciler};
 use crate::metrics::Metrics;
+use crate::netns;
 use crate::readiness::{self, Readiness};
 
 const GATE_POLL: Duration = Duration::from_secs(1);
@@ -274,7 +277,9 @@ pub async fn run(config: RunConfig) -> Result<(), String> {
     let metrics = Metrics::new();
     let mut datapath = EbpfDatapath::open(&config.datapath.ebpf).map_err(|e| e.to_string())?;
     let flow_events = datapath.take_flow_events().map_err(|e| e.to_string())?;
-    let sync = ServiceSync::start(datapath).map_err(|e| e.to_string())?;
+    let datapath = Shared::new(datapath);
+    let sync = ServiceSync::start(datapath.clone()).map_err(|e| e.to_string())?;
+    let policy = PolicySync::start(datapath).map_err(|e| e.to_string())?;
     readiness.set_programs_attached();
 
     let client = kube::Client::try_default().await.map_err(|e| format!("cannot reach Kubernetes: {e}"))?;
@@ -329,8 +334,11 @@ pub async fn run(config: RunConfig) -> Result<(), String> {
         }
     });
 
-    let reconciler = Reconciler::new(sync, metrics, readiness);
-    let syncing = sync::run(reflectors.stores.clone(), reflectors.changes.clone(), reconciler, SYNC_RETRY);
+    let reconciler = Reconciler::new(sync, policy, metrics, readiness);
+    let cookies = Mutex::new(BTreeMap::new());
+    let local_endpoints = || local_endpoints(&endpoints, &cookies);
+    let syncing =
+        sync::run(reflectors.stores.clone(), reflectors.changes.clone(), local_endpoints, reconciler, SYNC_RETRY);
     let mut terminate = signal(SignalKind::terminate()).map_err(|e| format!("SIGTERM handler: {e}"))?;
     let outcome = tokio::select! {
         () = syncing => Err("the sync loop stopped".to_owned()),
@@ -340,6 +348,41 @@ pub async fn run(config: RunConfig) -> Result<(), String> {
     stop_flows.store(true, Ordering::Relaxed);
     let _ = flow_reader.join();
     outcome
+}
+
+/// This node's CNI registrations, with their namespace cookies (read once per namespace:
+/// entering it costs a thread).
+fn local_endpoints(endpoints: &Mutex<Endpoints>, cookies: &Mutex<BTreeMap<String, u64>>) -> Vec<LocalEndpoint> {
+    let registered: Vec<EndpointRecord> =
+        endpoints.lock().unwrap_or_else(PoisonError::into_inner).endpoints().values().cloned().collect();
+    let mut cookies = cookies.lock().unwrap_or_else(PoisonError::into_inner);
+    cookies.retain(|netns, _| registered.iter().any(|e| e.netns == *netns));
+    registered
+        .into_iter()
+        .filter_map(|record| {
+            let pod = record.pod?;
+            let netns_cookie = match cookies.get(&record.netns) {
+                Some(cookie) => Some(*cookie),
+                None => match netns::cookie(Path::new(&record.netns)) {
+                    Ok(cookie) => {
+                        cookies.insert(record.netns.clone(), cookie);
+                        Some(cookie)
+                    }
+                    Err(error) => {
+                        tracing::warn!(%error, netns = %record.netns, pod = %format!("{}/{}", pod.namespace, pod.name), "reading the pod's namespace cookie");
+                        None
+                    }
+                },
+            };
+            Some(LocalEndpoint {
+                namespace: pod.namespace,
+                name: pod.name,
+                ip: record.ip,
+                host_ifindex: record.host_ifindex,
+                netns_cookie,
+            })
+        })
+        .collect()
 }
 
 /// The pool is what the environment configured plus what the Node's annotation grants.

@@ -1,10 +1,6 @@
 //! The agent's side of the plugin protocol ([`trellis_cni::agent::protocol`]): a unix-socket
 //! server over [`Endpoints`], which owns the node's pod addresses in ENI mode
 //! ([`AddressPool`]) and the endpoints the plugin registers in both modes.
-//!
-//! The meshed set is kept as the network namespace paths of meshed pods' endpoints: reading a
-//! namespace's cookie (`SO_NETNS_COOKIE`) needs a raw `getsockopt` that neither rustix nor
-//! socket2 offers safely, and this crate forbids `unsafe`.
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::io::BufReader;
@@ -163,11 +159,6 @@ impl Endpoints {
     pub fn pod_at(&self, ip: Ipv4Addr) -> Option<String> {
         let pod = self.endpoints.values().find(|e| e.ip == ip)?.pod.as_ref()?;
         Some(format!("{}/{}", pod.namespace, pod.name))
-    }
-
-    /// The namespaces of endpoints whose pod `is_meshed` says the mesh proxy balances for.
-    pub fn meshed_netns(&self, is_meshed: impl Fn(&PodRef) -> bool) -> BTreeSet<String> {
-        self.endpoints.values().filter(|e| e.pod.as_ref().is_some_and(&is_meshed)).map(|e| e.netns.clone()).collect()
     }
 
     /// Whether the node can network pods in this mode: in ENI mode, only with addresses.
@@ -428,7 +419,7 @@ mod tests {
     }
 
     #[test]
-    fn registration_check_gc_and_the_meshed_set() {
+    fn registration_check_and_gc() {
         let mut endpoints = eni("10.0.1.1,10.0.1.2");
         answer(&mut endpoints, allocate("a"));
         answer(&mut endpoints, allocate("b"));
@@ -443,13 +434,13 @@ mod tests {
                 pod: Some(PodRef { namespace: "shop".into(), name: pod.into() }),
             })
         };
-        assert_eq!(answer(&mut endpoints, register("a", "10.0.1.1", "meshed")), serde_json::json!({"ok": {}}));
+        assert_eq!(answer(&mut endpoints, register("a", "10.0.1.1", "web")), serde_json::json!({"ok": {}}));
         assert_eq!(answer(&mut endpoints, register("b", "10.0.1.1", "thief"))["error"]["code"], CODE_CHECK_FAILED);
         answer(&mut endpoints, register("b", "10.0.1.2", "plain"));
         assert_eq!(endpoints.pod_at(Ipv4Addr::new(10, 0, 1, 2)).as_deref(), Some("shop/plain"));
         assert_eq!(endpoints.pod_at(Ipv4Addr::new(10, 0, 1, 9)), None);
-        let meshed = endpoints.meshed_netns(|pod| pod.name == "meshed");
-        assert_eq!(meshed.into_iter().collect::<Vec<_>>(), vec!["/run/netns/a".to_owned()]);
+        let registered: Vec<&str> = endpoints.endpoints().values().map(|e| e.netns.as_str()).collect();
+        assert_eq!(registered, ["/run/netns/a", "/run/netns/b"]);
 
         let check = |id: &str, ip: &str| {
             Op::Check(CheckArgs { container_id: id.into(), ifname: "eth0".into(), ip: ip.parse().expect("IP") })

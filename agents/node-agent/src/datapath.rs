@@ -1,9 +1,10 @@
 //! The seam between the pure indexes and the kernel: a [`Datapath`] holds the socket load
 //! balancer's maps, a [`ServiceSync`] keeps them equal to the index by applying only diffs;
 //! a [`PolicyDatapath`] holds the policy maps and the pods' tc attachments, kept by a
-//! [`PolicySync`].
+//! [`PolicySync`]. One kernel datapath serves both through [`Shared`] handles.
 
 use std::collections::BTreeSet;
+use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
 
 use crate::policy::index::{self, PolicyConflict, PolicyDiff, PolicyIndex, PolicyState};
 use crate::services::{Conflict, DatapathState, Diff, ServiceIndex, apply_to_state, diff};
@@ -76,6 +77,11 @@ impl<D: Datapath> ServiceSync<D> {
 
     pub fn into_datapath(self) -> D {
         self.datapath
+    }
+
+    /// What the maps hold, as of the last sync.
+    pub fn programmed(&self) -> &DatapathState {
+        &self.programmed
     }
 
     pub fn sync(&mut self) -> Result<SyncReport, D::Error> {
@@ -196,6 +202,11 @@ impl<D: PolicyDatapath> PolicySync<D> {
         self.datapath
     }
 
+    /// What the policy maps hold, as of the last sync.
+    pub fn programmed(&self) -> &PolicyState {
+        &self.programmed
+    }
+
     /// Brings maps and attachments to the index's state. A pod's programs are detached before
     /// its endpoint entry goes, and attached only after it exists, so a program never sees a
     /// packet of a veth it has no endpoint for (which it would drop).
@@ -222,6 +233,65 @@ impl<D: PolicyDatapath> PolicySync<D> {
             report.attached += 1;
         }
         Ok(report)
+    }
+}
+
+/// A datapath that both syncs drive: each holds a handle, and every call takes the lock for
+/// its own duration (the syncs run one after the other on the agent's sync loop).
+#[derive(Debug, Default)]
+pub struct Shared<D>(Arc<Mutex<D>>);
+
+impl<D> Shared<D> {
+    pub fn new(datapath: D) -> Self {
+        Self(Arc::new(Mutex::new(datapath)))
+    }
+
+    /// A map or program update interrupted by a panic elsewhere leaves nothing the next diff
+    /// cannot repair (diffs are computed from what the maps hold), so a poisoned lock is used.
+    pub fn lock(&self) -> MutexGuard<'_, D> {
+        self.0.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+}
+
+impl<D> Clone for Shared<D> {
+    fn clone(&self) -> Self {
+        Self(Arc::clone(&self.0))
+    }
+}
+
+impl<D: Datapath> Datapath for Shared<D> {
+    type Error = D::Error;
+
+    fn programmed(&self) -> Result<DatapathState, Self::Error> {
+        self.lock().programmed()
+    }
+
+    fn apply(&mut self, diff: &Diff) -> Result<(), Self::Error> {
+        self.lock().apply(diff)
+    }
+}
+
+impl<D: PolicyDatapath> PolicyDatapath for Shared<D> {
+    type Error = D::Error;
+
+    fn programmed_policy(&self) -> Result<PolicyState, Self::Error> {
+        self.lock().programmed_policy()
+    }
+
+    fn apply_policy(&mut self, diff: &PolicyDiff) -> Result<(), Self::Error> {
+        self.lock().apply_policy(diff)
+    }
+
+    fn attach_endpoint(&mut self, ifindex: u32) -> Result<(), Self::Error> {
+        self.lock().attach_endpoint(ifindex)
+    }
+
+    fn detach_endpoint(&mut self, ifindex: u32) -> Result<(), Self::Error> {
+        self.lock().detach_endpoint(ifindex)
+    }
+
+    fn attached_endpoints(&self) -> Result<BTreeSet<u32>, Self::Error> {
+        self.lock().attached_endpoints()
     }
 }
 

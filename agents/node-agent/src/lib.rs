@@ -13,6 +13,7 @@ pub mod flows;
 pub mod kube;
 pub mod maglev;
 pub mod metrics;
+pub mod netns;
 pub mod policy;
 pub mod readiness;
 pub mod services;

@@ -14,8 +14,9 @@ use prometheus_client::metrics::histogram::{Histogram, exponential_buckets};
 use prometheus_client::registry::Registry;
 use trellis_ebpf_common::SockLbVerdict;
 
-use crate::datapath::FakeDatapath;
+use crate::datapath::{FakeDatapath, Shared};
 use crate::ebpf::EbpfDatapath;
+use crate::policy::index::PolicyState;
 use crate::services::DatapathState;
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
@@ -41,8 +42,14 @@ pub struct KernelLabels {
 pub struct KernelCount {
     pub counter: &'static str,
     pub value: &'static str,
+    /// Which kernel counter of several that export as one (the pod's interface for policy
+    /// verdicts, 0 where there is one), so each advances on its own.
+    pub instance: u32,
     pub total: u64,
 }
+
+/// (counter, value, instance) of a [`KernelCount`].
+type KernelCountKey = (&'static str, &'static str, u32);
 
 /// Where kernel-side counters come from.
 pub trait CounterSource {
@@ -52,10 +59,27 @@ pub trait CounterSource {
 impl CounterSource for EbpfDatapath {
     fn kernel_counts(&self) -> Result<Vec<KernelCount>, String> {
         let verdicts = self.verdicts().map_err(|e| e.to_string())?;
-        Ok(verdicts
+        let mut counts: Vec<KernelCount> = verdicts
             .into_iter()
-            .map(|(verdict, total)| KernelCount { counter: "sock_lb", value: verdict_name(verdict), total })
-            .collect())
+            .map(|(verdict, total)| KernelCount {
+                counter: "sock_lb",
+                value: verdict_name(verdict),
+                instance: 0,
+                total,
+            })
+            .collect();
+        // Exported without the endpoint: pods come and go, their flows say which was which.
+        for (ifindex, verdicts) in self.policy_verdicts().map_err(|e| e.to_string())? {
+            let count = |value, total| KernelCount { counter: "policy", value, instance: ifindex, total };
+            counts.extend([count("forwarded", verdicts.forwarded), count("dropped", verdicts.dropped)]);
+        }
+        Ok(counts)
+    }
+}
+
+impl<D: CounterSource> CounterSource for Shared<D> {
+    fn kernel_counts(&self) -> Result<Vec<KernelCount>, String> {
+        self.lock().kernel_counts()
     }
 }
 
@@ -86,7 +110,7 @@ pub struct Metrics {
     cni_requests: Family<CniLabels, Counter>,
     kernel: Family<KernelLabels, Counter>,
     /// The kernel totals last exported, to advance the counters by the difference.
-    kernel_seen: Arc<Mutex<BTreeMap<(&'static str, &'static str), u64>>>,
+    kernel_seen: Arc<Mutex<BTreeMap<KernelCountKey, u64>>>,
 }
 
 impl Default for Metrics {
@@ -120,14 +144,17 @@ impl Metrics {
         }
     }
 
-    pub fn record_sync(&self, took: Duration, programmed: &DatapathState) {
+    pub fn record_sync(&self, took: Duration, services: &DatapathState, policy: &PolicyState) {
         self.sync_duration.observe(took.as_secs_f64());
         for (map, count) in [
-            ("services", programmed.services.len()),
-            ("backends", programmed.backends.len()),
-            ("maglev", programmed.service_backends.len()),
-            ("node_addresses", programmed.node_addrs.len()),
-            ("meshed_netns", programmed.meshed_netns.len()),
+            ("services", services.services.len()),
+            ("backends", services.backends.len()),
+            ("maglev", services.service_backends.len()),
+            ("node_addresses", services.node_addrs.len()),
+            ("meshed_netns", services.meshed_netns.len()),
+            ("policy_endpoints", policy.endpoints.len()),
+            ("ipcache", policy.ipcache.len()),
+            ("policy", policy.policy.len()),
         ] {
             self.map_entries.get_or_create(&MapLabels { map }).set(i64::try_from(count).unwrap_or(i64::MAX));
         }
@@ -146,7 +173,7 @@ impl Metrics {
     pub fn record_kernel(&self, counts: &[KernelCount]) {
         let mut seen = self.kernel_seen.lock().unwrap_or_else(PoisonError::into_inner);
         for count in counts {
-            let last = seen.insert((count.counter, count.value), count.total).unwrap_or(0);
+            let last = seen.insert((count.counter, count.value, count.instance), count.total).unwrap_or(0);
             let delta = if count.total >= last { count.total - last } else { count.total };
             self.kernel.get_or_create(&KernelLabels { counter: count.counter, value: count.value }).inc_by(delta);
         }
@@ -172,7 +199,7 @@ mod tests {
     #[test]
     fn kernel_counters_advance_by_differences_and_survive_a_reset() {
         let metrics = Metrics::new();
-        let at = |total| [KernelCount { counter: "sock_lb", value: "translated", total }];
+        let at = |total| [KernelCount { counter: "sock_lb", value: "translated", instance: 0, total }];
         metrics.record_kernel(&at(5));
         metrics.record_kernel(&at(8));
         let prefix = "trellis_agent_datapath_events_total{counter=\"sock_lb\",value=\"translated\"}";
@@ -186,7 +213,7 @@ mod tests {
         let metrics = Metrics::new();
         let mut state = DatapathState::default();
         state.node_addrs.insert(std::net::Ipv4Addr::new(10, 0, 0, 1));
-        metrics.record_sync(Duration::from_millis(3), &state);
+        metrics.record_sync(Duration::from_millis(3), &state, &PolicyState::default());
         metrics.record_sync_error();
         metrics.record_cni("allocate", "ok");
         metrics.record_cni("allocate", "ok");

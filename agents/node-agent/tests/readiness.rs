@@ -1,18 +1,19 @@
 //! The agent's control plane against the Kubernetes emulator: reflectors feed the sync loop
-//! (over the fake datapath), and the readiness gate lifts the node's taint only once programs
+//! (over the fake datapaths), and the readiness gate lifts the node's taint only once programs
 //! are attached, maps synced, the CNI config installed and the pool holds addresses.
 
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use k8s_openapi::api::core::v1::{Node, Service};
+use k8s_openapi::api::core::v1::{Namespace, Node, Pod, Service};
 use k8s_openapi::api::discovery::v1::EndpointSlice;
-use kube::api::{Api, Patch, PatchParams, PostParams};
+use k8s_openapi::api::networking::v1::NetworkPolicy;
+use kube::api::{Api, DeleteParams, Patch, PatchParams, PostParams};
 use kube::config::{KubeConfigOptions, Kubeconfig};
 use serde_json::json;
-use trellis_agent::datapath::{FakeDatapath, ServiceSync};
+use trellis_agent::datapath::{FakeDatapath, FakePolicyDatapath, PolicySync, ServiceSync};
 use trellis_agent::kube::reflectors;
-use trellis_agent::kube::sync::{self, Reconciler};
+use trellis_agent::kube::sync::{self, LocalEndpoint, Reconciler};
 use trellis_agent::metrics::Metrics;
 use trellis_agent::readiness::{self, Readiness, TAINT_EFFECT, TAINT_KEY};
 
@@ -83,12 +84,14 @@ async fn the_taint_goes_only_once_every_condition_holds_and_services_reach_the_d
     let reflectors = reflectors::start(&client, NODE);
     let reconciler = Reconciler::new(
         ServiceSync::start(FakeDatapath::default()).expect("fake"),
+        PolicySync::start(FakePolicyDatapath::default()).expect("fake"),
         metrics.clone(),
         Arc::clone(&readiness),
     );
     let syncing = tokio::spawn(sync::run(
         reflectors.stores.clone(),
         reflectors.changes.clone(),
+        Vec::new,
         reconciler,
         Duration::from_secs(1),
     ));
@@ -140,5 +143,101 @@ async fn the_taint_goes_only_once_every_condition_holds_and_services_reach_the_d
         metrics.encode().contains("trellis_agent_map_entries{map=\"backends\"} 1")
     })
     .await;
+    syncing.abort();
+}
+
+async fn create<K>(api: &Api<K>, value: serde_json::Value) -> K
+where
+    K: kube::Resource + Clone + std::fmt::Debug + serde::Serialize + serde::de::DeserializeOwned,
+{
+    api.create(&PostParams::default(), &serde_json::from_value(value).expect("a valid object")).await.expect("create")
+}
+
+/// Pods (with their addresses reported, as the kubelet does), their namespace's labels and a
+/// NetworkPolicy reach the policy maps; a meshed pod's namespace cookie reaches the socket load
+/// balancer's bypass; deleting the policy lifts enforcement.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn pods_namespaces_and_network_policies_reach_the_policy_maps() {
+    let _ = rustls::crypto::aws_lc_rs::default_provider().install_default();
+    let _ = tracing_subscriber::fmt().with_test_writer().try_init();
+    let emulator = kube_emulator::Emulator::start(kube_emulator::Options::default()).await.expect("emulator starts");
+    let client = client(&emulator).await;
+    let namespaces: Api<Namespace> = Api::all(client.clone());
+    create(&namespaces, json!({"metadata": {"name": "shop", "labels": {"team": "a"}}})).await;
+    let pods: Api<Pod> = Api::namespaced(client.clone(), "shop");
+    for (name, app, ip, node, meshed) in [
+        ("web-0", "web", "10.244.1.10", NODE, true),
+        ("client-0", "client", "10.244.1.11", NODE, false),
+        ("client-1", "client", "10.244.2.20", "node-2", false),
+    ] {
+        let annotations = if meshed { json!({"trellis.io/inject": "enabled"}) } else { json!({}) };
+        create(
+            &pods,
+            json!({
+                "metadata": {"name": name, "labels": {"app": app}, "annotations": annotations},
+                "spec": {"nodeName": node, "containers": [{"name": "app", "image": "app"}]},
+            }),
+        )
+        .await;
+        let status = json!({"status": {"phase": "Running", "podIP": ip}});
+        pods.patch_status(name, &PatchParams::default(), &Patch::Merge(&status)).await.expect("pod status");
+    }
+    let policies: Api<NetworkPolicy> = Api::namespaced(client.clone(), "shop");
+    create(
+        &policies,
+        json!({
+            "metadata": {"name": "web", "namespace": "shop"},
+            "spec": {
+                "podSelector": {"matchLabels": {"app": "web"}},
+                "ingress": [{"from": [{"podSelector": {"matchLabels": {"app": "client"}}}], "ports": [{"port": 8080}]}],
+            },
+        }),
+    )
+    .await;
+
+    let metrics = Metrics::new();
+    let reflectors = reflectors::start(&client, NODE);
+    let reconciler = Reconciler::new(
+        ServiceSync::start(FakeDatapath::default()).expect("fake"),
+        PolicySync::start(FakePolicyDatapath::default()).expect("fake"),
+        metrics.clone(),
+        Arc::new(Readiness::default()),
+    );
+    // What this node's CNI registered: its two pods.
+    let local = || {
+        let endpoint = |name: &str, last: u8, ifindex, cookie| LocalEndpoint {
+            namespace: "shop".into(),
+            name: name.into(),
+            ip: std::net::Ipv4Addr::new(10, 244, 1, last),
+            host_ifindex: ifindex,
+            netns_cookie: Some(cookie),
+        };
+        vec![endpoint("web-0", 10, 7, 4242), endpoint("client-0", 11, 8, 4343)]
+    };
+    let syncing = tokio::spawn(sync::run(
+        reflectors.stores.clone(),
+        reflectors.changes.clone(),
+        local,
+        reconciler,
+        Duration::from_secs(1),
+    ));
+    let entries = |map: &str| format!("trellis_agent_map_entries{{map=\"{map}\"}} ");
+    let count = |text: &str, map: &str| -> Option<u64> {
+        text.lines().find_map(|l| l.strip_prefix(&entries(map))).and_then(|n| n.parse().ok())
+    };
+    eventually("the pods, the policy and the meshed pod are programmed", async || {
+        let text = metrics.encode();
+        // Both local pods are endpoints; the remote one is only an address with an identity.
+        count(&text, "policy_endpoints") == Some(2)
+            // world, the three pods' /32s and the node's address
+            && count(&text, "ipcache") == Some(5)
+            // web-0 from the client identity on TCP 8080, and from the host
+            && count(&text, "policy") == Some(2)
+            && count(&text, "meshed_netns") == Some(1)
+    })
+    .await;
+
+    policies.delete("web", &DeleteParams::default()).await.expect("delete the policy");
+    eventually("the policy is lifted", async || count(&metrics.encode(), "policy") == Some(0)).await;
     syncing.abort();
 }

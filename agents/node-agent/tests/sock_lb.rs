@@ -104,7 +104,9 @@ fn a_service_without_backends_refuses_at_once() {
 fn a_meshed_namespace_is_left_to_its_proxy() {
     let lab = Lab::new(2, false);
     let mut sync = sync_with(&lab, &[service(Protocol::Tcp, 80, &lab.backends)]);
-    let cookie = lab.netns_cookie();
+    // The agent's reading of the cookie, checked against the one a process inside reads.
+    let cookie = trellis_agent::netns::cookie(&lab.client.path()).expect("the client namespace's cookie");
+    assert_eq!(cookie, lab.netns_cookie());
     sync.index_mut().set_meshed_netns([cookie]);
     sync.sync().expect("programming the maps");
 

@@ -1,6 +1,6 @@
 //! One watcher and reflector store per kind the agent reads, and a change signal the sync loop
-//! debounces. Pods are only this node's (field selector on `spec.nodeName`), Nodes only this
-//! node; the other kinds are cluster-wide because any pod here may reach any Service.
+//! debounces. Nodes are only this node; the other kinds are cluster-wide: any pod here may
+//! reach any Service, and a policy here names peers (pods, by labels) on every node.
 
 use std::sync::Arc;
 
@@ -25,24 +25,7 @@ pub struct Stores {
     pub network_policies: Store<NetworkPolicy>,
 }
 
-/// What NetworkPolicy enforcement reads: the policies, the namespaces whose labels their
-/// selectors match, and this node's pods, as one consistent-enough copy.
-#[derive(Clone, Debug, Default)]
-pub struct PolicySnapshot {
-    pub pods: Vec<Arc<Pod>>,
-    pub namespaces: Vec<Arc<Namespace>>,
-    pub network_policies: Vec<Arc<NetworkPolicy>>,
-}
-
 impl Stores {
-    pub fn policy_snapshot(&self) -> PolicySnapshot {
-        PolicySnapshot {
-            pods: self.pods.state(),
-            namespaces: self.namespaces.state(),
-            network_policies: self.network_policies.state(),
-        }
-    }
-
     /// This node, once listed.
     pub fn node(&self) -> Option<Arc<Node>> {
         self.nodes.state().into_iter().next()
@@ -73,9 +56,8 @@ pub fn start(client: &Client, node_name: &str) -> Reflectors {
     let tx = Arc::new(tx);
     let mut tasks = JoinSet::new();
     let node_fields = format!("metadata.name={node_name}");
-    let pod_fields = format!("spec.nodeName={node_name}");
     let stores = Stores {
-        pods: reflect(&mut tasks, &tx, Api::all(client.clone()), watcher::Config::default().fields(&pod_fields)),
+        pods: reflect(&mut tasks, &tx, Api::all(client.clone()), watcher::Config::default()),
         services: reflect(&mut tasks, &tx, Api::all(client.clone()), watcher::Config::default()),
         endpoint_slices: reflect(&mut tasks, &tx, Api::all(client.clone()), watcher::Config::default()),
         namespaces: reflect(&mut tasks, &tx, Api::all(client.clone()), watcher::Config::default()),

@@ -1,5 +1,6 @@
-//! Keeps the datapath equal to the cluster: on any change (debounced), translate the stores,
-//! feed the differences to the service index, apply the map diff, and record how long it took.
+//! Keeps the datapath equal to the cluster: on any change (debounced), translate the stores
+//! and this node's CNI endpoints, feed the differences to the service index and the whole view
+//! to the policy index, apply both map diffs, and record how long it took.
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::net::Ipv4Addr;
@@ -8,55 +9,126 @@ use std::time::{Duration, Instant};
 
 use tokio::sync::watch;
 
+use super::policy::{self as translate_policy, PolicyProblem};
 use super::reflectors::Stores;
 use super::translate::{self, Problem};
-use crate::datapath::{Datapath, ServiceSync, SyncReport};
+use crate::datapath::{Datapath, PolicyDatapath, PolicySync, PolicySyncReport, ServiceSync, SyncReport};
 use crate::metrics::{CounterSource, Metrics};
+use crate::policy::{Namespace, NetworkPolicy, Pod};
 use crate::readiness::Readiness;
 use crate::services::{Service, ServiceName};
 
 /// Bursts of events (a rollout touching many slices) become one sync.
 pub const DEBOUNCE: Duration = Duration::from_millis(100);
 
-/// What the datapath should serve, from the cluster.
+/// A pod this node's CNI plugin wired, as its registration said.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct LocalEndpoint {
+    pub namespace: String,
+    pub name: String,
+    pub ip: Ipv4Addr,
+    pub host_ifindex: u32,
+    /// The cookie of the pod's network namespace, when it could be read.
+    pub netns_cookie: Option<u64>,
+}
+
+/// What the policy index should hold.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct PolicyInputs {
+    pub pods: Vec<Pod>,
+    pub namespaces: Vec<Namespace>,
+    pub policies: Vec<NetworkPolicy>,
+    pub problems: Vec<PolicyProblem>,
+}
+
+/// What the datapath should serve and enforce, from the cluster.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub struct Desired {
     pub services: BTreeMap<ServiceName, Service>,
     pub node_addrs: BTreeSet<Ipv4Addr>,
     pub meshed_netns: BTreeSet<u64>,
     pub problems: Vec<Problem>,
+    pub policy: PolicyInputs,
 }
 
 impl Desired {
-    pub fn from_stores(stores: &Stores) -> Self {
+    pub fn from_stores(stores: &Stores, local: &[LocalEndpoint]) -> Self {
         let services = stores.services.state();
         let slices = stores.endpoint_slices.state();
         let (services, problems) =
             translate::services(services.iter().map(|s| s.as_ref()), slices.iter().map(|s| s.as_ref()));
         let node_addrs = stores.node().map(|n| translate::node_addresses(&n)).unwrap_or_default();
-        Self { services, node_addrs, meshed_netns: BTreeSet::new(), problems }
+
+        let local_by_pod: BTreeMap<(&str, &str), &LocalEndpoint> =
+            local.iter().map(|e| ((e.namespace.as_str(), e.name.as_str()), e)).collect();
+        let pods = stores.pods.state();
+        let meshed_netns = pods
+            .iter()
+            .filter(|p| translate::is_meshed(p))
+            .filter_map(|p| {
+                let key = (p.metadata.namespace.as_deref()?, p.metadata.name.as_deref()?);
+                local_by_pod.get(&key)?.netns_cookie
+            })
+            .collect();
+        // A registration whose address is not the pod's any more (a recreated sandbox) is
+        // not the pod's interface.
+        let host_ifindex = |namespace: &str, name: &str, ip: Ipv4Addr| {
+            local_by_pod.get(&(namespace, name)).filter(|e| e.ip == ip).map(|e| e.host_ifindex)
+        };
+        let mut policy = PolicyInputs {
+            pods: pods.iter().filter_map(|p| translate_policy::pod(p, host_ifindex)).collect(),
+            namespaces: stores.namespaces.state().iter().filter_map(|n| translate_policy::namespace(n)).collect(),
+            ..PolicyInputs::default()
+        };
+        for object in stores.network_policies.state() {
+            let (translated, problems) = translate_policy::network_policy(&object);
+            policy.policies.extend(translated);
+            policy.problems.extend(problems);
+        }
+        Self { services, node_addrs, meshed_netns, problems, policy }
     }
 }
 
 /// The service sync with what was last fed to its index, so only Services that changed are
-/// upserted or removed.
-pub struct Reconciler<D> {
+/// upserted or removed, and the policy sync.
+pub struct Reconciler<D, P> {
     sync: ServiceSync<D>,
+    policy: PolicySync<P>,
     fed: BTreeMap<ServiceName, Service>,
     metrics: Metrics,
     readiness: Arc<Readiness>,
 }
 
-impl<D: Datapath + CounterSource> Reconciler<D> {
-    pub fn new(sync: ServiceSync<D>, metrics: Metrics, readiness: Arc<Readiness>) -> Self {
-        Self { sync, fed: BTreeMap::new(), metrics, readiness }
+/// What one reconcile changed.
+#[derive(Debug, PartialEq, Eq)]
+pub struct ReconcileReport {
+    pub services: SyncReport,
+    pub policy: PolicySyncReport,
+}
+
+/// A failed reconcile: which half failed.
+#[derive(Debug, thiserror::Error)]
+pub enum ReconcileError<D: std::error::Error, P: std::error::Error> {
+    #[error("programming services: {0}")]
+    Services(D),
+    #[error("programming policy: {0}")]
+    Policy(P),
+}
+
+impl<D: Datapath + CounterSource, P: PolicyDatapath> Reconciler<D, P> {
+    pub fn new(sync: ServiceSync<D>, policy: PolicySync<P>, metrics: Metrics, readiness: Arc<Readiness>) -> Self {
+        Self { sync, policy, fed: BTreeMap::new(), metrics, readiness }
     }
 
     pub fn datapath(&self) -> &D {
         self.sync.datapath()
     }
 
-    pub fn reconcile(&mut self, desired: Desired) -> Result<SyncReport, D::Error> {
+    pub fn policy_datapath(&self) -> &P {
+        self.policy.datapath()
+    }
+
+    pub fn reconcile(&mut self, desired: Desired) -> Result<ReconcileReport, ReconcileError<D::Error, P::Error>> {
         let started = Instant::now();
         let index = self.sync.index_mut();
         for name in self.fed.keys() {
@@ -69,13 +141,20 @@ impl<D: Datapath + CounterSource> Reconciler<D> {
                 index.upsert(service.clone());
             }
         }
-        index.set_node_addresses(desired.node_addrs);
+        index.set_node_addresses(desired.node_addrs.iter().copied());
         index.set_meshed_netns(desired.meshed_netns);
         self.fed = desired.services;
-        match self.sync.sync() {
+        let policy_index = self.policy.index_mut();
+        policy_index.set_node_addresses(desired.node_addrs);
+        let PolicyInputs { pods, namespaces, policies, .. } = desired.policy;
+        policy_index.replace_cluster(pods, namespaces, policies);
+
+        let outcome = self.sync.sync().map_err(ReconcileError::Services).and_then(|services| {
+            Ok(ReconcileReport { services, policy: self.policy.sync().map_err(ReconcileError::Policy)? })
+        });
+        match outcome {
             Ok(report) => {
-                let (programmed, _) = self.sync.index_mut().desired();
-                self.metrics.record_sync(started.elapsed(), &programmed);
+                self.metrics.record_sync(started.elapsed(), self.sync.programmed(), self.policy.programmed());
                 match self.sync.datapath().kernel_counts() {
                     Ok(counts) => self.metrics.record_kernel(&counts),
                     Err(error) => tracing::warn!(%error, "reading the datapath's counters"),
@@ -92,11 +171,14 @@ impl<D: Datapath + CounterSource> Reconciler<D> {
 }
 
 /// Waits for the stores' first lists, then syncs after every debounced burst of changes.
-/// A failed sync is retried after `retry` even without a new change.
-pub async fn run<D: Datapath + CounterSource>(
+/// A failed sync is retried after `retry` even without a new change. `local_endpoints` reads
+/// this node's CNI registrations at each sync: a registration needs no signal of its own, since
+/// the kubelet reports a pod's address (an event) only after the CNI ADD that registered it.
+pub async fn run<D: Datapath + CounterSource, P: PolicyDatapath>(
     stores: Stores,
     mut changes: watch::Receiver<u64>,
-    mut reconciler: Reconciler<D>,
+    local_endpoints: impl Fn() -> Vec<LocalEndpoint>,
+    mut reconciler: Reconciler<D, P>,
     retry: Duration,
 ) {
     if stores.wait_until_ready().await.is_err() {
@@ -105,16 +187,28 @@ pub async fn run<D: Datapath + CounterSource>(
     }
     loop {
         changes.mark_unchanged();
-        let desired = Desired::from_stores(&stores);
+        let desired = Desired::from_stores(&stores, &local_endpoints());
         for problem in &desired.problems {
             tracing::warn!(service = %format!("{}/{}", problem.service.namespace, problem.service.name), "{}", problem.message);
         }
+        for problem in &desired.policy.problems {
+            tracing::warn!(network_policy = %problem.policy, "{}", problem.message);
+        }
         let wait = match reconciler.reconcile(desired) {
             Ok(report) => {
-                for conflict in &report.conflicts {
+                for conflict in &report.services.conflicts {
                     tracing::warn!(?conflict, "left out of the datapath");
                 }
-                tracing::debug!(changes = report.changes, "synced");
+                for conflict in &report.policy.conflicts {
+                    tracing::warn!(?conflict, "left out of policy enforcement");
+                }
+                tracing::debug!(
+                    services = report.services.changes,
+                    policy = report.policy.changes,
+                    attached = report.policy.attached,
+                    detached = report.policy.detached,
+                    "synced"
+                );
                 None
             }
             Err(error) => {
@@ -136,7 +230,7 @@ pub async fn run<D: Datapath + CounterSource>(
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::datapath::FakeDatapath;
+    use crate::datapath::{FakeDatapath, FakePolicyDatapath};
     use crate::services::{Algorithm, Protocol, ServicePort};
     use std::net::SocketAddrV4;
 
@@ -168,22 +262,27 @@ mod tests {
         let readiness = Arc::new(Readiness::default());
         let metrics = Metrics::new();
         let sync = ServiceSync::start(FakeDatapath::default()).expect("fake");
-        let mut reconciler = Reconciler::new(sync, metrics.clone(), Arc::clone(&readiness));
+        let policy = PolicySync::start(FakePolicyDatapath::default()).expect("fake");
+        let mut reconciler = Reconciler::new(sync, policy, metrics.clone(), Arc::clone(&readiness));
         assert!(!readiness.conditions().maps_synced);
 
         // Two backends, a table, a frontend each for a and b; one node address.
         let report = reconciler.reconcile(desired(&[service("a", 1, &[1, 2]), service("b", 2, &[3])])).expect("fake");
-        assert_eq!(report.changes, 2 + 1 + 1 + 1 + 1 + 1 + 1);
+        assert_eq!(report.services.changes, 2 + 1 + 1 + 1 + 1 + 1 + 1);
         assert!(readiness.conditions().maps_synced);
         assert_eq!(
-            reconciler.reconcile(desired(&[service("a", 1, &[1, 2]), service("b", 2, &[3])])).expect("fake").changes,
+            reconciler
+                .reconcile(desired(&[service("a", 1, &[1, 2]), service("b", 2, &[3])]))
+                .expect("fake")
+                .services
+                .changes,
             0
         );
 
         // b goes (frontend, table, backend); a loses a backend (its table, its frontend's
         // backend count, the backend).
         let report = reconciler.reconcile(desired(&[service("a", 1, &[1])])).expect("fake");
-        assert_eq!(report.changes, 6);
+        assert_eq!(report.services.changes, 6);
         let state = &reconciler.datapath().state;
         assert_eq!((state.services.len(), state.backends.len()), (1, 1));
         let text = metrics.encode();

@@ -9,7 +9,7 @@ use trellis_ebpf_common::{
     POLICY_PREFIX_ANY_PORT, POLICY_PREFIX_ANY_PROTO, POLICY_PREFIX_FULL, PROTO_TCP, PROTO_UDP, PolicyKey, identity,
 };
 
-use super::{Cidr, Labels, NetworkPolicy, Peer, Pod, PortRule, Rule};
+use super::{Cidr, Labels, Namespace, NetworkPolicy, Peer, Pod, PortRule, Rule};
 use crate::services::{IdAllocator, Protocol};
 
 /// The peer identity of a policy entry that allows every peer (the programs look up the
@@ -265,6 +265,14 @@ impl PolicyIndex {
 
     pub fn remove_policy(&mut self, namespace: &str, name: &str) {
         self.policies.remove(&(namespace.to_owned(), name.to_owned()));
+    }
+
+    /// Replaces every pod, namespace and policy at once with the reflectors' whole view; the
+    /// identities of label sets still present are kept.
+    pub fn replace_cluster(&mut self, pods: Vec<Pod>, namespaces: Vec<Namespace>, policies: Vec<NetworkPolicy>) {
+        self.pods = pods.into_iter().map(|p| ((p.namespace.clone(), p.name.clone()), p)).collect();
+        self.namespaces = namespaces.into_iter().map(|n| (n.name, n.labels)).collect();
+        self.policies = policies.into_iter().map(|p| ((p.namespace.clone(), p.name.clone()), p)).collect();
     }
 
     pub fn set_node_addresses(&mut self, addrs: impl IntoIterator<Item = Ipv4Addr>) {
