@@ -1,7 +1,12 @@
-//! Trellis's node agent (issue 5). This slice: the socket-level service load balancer —
-//! Maglev tables ([`maglev`]), the pure service index and its diffs ([`services`]), the
-//! [`datapath::Datapath`] seam with a fake, and the aya implementation ([`ebpf`]) that loads
-//! `ebpf/programs`, attaches it to a cgroup v2 and keeps its maps pinned across restarts.
+//! Trellis's node agent (`trellis-agent`): the CNI's agent side, kube-proxy's replacement and
+//! NetworkPolicy enforcement on eBPF, with flows.
+//!
+//! Reflectors ([`kube`]) feed two pure indexes, the socket load balancer's ([`services`], with
+//! [`maglev`] tables) and the policy index ([`policy`]); the [`datapath`] seam applies only
+//! their diffs, to fakes in tests or to the aya implementation ([`ebpf`]), whose maps, programs
+//! and links stay pinned across restarts. Around them: the CNI protocol server
+//! ([`cni_server`]), the readiness gate ([`readiness`]), [`flows`], [`metrics`] and the
+//! [`admin`] listener, wired by [`cli`].
 
 pub mod admin;
 pub mod cli;
