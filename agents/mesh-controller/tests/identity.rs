@@ -90,7 +90,7 @@ async fn a_projected_token_gets_a_leaf_that_chains_to_the_anchor() {
 }
 
 #[tokio::test]
-async fn bad_expired_and_foreign_tokens_are_refused() {
+async fn bad_expired_and_foreign_tokens_and_a_csr_for_another_identity_are_refused() {
     let setup = setup().await;
     let proxy = setup.pki.proxy(WEB);
     let garbage = certify(&setup, &proxy, "not-a-token").await.expect_err("refused");
@@ -121,9 +121,21 @@ async fn bad_expired_and_foreign_tokens_are_refused() {
     assert_eq!(db.code(), Code::PermissionDenied, "{db:?}");
     assert!(db.message().contains("system:serviceaccount:shop:db"), "{}", db.message());
 
+    // web's own valid token, asking for a certificate whose CSR names db.
+    let db_proxy = setup.pki.proxy("spiffe://cluster.local/ns/shop/sa/db");
+    let mut client = IdentityClient::new(common::channel(setup.identity.service, &proxy, IDENTITY_SERVICE));
+    let request = CertifyRequest {
+        identity: WEB.to_owned(),
+        token: common::token(&setup.client, "shop", "web").await,
+        certificate_signing_request: db_proxy.csr_der().expect("csr"),
+    };
+    let foreign_csr = client.certify(request).await.expect_err("refused");
+    assert_eq!(foreign_csr.code(), Code::InvalidArgument, "{foreign_csr:?}");
+
     let metrics = setup.identity.metrics().await;
     assert!(metrics.contains(r#"identity_certify_total{result="refused",reason="unauthenticated"} 3"#), "{metrics}");
     assert!(metrics.contains(r#"identity_certify_total{result="refused",reason="identity_mismatch"} 1"#), "{metrics}");
+    assert!(metrics.contains(r#"identity_certify_total{result="refused",reason="invalid_csr"} 1"#), "{metrics}");
 }
 
 fn der(pem: &str) -> Vec<u8> {

@@ -12,6 +12,8 @@ use std::time::Duration;
 
 use trellis_api::MeshIdentity;
 
+use crate::init::IptablesBackend;
+
 pub const INBOUND_ADDR: &str = "TRELLIS_PROXY_INBOUND_ADDR";
 pub const OUTBOUND_ADDR: &str = "TRELLIS_PROXY_OUTBOUND_ADDR";
 pub const ADMIN_ADDR: &str = "TRELLIS_PROXY_ADMIN_ADDR";
@@ -34,6 +36,8 @@ pub const LOG_FORMAT: &str = "TRELLIS_PROXY_LOG_FORMAT";
 pub const PROXY_UID: &str = "TRELLIS_PROXY_UID";
 pub const INBOUND_SKIP_PORTS: &str = "TRELLIS_PROXY_INBOUND_SKIP_PORTS";
 pub const OUTBOUND_SKIP_PORTS: &str = "TRELLIS_PROXY_OUTBOUND_SKIP_PORTS";
+/// `nft` or `legacy`, as linkerd-init's `--iptables-mode`: the flavour the node's other rules use.
+pub const IPTABLES_MODE: &str = "TRELLIS_PROXY_IPTABLES_MODE";
 
 const DEFAULT_INBOUND_ADDR: &str = "0.0.0.0:4143";
 const DEFAULT_OUTBOUND_ADDR: &str = "127.0.0.1:4140";
@@ -116,6 +120,7 @@ pub struct InitConfig {
     pub admin_port: u16,
     pub inbound_skip_ports: PortSet,
     pub outbound_skip_ports: PortSet,
+    pub iptables: IptablesBackend,
 }
 
 /// Every invalid or missing variable, each line naming one.
@@ -426,6 +431,11 @@ impl InitConfig {
         let admin = env.parse_or(ADMIN_ADDR, DEFAULT_ADMIN_ADDR, parse_socket_addr);
         let inbound_skip_ports = env.port_set(INBOUND_SKIP_PORTS, DEFAULT_INBOUND_SKIP_PORTS);
         let outbound_skip_ports = env.port_set(OUTBOUND_SKIP_PORTS, "");
+        let iptables = env.parse_or(IPTABLES_MODE, "nft", |mode| match mode {
+            "nft" => Ok(IptablesBackend::Nft),
+            "legacy" => Ok(IptablesBackend::Legacy),
+            other => Err(format!("{other:?} is neither nft nor legacy")),
+        });
         env.finish(|| {
             Some(InitConfig {
                 proxy_uid: proxy_uid?,
@@ -434,6 +444,7 @@ impl InitConfig {
                 admin_port: admin?.port(),
                 inbound_skip_ports: inbound_skip_ports?,
                 outbound_skip_ports: outbound_skip_ports?,
+                iptables: iptables?,
             })
         })
     }
@@ -648,6 +659,7 @@ mod tests {
         );
         assert_eq!(config.inbound_skip_ports.to_string(), "4191");
         assert!(config.outbound_skip_ports.is_empty());
+        assert_eq!(config.iptables, IptablesBackend::Nft);
 
         let config = InitConfig::from_env(env(&[
             (PROXY_UID, "1337"),
@@ -656,8 +668,10 @@ mod tests {
             (ADMIN_ADDR, "0.0.0.0:15020"),
             (INBOUND_SKIP_PORTS, "22"),
             (OUTBOUND_SKIP_PORTS, "443,5000-5010"),
+            (IPTABLES_MODE, "legacy"),
         ]))
         .expect("valid init config");
+        assert_eq!(config.iptables, IptablesBackend::Legacy);
         assert_eq!(
             (config.proxy_uid, config.inbound_port, config.outbound_port, config.admin_port),
             (1337, 15006, 15001, 15020)
@@ -673,10 +687,11 @@ mod tests {
             (INBOUND_ADDR, "4143"),
             (OUTBOUND_SKIP_PORTS, "x"),
             (INBOUND_SKIP_PORTS, "1-0"),
+            (IPTABLES_MODE, "iptables"),
         ]))
         .expect_err("invalid");
-        assert_eq!(error.problems.len(), 4, "{error}");
-        for name in [PROXY_UID, INBOUND_ADDR, OUTBOUND_SKIP_PORTS, INBOUND_SKIP_PORTS] {
+        assert_eq!(error.problems.len(), 5, "{error}");
+        for name in [PROXY_UID, INBOUND_ADDR, OUTBOUND_SKIP_PORTS, INBOUND_SKIP_PORTS, IPTABLES_MODE] {
             assert!(error.problems.iter().any(|problem| problem.starts_with(&format!("{name}: "))), "{name}: {error}");
         }
     }

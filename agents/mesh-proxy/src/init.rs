@@ -163,6 +163,7 @@ mod tests {
             admin_port: 4191,
             inbound_skip_ports: PortSet::parse("22,9000-9010").expect("ports"),
             outbound_skip_ports: PortSet::parse("9090").expect("ports"),
+            iptables: IptablesBackend::Nft,
         }
     }
 

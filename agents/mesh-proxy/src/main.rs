@@ -4,7 +4,7 @@ use std::process::ExitCode;
 
 use tokio_util::sync::CancellationToken;
 use trellis_proxy::config::{InitConfig, LogFormat, ProxyConfig, init_tracing};
-use trellis_proxy::init::{self, IptablesBackend};
+use trellis_proxy::init;
 
 /// Exit status for a bad command line or configuration.
 const USAGE: u8 = 2;
@@ -87,7 +87,7 @@ fn init() -> ExitCode {
         }
     };
     init_tracing("info", LogFormat::Plain);
-    match init::run(&config, IptablesBackend::Nft) {
+    match init::run(&config, config.iptables) {
         Ok(()) => ExitCode::SUCCESS,
         Err(error) => {
             tracing::error!(%error, "cannot install the redirect rules");

@@ -236,9 +236,12 @@ async fn certificate_rotation_under_load_fails_no_request() {
             tokio::spawn(async move {
                 let (mut ok, mut failed) = (0, Vec::new());
                 while Instant::now() < until {
-                    // Alternate protocols so both pools live through the renewals.
+                    // Alternate protocols so both pools live through the renewals. POST is
+                    // never retried, so a connection lost to a renewal would show as a failure.
                     let version = if worker % 2 == 0 { Version::HTTP_11 } else { Version::HTTP_2 };
-                    match send(outbound, request(version, WEB, "/", &[])).await {
+                    let mut post = request(version, WEB, "/", &[]);
+                    *post.method_mut() = Method::POST;
+                    match send(outbound, post).await {
                         Ok((StatusCode::OK, _)) => ok += 1,
                         other => failed.push(format!("{other:?}")),
                     }
