@@ -6,17 +6,14 @@
 #[allow(dead_code)]
 mod support;
 
-use std::fs::File;
 use std::io::{BufRead, BufReader, Write};
 use std::net::{Ipv4Addr, SocketAddr, SocketAddrV4, TcpListener, TcpStream};
-use std::os::fd::AsFd;
-use std::path::Path;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::thread::JoinHandle;
 use std::time::Duration;
 
-use support::{Bpffs, Cgroup, Netns};
+use support::{Bpffs, Cgroup, Netns, RoutedPod, in_netns};
 use trellis_agent::datapath::PolicySync;
 use trellis_agent::ebpf::{EbpfConfig, EbpfDatapath};
 use trellis_agent::flows::{FlowLog, FlowReader, format_flow};
@@ -29,31 +26,6 @@ const SERVER_PORT: u16 = 8080;
 const DENIED_CONNECT: Duration = Duration::from_secs(3);
 const ALLOWED_CONNECT: Duration = Duration::from_secs(20);
 
-/// Runs `f` on a thread that entered `netns` (only that thread moves), returning its result.
-fn in_netns<T: Send>(netns: &Path, f: impl FnOnce() -> T + Send) -> T {
-    let namespace = File::open(netns).unwrap_or_else(|e| panic!("{}: {e}", netns.display()));
-    std::thread::scope(|scope| {
-        scope
-            .spawn(move || {
-                rustix::thread::move_into_link_name_space(
-                    namespace.as_fd(),
-                    Some(rustix::thread::LinkNameSpaceType::Network),
-                )
-                .expect("setns");
-                f()
-            })
-            .join()
-            .expect("the namespace thread")
-    })
-}
-
-struct PodNs {
-    netns: Netns,
-    ip: Ipv4Addr,
-    /// The host end's ifindex in the node namespace.
-    ifindex: u32,
-}
-
 /// An echo server in a pod: each connection gets its lines back until it closes.
 struct EchoServer {
     stop: Arc<AtomicBool>,
@@ -61,9 +33,9 @@ struct EchoServer {
 }
 
 impl EchoServer {
-    fn start(pod: &PodNs) -> Self {
+    fn start(pod: &RoutedPod) -> Self {
         let addr = SocketAddrV4::new(pod.ip, SERVER_PORT);
-        let listener = in_netns(&pod.netns.path(), || TcpListener::bind(addr)).expect("binding the server");
+        let listener = in_netns(&pod.netns, || TcpListener::bind(addr)).expect("binding the server");
         listener.set_nonblocking(true).expect("nonblocking listener");
         let stop = Arc::new(AtomicBool::new(false));
         let flag = stop.clone();
@@ -118,7 +90,7 @@ impl Drop for EchoServer {
 /// the cgroup, and last the bpffs (which unpins every link and map).
 struct Node {
     server_process: Option<EchoServer>,
-    pods: Vec<PodNs>,
+    pods: Vec<RoutedPod>,
     node: Netns,
     cgroup: Cgroup,
     bpffs: Bpffs,
@@ -131,43 +103,10 @@ impl Node {
         let id = support::unique();
         let bpffs = Bpffs::new();
         let cgroup = Cgroup::new(&format!("trellis-test-{id}"));
-        let node = Netns::new(format!("trn-{id}"));
-        support::run("ip", &["netns", "exec", &node.name, "sh", "-c", "echo 1 > /proc/sys/net/ipv4/ip_forward"]);
-        // The pods' gateway is a node address: the node answers ARP for it on every veth.
-        node.ip(&["addr", "add", "169.254.1.1/32", "dev", "lo"]);
-        let mut pods = Vec::new();
-        for n in 0..3u8 {
-            let netns = Netns::new(format!("trp-{id}-{n}"));
-            let (host, inside) = (format!("h{n}-{id}"), format!("p{n}-{id}"));
-            let ip = Ipv4Addr::new(10, 251, 0, 10 + n);
-            support::run(
-                "ip",
-                &[
-                    "link",
-                    "add",
-                    &host,
-                    "netns",
-                    &node.name,
-                    "type",
-                    "veth",
-                    "peer",
-                    "name",
-                    &inside,
-                    "netns",
-                    &netns.name,
-                ],
-            );
-            // Routed like Calico or Cilium: a /32 in the pod, a link-local gateway, and a /32
-            // route to each pod on the node.
-            netns.ip(&["addr", "add", &format!("{ip}/32"), "dev", &inside]);
-            netns.ip(&["link", "set", &inside, "up"]);
-            netns.ip(&["route", "add", "169.254.1.1", "dev", &inside, "scope", "link"]);
-            netns.ip(&["route", "add", "default", "via", "169.254.1.1", "dev", &inside]);
-            node.ip(&["link", "set", &host, "up"]);
-            node.ip(&["route", "add", &format!("{ip}/32"), "dev", &host, "scope", "link"]);
-            let ifindex = ifindex(&node, &host);
-            pods.push(PodNs { netns, ip, ifindex });
-        }
+        let node = support::routing_node(format!("trn-{id}"));
+        let pods = (0..3u8)
+            .map(|n| RoutedPod::new(&node, format!("trp-{id}-{n}"), n, &[Ipv4Addr::new(10, 251, 0, 10 + n)]))
+            .collect();
         Self { server_process: None, pods, node, cgroup, bpffs }
     }
 
@@ -180,7 +119,7 @@ impl Node {
         }
     }
 
-    fn server(&self) -> &PodNs {
+    fn server(&self) -> &RoutedPod {
         &self.pods[0]
     }
 
@@ -194,7 +133,7 @@ impl Node {
                 name: format!("{app}-0"),
                 ip: pod.ip,
                 labels: [("app".to_string(), app.to_string())].into(),
-                host_ifindex: Some(pod.ifindex),
+                host_ifindex: Some(pod.host_ifindex),
             })
             .collect()
     }
@@ -202,7 +141,7 @@ impl Node {
     /// Opens (or re-adopts) the datapath and syncs the index to the pods and `policies`, all
     /// from the node namespace, where the agent runs.
     fn agent(&self, policies: &[NetworkPolicy]) -> (PolicySync<EbpfDatapath>, usize, usize) {
-        in_netns(&self.node.path(), || {
+        in_netns(&self.node, || {
             let datapath = EbpfDatapath::open(&self.config()).unwrap_or_else(|e| panic!("opening the datapath: {e}"));
             let mut sync = PolicySync::start(datapath).expect("reading the maps");
             self.pods().into_iter().for_each(|p| sync.index_mut().upsert_pod(p));
@@ -214,22 +153,13 @@ impl Node {
     }
 
     fn resync(&self, sync: &mut PolicySync<EbpfDatapath>) {
-        in_netns(&self.node.path(), || sync.sync().expect("programming the maps"));
+        in_netns(&self.node, || sync.sync().expect("programming the maps"));
     }
 
     fn connect(&self, client: usize, timeout: Duration) -> std::io::Result<TcpStream> {
         let to = SocketAddr::V4(SocketAddrV4::new(self.server().ip, SERVER_PORT));
-        in_netns(&self.pods[client].netns.path(), || TcpStream::connect_timeout(&to, timeout))
+        in_netns(&self.pods[client].netns, || TcpStream::connect_timeout(&to, timeout))
     }
-}
-
-fn ifindex(node: &Netns, interface: &str) -> u32 {
-    let output = std::process::Command::new("ip")
-        .args(["-n", &node.name, "-j", "link", "show", interface])
-        .output()
-        .expect("ip link show");
-    let links: serde_json::Value = serde_json::from_slice(&output.stdout).expect("ip -j output");
-    links[0]["ifindex"].as_u64().and_then(|i| u32::try_from(i).ok()).expect("an ifindex")
 }
 
 fn round_trip(stream: &mut TcpStream, text: &str) -> String {
@@ -278,7 +208,7 @@ fn a_policy_admits_one_client_denies_another_and_survives_a_restart() {
     reader.drain(&log, &names);
     let flows = log.recent();
     let lines: Vec<String> = flows.iter().map(format_flow).collect();
-    let server_if = lab.server().ifindex;
+    let server_if = lab.server().host_ifindex;
     assert!(
         flows.iter().any(|f| f.source_pod.as_deref() == Some("default/a-0")
             && f.destination.port() == SERVER_PORT

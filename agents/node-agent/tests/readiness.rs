@@ -21,10 +21,14 @@ use trellis_agent::readiness::{self, Readiness, TAINT_EFFECT, TAINT_KEY};
 const PATIENCE: Duration = Duration::from_secs(60);
 const NODE: &str = "node-1";
 
-async fn client(emulator: &kube_emulator::Emulator) -> kube::Client {
+/// A fresh emulator (stopped when dropped) and a client of it.
+async fn emulator() -> (kube_emulator::Emulator, kube::Client) {
+    let _ = rustls::crypto::aws_lc_rs::default_provider().install_default();
+    let _ = tracing_subscriber::fmt().with_test_writer().try_init();
+    let emulator = kube_emulator::Emulator::start(kube_emulator::Options::default()).await.expect("emulator starts");
     let kubeconfig = Kubeconfig::from_yaml(&emulator.kubeconfig_yaml()).expect("kubeconfig parses");
     let config = kube::Config::from_custom_kubeconfig(kubeconfig, &KubeConfigOptions::default()).await.expect("config");
-    kube::Client::try_from(config).expect("client")
+    (emulator, kube::Client::try_from(config).expect("client"))
 }
 
 async fn eventually(what: &str, mut check: impl AsyncFnMut() -> bool) {
@@ -42,10 +46,7 @@ async fn taints(nodes: &Api<Node>) -> Vec<String> {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_taint_goes_only_once_every_condition_holds_and_services_reach_the_datapath() {
-    let _ = rustls::crypto::aws_lc_rs::default_provider().install_default();
-    let _ = tracing_subscriber::fmt().with_test_writer().try_init();
-    let emulator = kube_emulator::Emulator::start(kube_emulator::Options::default()).await.expect("emulator starts");
-    let client = client(&emulator).await;
+    let (_emulator, client) = emulator().await;
     let nodes: Api<Node> = Api::all(client.clone());
     let taint_patch = json!({"spec": {"taints": [
         {"key": "example.com/other", "effect": "NoExecute"},
@@ -158,10 +159,7 @@ where
 /// balancer's bypass; deleting the policy lifts enforcement.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn pods_namespaces_and_network_policies_reach_the_policy_maps() {
-    let _ = rustls::crypto::aws_lc_rs::default_provider().install_default();
-    let _ = tracing_subscriber::fmt().with_test_writer().try_init();
-    let emulator = kube_emulator::Emulator::start(kube_emulator::Options::default()).await.expect("emulator starts");
-    let client = client(&emulator).await;
+    let (_emulator, client) = emulator().await;
     let namespaces: Api<Namespace> = Api::all(client.clone());
     create(&namespaces, json!({"metadata": {"name": "shop", "labels": {"team": "a"}}})).await;
     let pods: Api<Pod> = Api::namespaced(client.clone(), "shop");

@@ -1,6 +1,7 @@
 //! The socket load balancer end to end, as root: real programs attached to a child cgroup,
 //! real sockets from a client process in that cgroup, real servers in another namespace.
 
+#[allow(dead_code)]
 mod support;
 
 use std::collections::BTreeMap;

@@ -67,6 +67,66 @@ impl Netns {
     }
 }
 
+/// The pods' default gateway: a link-local node address the node answers ARP for on every veth.
+pub const POD_GATEWAY: Ipv4Addr = Ipv4Addr::new(169, 254, 1, 1);
+
+/// Runs `f` on a thread of its own that entered `netns`; the rest of the process stays put.
+pub fn in_netns<T: Send>(netns: &Netns, f: impl FnOnce() -> T + Send) -> T {
+    let handle = File::open(netns.path()).unwrap_or_else(|e| panic!("{}: {e}", netns.name));
+    std::thread::scope(|scope| {
+        let worker = scope.spawn(move || {
+            rustix::thread::move_into_link_name_space(handle.as_fd(), Some(rustix::thread::LinkNameSpaceType::Network))
+                .unwrap_or_else(|e| panic!("setns: {e}"));
+            f()
+        });
+        worker.join().unwrap_or_else(|panic| std::panic::resume_unwind(panic))
+    })
+}
+
+/// A "node": a namespace that forwards between its pods' veths, with the pods' gateway address.
+pub fn routing_node(name: String) -> Netns {
+    let node = Netns::new(name);
+    in_netns(&node, || std::fs::write("/proc/sys/net/ipv4/ip_forward", "1")).expect("forwarding on the node");
+    node.ip(&["addr", "add", &format!("{POD_GATEWAY}/32"), "dev", "lo"]);
+    node
+}
+
+/// A pod routed as Calico or Cilium route them: its namespace joined to the node by a veth pair
+/// (`eth0` inside, `lxc<n>` on the node), its addresses as /32s the node routes to the veth, a
+/// link-local default gateway.
+pub struct RoutedPod {
+    pub netns: Netns,
+    pub ip: Ipv4Addr,
+    /// The host end's ifindex in the node namespace.
+    pub host_ifindex: u32,
+}
+
+impl RoutedPod {
+    pub fn new(node: &Netns, name: String, n: u8, addrs: &[Ipv4Addr]) -> Self {
+        let netns = Netns::new(name);
+        let host = format!("lxc{n}");
+        run(
+            "ip",
+            &["link", "add", &host, "netns", &node.name, "type", "veth", "peer", "name", "eth0", "netns", &netns.name],
+        );
+        // Routes need their device up.
+        netns.ip(&["link", "set", "eth0", "up"]);
+        node.ip(&["link", "set", &host, "up"]);
+        for addr in addrs {
+            netns.ip(&["addr", "add", &format!("{addr}/32"), "dev", "eth0"]);
+            node.ip(&["route", "add", &format!("{addr}/32"), "dev", &host, "scope", "link"]);
+        }
+        netns.ip(&["route", "add", &POD_GATEWAY.to_string(), "dev", "eth0", "scope", "link"]);
+        netns.ip(&["route", "add", "default", "via", &POD_GATEWAY.to_string(), "dev", "eth0"]);
+        let host_ifindex = in_netns(node, || {
+            let socket = rustix::net::socket(rustix::net::AddressFamily::INET, rustix::net::SocketType::DGRAM, None)?;
+            rustix::net::netdevice::name_to_index(&socket, &host)
+        })
+        .unwrap_or_else(|e| panic!("{host} in {}: {e}", node.name));
+        Self { netns, ip: addrs[0], host_ifindex }
+    }
+}
+
 impl Drop for Netns {
     fn drop(&mut self) {
         // Deleting the namespace deletes the veth end in it, and with it the peer.
