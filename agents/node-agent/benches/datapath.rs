@@ -24,13 +24,13 @@ use std::fmt::Write as _;
 use std::io::{Read, Write};
 use std::net::{Ipv4Addr, SocketAddr, SocketAddrV4, TcpListener, TcpStream};
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
+use std::process::{Command, Stdio};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
-use support::{Bpffs, Cgroup, Netns, RoutedPod, in_netns};
+use support::{Bpffs, Cgroup, Netns, RoutedPod, Spawned, in_netns};
 use trellis_agent::datapath::{PolicySync, ServiceSync};
 use trellis_agent::ebpf::{EbpfConfig, EbpfDatapath};
 use trellis_agent::policy::{LabelSelector, NetworkPolicy, Peer, Pod, PortRule, Rule};
@@ -407,16 +407,6 @@ impl Topology {
             std::thread::sleep(Duration::from_millis(50));
         }
         panic!("nothing listens on port {port} in {}", self.server.netns.name);
-    }
-}
-
-/// A child process killed (by its own pid) and reaped when the guard goes.
-struct Spawned(Child);
-
-impl Drop for Spawned {
-    fn drop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
     }
 }
 

@@ -16,7 +16,8 @@ use tokio::signal::unix::{SignalKind, signal};
 
 use crate::admin::{self, Admin, FlowQuery};
 use crate::cni_server::{
-    CniServer, EndpointRecord, Endpoints, Mode, POD_ADDRESSES_ANNOTATION, node_pod_addresses, parse_assignable,
+    CniServer, EndpointRecord, Endpoints, Mode, POD_ADDRESSES_ANNOTATION, load_state, node_pod_addresses,
+    parse_assignable,
 };
 use crate::config::Config;
 use crate::datapath::{PolicySync, ServiceSync, Shared};
@@ -38,7 +39,7 @@ pub const USAGE: &str = "\
 usage: trellis-agent run        the node agent; configured from the environment:
          TRELLIS_NODE_NAME (required), TRELLIS_IPAM_MODE=cluster-pool|eni, TRELLIS_POD_CIDR (cluster-pool),
          TRELLIS_POD_ADDRESSES (eni: addresses and prefixes, also read from the Node's trellis.io/pod-addresses),
-         TRELLIS_CNI_SOCKET, TRELLIS_CNI_CONF_DIR, TRELLIS_MTU, TRELLIS_ADMIN_ADDR,
+         TRELLIS_CNI_SOCKET, TRELLIS_CNI_CONF_DIR, TRELLIS_STATE_DIR, TRELLIS_MTU, TRELLIS_ADMIN_ADDR,
          TRELLIS_EBPF_OBJECT, TRELLIS_BPFFS, TRELLIS_MOUNT_BPFFS, TRELLIS_CGROUP
        trellis-agent flows [--follow] [--pod NS/NAME] [--verdict dropped|forwarded] [--server ADDR:PORT]
                                  flows seen by the agent on this node (its admin listener, 127.0.0.1:9962)
@@ -51,10 +52,16 @@ pub const POD_ADDRESSES_ENV: &str = "TRELLIS_POD_ADDRESSES";
 pub const CNI_SOCKET_ENV: &str = "TRELLIS_CNI_SOCKET";
 pub const CNI_CONF_DIR_ENV: &str = "TRELLIS_CNI_CONF_DIR";
 pub const MTU_ENV: &str = "TRELLIS_MTU";
+/// Where the endpoint state outlives the agent (leases, which veth is which pod's).
+pub const STATE_DIR_ENV: &str = "TRELLIS_STATE_DIR";
 pub const ADMIN_ADDR_ENV: &str = "TRELLIS_ADMIN_ADDR";
 
 pub const DEFAULT_CNI_SOCKET: &str = trellis_cni::config::DEFAULT_AGENT_SOCKET;
 pub const DEFAULT_CNI_CONF_DIR: &str = "/etc/cni/net.d";
+/// Cilium keeps its endpoint state under /var/run/cilium/state, on the host: it survives the
+/// agent's restarts and goes with the node's reboot, as the pods' network namespaces do.
+pub const DEFAULT_STATE_DIR: &str = "/var/run/trellis";
+const STATE_FILE: &str = "endpoints.json";
 /// Cilium's agent health port neighbourhood, unused by Kubernetes' own components.
 pub const DEFAULT_ADMIN_ADDR: &str = "0.0.0.0:9962";
 /// Where `flows` finds the agent of this node.
@@ -198,6 +205,7 @@ pub struct RunConfig {
     pub ipam: IpamMode,
     pub cni_socket: PathBuf,
     pub cni_conf_dir: PathBuf,
+    pub state_dir: PathBuf,
     pub mtu: u32,
     pub admin_addr: SocketAddr,
 }
@@ -244,6 +252,7 @@ impl RunConfig {
         };
         let cni_socket = absolute(CNI_SOCKET_ENV, DEFAULT_CNI_SOCKET);
         let cni_conf_dir = absolute(CNI_CONF_DIR_ENV, DEFAULT_CNI_CONF_DIR);
+        let state_dir = absolute(STATE_DIR_ENV, DEFAULT_STATE_DIR);
         let mtu = match var(MTU_ENV).map(|t| t.parse::<u32>().map_err(|_| t)) {
             None => trellis_cni::config::DEFAULT_MTU,
             Some(Ok(mtu)) if (68..=65535).contains(&mtu) => mtu,
@@ -262,7 +271,7 @@ impl RunConfig {
         });
         match (datapath, ipam, admin_addr) {
             (Some(datapath), Some(ipam), Ok(admin_addr)) if problems.is_empty() => {
-                Ok(Self { datapath, node_name, ipam, cni_socket, cni_conf_dir, mtu, admin_addr })
+                Ok(Self { datapath, node_name, ipam, cni_socket, cni_conf_dir, state_dir, mtu, admin_addr })
             }
             _ => Err(problems),
         }
@@ -285,14 +294,26 @@ pub async fn run(config: RunConfig) -> Result<(), String> {
     let client = kube::Client::try_default().await.map_err(|e| format!("cannot reach Kubernetes: {e}"))?;
     let reflectors = reflectors::start(&client, &config.node_name);
 
-    let endpoints = Arc::new(Mutex::new(Endpoints::new(config.ipam.mode())));
+    let state_file = config.state_dir.join(STATE_FILE);
+    let mut restored = Endpoints::new(config.ipam.mode());
+    if let Some(state) = load_state(&state_file)? {
+        tracing::info!(endpoints = state.endpoints.len(), leases = state.leases.len(), "endpoint state restored");
+        restored.restore(state);
+    }
+    let endpoints = Arc::new(Mutex::new(restored));
     let configured = match &config.ipam {
         IpamMode::Eni { addresses } => addresses.clone(),
         IpamMode::ClusterPool { .. } => BTreeSet::new(),
     };
     update_pool(&endpoints, &readiness, &configured, None);
-    let _cni = CniServer::start(&config.cni_socket, Arc::clone(&endpoints), Arc::clone(&readiness), metrics.clone())
-        .map_err(|e| format!("CNI socket {}: {e}", config.cni_socket.display()))?;
+    let _cni = CniServer::start(
+        &config.cni_socket,
+        Some(state_file),
+        Arc::clone(&endpoints),
+        Arc::clone(&readiness),
+        metrics.clone(),
+    )
+    .map_err(|e| format!("CNI socket {}: {e}", config.cni_socket.display()))?;
     let conflist = readiness::conflist(config.mtu, &config.cni_socket, &config.ipam.cni_ipam());
     let installed = readiness::install_conflist(&config.cni_conf_dir, &conflist)
         .map_err(|e| format!("writing the CNI config into {}: {e}", config.cni_conf_dir.display()))?;
@@ -368,6 +389,9 @@ fn local_endpoints(endpoints: &Mutex<Endpoints>, cookies: &Mutex<BTreeMap<String
                         cookies.insert(record.netns.clone(), cookie);
                         Some(cookie)
                     }
+                    // The sandbox went while no DEL reached this agent (it was down): its veth
+                    // went with it, and attaching policy to it would fail every sync.
+                    Err(error) if error.kind() == std::io::ErrorKind::NotFound => return None,
                     Err(error) => {
                         tracing::warn!(%error, netns = %record.netns, pod = %format!("{}/{}", pod.namespace, pod.name), "reading the pod's namespace cookie");
                         None

@@ -13,7 +13,7 @@ use std::thread::JoinHandle;
 use std::time::Duration;
 
 use ipnet::Ipv4Net;
-use serde::Serialize;
+use serde::{Deserialize, Serialize};
 use trellis_cni::agent::protocol::{
     Allocated, CheckArgs, Empty, Endpoint, GcDone, Op, PROTOCOL_VERSION, ReplyError, Request, Response, read_message,
     write_message,
@@ -120,7 +120,7 @@ impl AddressPool {
 }
 
 /// An endpoint the plugin registered.
-#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct EndpointRecord {
     pub host_ifname: String,
     pub host_ifindex: u32,
@@ -128,6 +128,35 @@ pub struct EndpointRecord {
     pub pod: Option<PodRef>,
     /// The pod's network namespace, as the runtime named it.
     pub netns: String,
+}
+
+/// The part of [`Endpoints`] kept on disk across agent restarts.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct EndpointsState {
+    pub leases: Vec<(Attachment, Ipv4Addr)>,
+    pub endpoints: Vec<(Attachment, EndpointRecord)>,
+}
+
+/// Reads the state a previous agent saved; `None` on a first start.
+pub fn load_state(path: &Path) -> Result<Option<EndpointsState>, String> {
+    match std::fs::read(path) {
+        Ok(bytes) => serde_json::from_slice(&bytes).map(Some).map_err(|e| {
+            format!("the endpoint state {} is unreadable ({e}); move it aside to start empty", path.display())
+        }),
+        Err(error) if error.kind() == std::io::ErrorKind::NotFound => Ok(None),
+        Err(error) => Err(format!("reading the endpoint state {}: {error}", path.display())),
+    }
+}
+
+/// Writes the state atomically (a temporary file renamed over the old one): a crash leaves the
+/// old state or the new, never half of one.
+pub fn save_state(path: &Path, state: &EndpointsState) -> std::io::Result<()> {
+    if let Some(dir) = path.parent() {
+        std::fs::create_dir_all(dir)?;
+    }
+    let temporary = path.with_extension("tmp");
+    std::fs::write(&temporary, serde_json::to_vec(state).map_err(std::io::Error::other)?)?;
+    std::fs::rename(&temporary, path)
 }
 
 /// Endpoints and (in ENI mode) addresses: what the protocol's operations act on.
@@ -153,6 +182,20 @@ impl Endpoints {
 
     pub fn endpoints(&self) -> &BTreeMap<Attachment, EndpointRecord> {
         &self.endpoints
+    }
+
+    /// What a restarted agent must find again: who holds which address and which veth is
+    /// which pod's (without it, it would hand out addresses in use and detach their policy).
+    pub fn state(&self) -> EndpointsState {
+        EndpointsState {
+            leases: self.pool.leases.iter().map(|(a, ip)| (a.clone(), *ip)).collect(),
+            endpoints: self.endpoints.iter().map(|(a, e)| (a.clone(), e.clone())).collect(),
+        }
+    }
+
+    pub fn restore(&mut self, state: EndpointsState) {
+        self.pool.leases = state.leases.into_iter().collect();
+        self.endpoints = state.endpoints.into_iter().collect();
     }
 
     /// `namespace/name` of the pod at `ip`, for flows.
@@ -283,8 +326,10 @@ pub struct CniServer {
 
 impl CniServer {
     /// Binds `socket` (replacing a stale file a dead agent left) and serves on a thread.
+    /// Every change is saved to `state_file` (when given) before the plugin gets its answer.
     pub fn start(
         socket: &Path,
+        state_file: Option<PathBuf>,
         endpoints: Arc<Mutex<Endpoints>>,
         readiness: Arc<Readiness>,
         metrics: Metrics,
@@ -306,7 +351,7 @@ impl CniServer {
                         break;
                     }
                     match stream {
-                        Ok(stream) => serve(&stream, &endpoints, &readiness, &metrics),
+                        Ok(stream) => serve(&stream, state_file.as_deref(), &endpoints, &readiness, &metrics),
                         Err(error) => tracing::warn!(%error, "accepting a CNI connection"),
                     }
                 }
@@ -320,7 +365,13 @@ impl CniServer {
     }
 }
 
-fn serve(stream: &UnixStream, endpoints: &Mutex<Endpoints>, readiness: &Readiness, metrics: &Metrics) {
+fn serve(
+    stream: &UnixStream,
+    state_file: Option<&Path>,
+    endpoints: &Mutex<Endpoints>,
+    readiness: &Readiness,
+    metrics: &Metrics,
+) {
     let _ = stream.set_read_timeout(Some(CONNECTION_TIMEOUT));
     let _ = stream.set_write_timeout(Some(CONNECTION_TIMEOUT));
     let request = match read_message::<Request>(&mut BufReader::new(stream)) {
@@ -336,9 +387,22 @@ fn serve(stream: &UnixStream, endpoints: &Mutex<Endpoints>, readiness: &Readines
     let conditions = readiness.conditions();
     let (line, result) = {
         let mut endpoints = endpoints.lock().unwrap_or_else(PoisonError::into_inner);
+        let before = state_file.map(|_| endpoints.state());
         let answer = endpoints.handle(request, conditions.programs_attached && conditions.maps_synced);
         readiness.set_addresses_available(endpoints.has_addresses());
-        answer
+        match (state_file, before) {
+            (Some(path), Some(before)) if before != endpoints.state() => match save_state(path, &endpoints.state()) {
+                Ok(()) => answer,
+                // Unsaved, a lease could be handed out twice after a restart: the plugin
+                // retries instead.
+                Err(error) => {
+                    tracing::error!(%error, path = %path.display(), "saving the endpoint state");
+                    endpoints.restore(before);
+                    refuse(CODE_TRY_AGAIN_LATER, format!("the agent cannot save its endpoint state: {error}"))
+                }
+            },
+            _ => answer,
+        }
     };
     metrics.record_cni(op, result);
     if let Err(error) = std::io::Write::write_all(&mut &*stream, line.as_bytes()) {

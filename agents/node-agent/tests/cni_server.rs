@@ -8,33 +8,16 @@ use std::net::Ipv4Addr;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 use std::sync::atomic::{AtomicUsize, Ordering};
-use std::sync::{Arc, Mutex, OnceLock};
+use std::sync::{Arc, Mutex};
+
+#[allow(dead_code)]
+mod support;
 
 use serde_json::{Value, json};
-use trellis_agent::cni_server::{CniServer, Endpoints, Mode, parse_assignable};
+use trellis_agent::cni_server::{CniServer, Endpoints, Mode, load_state, parse_assignable};
 use trellis_agent::metrics::Metrics;
 use trellis_agent::readiness::Readiness;
 use trellis_cni::attachment::{Attachment, PodRef};
-
-/// The plugin binary, built once per test run. A dependency's binaries are not built for this
-/// crate's tests, so the test asks cargo for it (a no-op when it is current) and finds it next
-/// to this test's own directory in the target dir.
-fn plugin() -> &'static Path {
-    static BIN: OnceLock<PathBuf> = OnceLock::new();
-    BIN.get_or_init(|| {
-        let status = Command::new(env!("CARGO"))
-            .args(["build", "--quiet", "-p", "trellis-cni", "--bin", "trellis-cni"])
-            .current_dir(env!("CARGO_MANIFEST_DIR"))
-            .status()
-            .expect("cargo runs");
-        assert!(status.success(), "cargo build -p trellis-cni");
-        let exe = std::env::current_exe().expect("test executable path");
-        // <target>/<profile>/deps/<this test> → <target>/<profile>/trellis-cni
-        let bin = exe.parent().and_then(Path::parent).expect("target profile dir").join("trellis-cni");
-        assert!(bin.is_file(), "{} was built", bin.display());
-        bin
-    })
-}
 
 static SEQUENCE: AtomicUsize = AtomicUsize::new(0);
 
@@ -100,7 +83,7 @@ struct Outcome {
 /// Runs the plugin inside `node` with the runtime's variables and the config on stdin.
 fn invoke(node: &Netns, env: &[(&str, String)], conf: &Value) -> Outcome {
     let mut command = Command::new("ip");
-    command.args(["netns", "exec", &node.name]).arg(plugin());
+    command.args(["netns", "exec", &node.name]).arg(support::cni_plugin());
     command.env_clear().env("PATH", std::env::var_os("PATH").unwrap_or_default());
     command.env("CNI_PATH", "/opt/cni/bin");
     for (key, value) in env {
@@ -135,7 +118,7 @@ fn pod_env(command: &str, id: &str, pod: Option<&Netns>) -> Vec<(&'static str, S
 struct Agent {
     server: CniServer,
     conf: Value,
-    _dir: tempfile::TempDir,
+    dir: tempfile::TempDir,
 }
 
 fn agent(addresses: &str) -> Agent {
@@ -146,14 +129,15 @@ fn agent(addresses: &str) -> Agent {
     let readiness = Arc::new(Readiness::default());
     readiness.set_programs_attached();
     readiness.set_maps_synced();
-    let server = CniServer::start(&socket, Arc::new(Mutex::new(endpoints)), readiness, Metrics::new())
+    let state = Some(dir.path().join("state/endpoints.json"));
+    let server = CniServer::start(&socket, state, Arc::new(Mutex::new(endpoints)), readiness, Metrics::new())
         .expect("the CNI server starts");
     let conf = json!({
         "cniVersion": "1.1.0", "name": "trellis", "type": "trellis-cni",
         "agent": {"socket": socket, "required": true},
         "ipam": {"type": "trellis", "mode": "eni"},
     });
-    Agent { server, conf, _dir: dir }
+    Agent { server, conf, dir }
 }
 
 fn pod_ip(result: &Value) -> Ipv4Addr {
@@ -194,6 +178,9 @@ fn eni_mode_pods_get_pool_addresses_and_registered_endpoints_and_del_frees_them(
         assert_eq!(record.netns, pod_a.path().display().to_string());
         assert_eq!(record.pod, Some(PodRef { namespace: "shop".into(), name: "web-a".into() }));
         assert_eq!(endpoints.pool().leases().len(), 2, "web-c's failed ADD holds nothing");
+        // What a restarted agent would start from is what this one holds.
+        let saved = load_state(&agent.dir.path().join("state/endpoints.json")).expect("readable");
+        assert_eq!(saved, Some(endpoints.state()));
     }
 
     // CHECK against the agent's lease.

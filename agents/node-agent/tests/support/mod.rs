@@ -34,6 +34,36 @@ pub fn object_path() -> PathBuf {
     path
 }
 
+/// The plugin binary, built once per test run. A dependency's binaries are not built for this
+/// crate's tests, so the test asks cargo for it (a no-op when it is current) and finds it next
+/// to this test's own directory in the target dir.
+pub fn cni_plugin() -> &'static Path {
+    static BIN: std::sync::OnceLock<PathBuf> = std::sync::OnceLock::new();
+    BIN.get_or_init(|| {
+        let status = Command::new(env!("CARGO"))
+            .args(["build", "--quiet", "-p", "trellis-cni", "--bin", "trellis-cni"])
+            .current_dir(env!("CARGO_MANIFEST_DIR"))
+            .status()
+            .expect("cargo runs");
+        assert!(status.success(), "cargo build -p trellis-cni");
+        let exe = std::env::current_exe().expect("test executable path");
+        // <target>/<profile>/deps/<this test> → <target>/<profile>/trellis-cni
+        let bin = exe.parent().and_then(Path::parent).expect("target profile dir").join("trellis-cni");
+        assert!(bin.is_file(), "{} was built", bin.display());
+        bin
+    })
+}
+
+/// A child process killed (by its own pid) and reaped when the guard goes.
+pub struct Spawned(pub std::process::Child);
+
+impl Drop for Spawned {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
 pub fn run(program: &str, args: &[&str]) {
     let output = Command::new(program).args(args).output().unwrap_or_else(|e| panic!("{program}: {e}"));
     assert!(output.status.success(), "{program} {}: {}", args.join(" "), String::from_utf8_lossy(&output.stderr));
@@ -224,13 +254,13 @@ pub fn sweep_killed_runs() {
 }
 
 /// A server thread in the backend namespace that answers with its own address.
-struct Server {
+pub struct Server {
     stop: Arc<AtomicBool>,
     thread: Option<JoinHandle<()>>,
 }
 
 impl Server {
-    fn spawn(netns: &Netns, addr: SocketAddrV4, udp: bool) -> Self {
+    pub fn spawn(netns: &Netns, addr: SocketAddrV4, udp: bool) -> Self {
         let stop = Arc::new(AtomicBool::new(false));
         let namespace = File::open(netns.path()).expect("the backend namespace");
         let (ready_tx, ready_rx) = std::sync::mpsc::channel();
@@ -372,32 +402,38 @@ impl Lab {
         EbpfDatapath::open(&self.config()).unwrap_or_else(|e| panic!("opening the datapath: {e}"))
     }
 
-    /// Runs the client script in the lab's cgroup and client namespace. It joins the cgroup
-    /// before `ip netns exec`, which remounts /sys for the namespace.
+    /// Runs the client script in the lab's cgroup and client namespace.
     pub fn client(&self, args: &[&str]) -> Vec<Value> {
-        let script = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/support/sock_client.py");
-        let procs = self.cgroup.path.join("cgroup.procs");
-        let mut command = Command::new("sh");
-        command
-            .arg("-c")
-            .arg(r#"procs="$0" netns="$1" script="$2"; shift 2; echo $$ > "$procs" && exec ip netns exec "$netns" python3 "$script" "$@""#)
-            .arg(&procs)
-            .arg(&self.client.name)
-            .arg(script)
-            .args(args);
-        let output = command.output().expect("running the client");
-        let stdout = String::from_utf8_lossy(&output.stdout).into_owned();
-        assert!(output.status.success(), "client {args:?} failed: {}{stdout}", String::from_utf8_lossy(&output.stderr));
-        stdout
-            .lines()
-            .map(|line| serde_json::from_str(line).unwrap_or_else(|e| panic!("client line {line:?}: {e}")))
-            .collect()
+        client_in(&self.cgroup, &self.client, args)
     }
 
     pub fn netns_cookie(&self) -> u64 {
         let lines = self.client(&["netns-cookie"]);
         lines.first().and_then(|l| l["cookie"].as_u64()).expect("a cookie")
     }
+}
+
+/// Runs the client script (`tests/support/sock_client.py`) in `cgroup` and `netns`, one JSON
+/// value per line it printed. It joins the cgroup before `ip netns exec`, which remounts /sys
+/// for the namespace.
+pub fn client_in(cgroup: &Cgroup, netns: &Netns, args: &[&str]) -> Vec<Value> {
+    let script = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/support/sock_client.py");
+    let procs = cgroup.path.join("cgroup.procs");
+    let mut command = Command::new("sh");
+    command
+        .arg("-c")
+        .arg(r#"procs="$0" netns="$1" script="$2"; shift 2; echo $$ > "$procs" && exec ip netns exec "$netns" python3 "$script" "$@""#)
+        .arg(&procs)
+        .arg(&netns.name)
+        .arg(script)
+        .args(args);
+    let output = command.output().expect("running the client");
+    let stdout = String::from_utf8_lossy(&output.stdout).into_owned();
+    assert!(output.status.success(), "client {args:?} failed: {}{stdout}", String::from_utf8_lossy(&output.stderr));
+    stdout
+        .lines()
+        .map(|line| serde_json::from_str(line).unwrap_or_else(|e| panic!("client line {line:?}: {e}")))
+        .collect()
 }
 
 /// The `backend` field of each result, panicking with the result if one failed.
