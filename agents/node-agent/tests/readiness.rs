@@ -39,6 +39,16 @@ async fn eventually(what: &str, mut check: impl AsyncFnMut() -> bool) {
     }
 }
 
+/// The sync loop's reconciler over fake datapaths, reporting into `metrics`.
+fn fake_reconciler(metrics: &Metrics, readiness: Arc<Readiness>) -> Reconciler<FakeDatapath, FakePolicyDatapath> {
+    Reconciler::new(
+        ServiceSync::start(FakeDatapath::default()).expect("fake"),
+        PolicySync::start(FakePolicyDatapath::default()).expect("fake"),
+        metrics.clone(),
+        readiness,
+    )
+}
+
 async fn taints(nodes: &Api<Node>) -> Vec<String> {
     let node = nodes.get(NODE).await.expect("node readable");
     node.spec.and_then(|s| s.taints).unwrap_or_default().into_iter().map(|t| t.key).collect()
@@ -83,12 +93,7 @@ async fn the_taint_goes_only_once_every_condition_holds_and_services_reach_the_d
     let readiness = Arc::new(Readiness::default());
     let metrics = Metrics::new();
     let reflectors = reflectors::start(&client, NODE);
-    let reconciler = Reconciler::new(
-        ServiceSync::start(FakeDatapath::default()).expect("fake"),
-        PolicySync::start(FakePolicyDatapath::default()).expect("fake"),
-        metrics.clone(),
-        Arc::clone(&readiness),
-    );
+    let reconciler = fake_reconciler(&metrics, Arc::clone(&readiness));
     let syncing = tokio::spawn(sync::run(
         reflectors.stores.clone(),
         reflectors.changes.clone(),
@@ -195,12 +200,7 @@ async fn pods_namespaces_and_network_policies_reach_the_policy_maps() {
 
     let metrics = Metrics::new();
     let reflectors = reflectors::start(&client, NODE);
-    let reconciler = Reconciler::new(
-        ServiceSync::start(FakeDatapath::default()).expect("fake"),
-        PolicySync::start(FakePolicyDatapath::default()).expect("fake"),
-        metrics.clone(),
-        Arc::new(Readiness::default()),
-    );
+    let reconciler = fake_reconciler(&metrics, Arc::new(Readiness::default()));
     // What this node's CNI registered: its two pods.
     let local = || {
         let endpoint = |name: &str, last: u8, ifindex, cookie| LocalEndpoint {
