@@ -1,14 +1,16 @@
 //! The node agent end to end, as root: the real `trellis-agent run` and `trellis-cni` binaries
 //! on a "node" network namespace, fed by the Kubernetes emulator (running in that namespace, as
 //! the API server is reachable from a node), with pods wired by the plugin as a container
-//! runtime calls it. Services, a NetworkPolicy and the agent's restart are seen from the pods'
-//! side; flows through `trellis-agent flows`. Everything is removed by guards, also on failure.
+//! runtime calls it. A second node, routed to the first over a veth pair, holds pods the agent
+//! only knows from the cluster (their identities come from the Pod watch). Services, a
+//! NetworkPolicy and the agent's restart are seen from the pods' side; flows through
+//! `trellis-agent flows`. Everything is removed by guards, also on failure.
 
 #[allow(dead_code)]
 mod support;
 
-use std::io::Write;
-use std::net::{Ipv4Addr, SocketAddrV4};
+use std::io::{Read, Write};
+use std::net::{Ipv4Addr, SocketAddr, SocketAddrV4, TcpStream};
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
@@ -19,10 +21,15 @@ use k8s_openapi::api::networking::v1::NetworkPolicy;
 use kube::api::{Api, Patch, PatchParams, PostParams};
 use kube::config::{KubeConfigOptions, Kubeconfig};
 use serde_json::{Value, json};
-use support::{Bpffs, Cgroup, Netns, Server, Spawned, answered_by, client_in, in_netns};
+use support::{Bpffs, Cgroup, Netns, RoutedPod, Server, Spawned, answered_by, client_in, in_netns};
 use trellis_agent::readiness::{TAINT_EFFECT, TAINT_KEY};
 
 const NODE: &str = "node-1";
+const OTHER_NODE: &str = "node-2";
+/// The pods of the other node, and the addresses the two nodes reach each other by.
+const OTHER_NODE_PODS: &str = "10.253.0.0/24";
+const THIS_NODE_PODS: &str = "10.252.0.0/24";
+const NODE_LINK: [Ipv4Addr; 2] = [Ipv4Addr::new(192, 168, 77, 1), Ipv4Addr::new(192, 168, 77, 2)];
 const ADMIN: &str = "127.0.0.1:19962";
 const CLUSTER_IP: Ipv4Addr = Ipv4Addr::new(10, 96, 0, 10);
 const BACKEND_PORT: u16 = 8080;
@@ -171,6 +178,42 @@ fn the_agent_binary_networks_pods_balances_services_and_enforces_policy_from_the
         bpffs: Bpffs::new(),
     };
     in_netns(&lab.node, || std::fs::write("/proc/sys/net/ipv4/ip_forward", "1")).expect("forwarding on the node");
+    // node-2: no agent of its own here, two pods routed by hand; the nodes route each other's
+    // pod ranges over a veth pair, as the VPC routes between EKS nodes.
+    let other = support::routing_node(format!("trn-{id}-2"));
+    support::run(
+        "ip",
+        &[
+            "link",
+            "add",
+            "node2",
+            "netns",
+            &lab.node.name,
+            "type",
+            "veth",
+            "peer",
+            "name",
+            "node1",
+            "netns",
+            &other.name,
+        ],
+    );
+    for (netns, link, addr, peer, pods) in [
+        (&lab.node, "node2", NODE_LINK[0], NODE_LINK[1], OTHER_NODE_PODS),
+        (&other, "node1", NODE_LINK[1], NODE_LINK[0], THIS_NODE_PODS),
+    ] {
+        netns.ip(&["addr", "add", &format!("{addr}/30"), "dev", link]);
+        netns.ip(&["link", "set", link, "up"]);
+        netns.ip(&["route", "add", pods, "via", &peer.to_string()]);
+    }
+    let remote: Vec<RoutedPod> = [10u8, 11]
+        .into_iter()
+        .enumerate()
+        .map(|(n, last)| {
+            let n = u8::try_from(n).expect("two pods");
+            RoutedPod::new(&other, format!("trp-{id}-remote-{n}"), n, &[Ipv4Addr::new(10, 253, 0, last)])
+        })
+        .collect();
     let pods: Vec<Netns> = ["server-0", "server-1", "client-a", "client-b", "extra"]
         .iter()
         .map(|n| Netns::new(format!("trp-{id}-{n}")))
@@ -273,9 +316,35 @@ fn the_agent_binary_networks_pods_balances_services_and_enforces_policy_from_the
             let denied = from(client_b, "1");
             assert!(denied[0].get("backend").is_none(), "client-b is not selected by the policy: {denied:?}");
 
+            // Pods on the other node: known to the agent only through the cluster.
+            for (pod, role) in remote.iter().zip(["trusted", "untrusted"]) {
+                let name = format!("remote-{role}");
+                let object = json!({
+                    "metadata": {"name": name, "namespace": "shop", "labels": {"app": "remote", "role": role}},
+                    "spec": {"nodeName": OTHER_NODE, "containers": [{"name": "app", "image": "app"}]},
+                });
+                api.create(&PostParams::default(), &serde_json::from_value(object).expect("pod")).await.expect("pod");
+                let status = json!({"status": {"phase": "Running", "podIP": pod.ip.to_string()}});
+                api.patch_status(&name, &PatchParams::default(), &Patch::Merge(&status)).await.expect("status");
+            }
+            eventually("the remote pods have identities", log, async || {
+                // world, four local and two remote pods, the node's address
+                metrics().await.contains("trellis_agent_map_entries{map=\"ipcache\"} 8")
+            })
+            .await;
+            let server = SocketAddr::V4(SocketAddrV4::new(ips[0], BACKEND_PORT));
+            let connect = |pod: &RoutedPod, timeout| in_netns(&pod.netns, || TcpStream::connect_timeout(&server, timeout));
+            let mut trusted = connect(&remote[0], Duration::from_secs(20)).expect("a trusted pod on node-2 gets in");
+            let mut answer = String::new();
+            trusted.read_to_string(&mut answer).expect("the server answers");
+            assert_eq!(answer.trim(), server.to_string());
+            let untrusted = connect(&remote[1], Duration::from_secs(3)).expect_err("an untrusted pod on node-2 is dropped");
+            assert_eq!(untrusted.kind(), std::io::ErrorKind::TimedOut, "{untrusted}");
+
             let dropped = lab.flows(&["--verdict", "dropped"]);
             assert!(dropped.contains("shop/client-b"), "flows show client-b dropped: {dropped}");
             assert!(!dropped.contains("shop/client-a"), "{dropped}");
+            assert!(dropped.contains("10.253.0.11"), "the remote pod's drops are flows too: {dropped}");
 
             // A restart keeps the datapath (pinned) and the new agent re-adopts it.
             drop(agent.take());
