@@ -120,6 +120,10 @@ impl Discovery {
     /// once instead of making every connection wait.
     pub async fn resolve(&self, authority: &str) -> Result<Arc<ServiceEndpoints>, DiscoveryError> {
         let endpoints = self.lookup(authority);
+        // The common case once an authority is known: no subscription, no timer.
+        if matches!(*endpoints.first_update.borrow(), FirstUpdate::Received) {
+            return Ok(endpoints);
+        }
         let mut first_update = endpoints.first_update.subscribe();
         // The sender lives in `endpoints`, held here, so the wait ends only by an answer or the timeout.
         let _ = tokio::time::timeout(self.timeouts.first_update, async {

@@ -266,7 +266,8 @@ pub struct Observation {
     direction: Direction,
     authority: String,
     method: Method,
-    path: String,
+    /// The request target, kept whole (a reference count) for tap, which reads its path.
+    uri: http::Uri,
     client_id: Option<String>,
     started: Instant,
 }
@@ -277,7 +278,7 @@ impl Observation {
             direction,
             authority,
             method: request.method().clone(),
-            path: request.uri().path().to_owned(),
+            uri: request.uri().clone(),
             client_id,
             started: Instant::now(),
         }
@@ -338,7 +339,7 @@ impl ResponseHead {
                 direction: observation.direction,
                 method: observation.method.to_string(),
                 authority: labels.authority,
-                path: observation.path,
+                path: observation.uri.path().to_owned(),
                 status: Some(status.as_u16()),
                 latency_ms: latency.as_secs_f64() * 1_000.0,
                 client_id: observation.client_id,
