@@ -21,7 +21,7 @@ use trellis_cni::agent::protocol::{
 use trellis_cni::attachment::{Attachment, PodRef};
 
 use crate::metrics::Metrics;
-use crate::readiness::Readiness;
+use crate::readiness::{Readiness, replace_file};
 
 /// The link-local gateway pods route through; the plugin pins it to the host veth.
 pub const GATEWAY: Ipv4Addr = Ipv4Addr::new(169, 254, 1, 1);
@@ -148,15 +148,9 @@ pub fn load_state(path: &Path) -> Result<Option<EndpointsState>, String> {
     }
 }
 
-/// Writes the state atomically (a temporary file renamed over the old one): a crash leaves the
-/// old state or the new, never half of one.
+/// Writes the state atomically: a crash leaves the old state or the new, never half of one.
 pub fn save_state(path: &Path, state: &EndpointsState) -> std::io::Result<()> {
-    if let Some(dir) = path.parent() {
-        std::fs::create_dir_all(dir)?;
-    }
-    let temporary = path.with_extension("tmp");
-    std::fs::write(&temporary, serde_json::to_vec(state).map_err(std::io::Error::other)?)?;
-    std::fs::rename(&temporary, path)
+    replace_file(path, &serde_json::to_vec(state).map_err(std::io::Error::other)?)
 }
 
 /// Endpoints and (in ENI mode) addresses: what the protocol's operations act on.
@@ -387,26 +381,40 @@ fn serve(
     let conditions = readiness.conditions();
     let (line, result) = {
         let mut endpoints = endpoints.lock().unwrap_or_else(PoisonError::into_inner);
-        let before = state_file.map(|_| endpoints.state());
-        let answer = endpoints.handle(request, conditions.programs_attached && conditions.maps_synced);
+        let answer =
+            handle_saved(&mut endpoints, state_file, request, conditions.programs_attached && conditions.maps_synced);
         readiness.set_addresses_available(endpoints.has_addresses());
-        match (state_file, before) {
-            (Some(path), Some(before)) if before != endpoints.state() => match save_state(path, &endpoints.state()) {
-                Ok(()) => answer,
-                // Unsaved, a lease could be handed out twice after a restart: the plugin
-                // retries instead.
-                Err(error) => {
-                    tracing::error!(%error, path = %path.display(), "saving the endpoint state");
-                    endpoints.restore(before);
-                    refuse(CODE_TRY_AGAIN_LATER, format!("the agent cannot save its endpoint state: {error}"))
-                }
-            },
-            _ => answer,
-        }
+        answer
     };
     metrics.record_cni(op, result);
     if let Err(error) = std::io::Write::write_all(&mut &*stream, line.as_bytes()) {
         tracing::warn!(%error, op, "answering the CNI plugin");
+    }
+}
+
+/// Answers `request`, first saving what it changed to `state_file` (when given). Unsaved, a
+/// lease could be handed out twice after a restart, so a failed save undoes the change and the
+/// plugin is told to retry.
+fn handle_saved(
+    endpoints: &mut Endpoints,
+    state_file: Option<&Path>,
+    request: Request,
+    ready: bool,
+) -> (String, &'static str) {
+    let Some(path) = state_file else { return endpoints.handle(request, ready) };
+    let before = endpoints.state();
+    let answer = endpoints.handle(request, ready);
+    let after = endpoints.state();
+    if after == before {
+        return answer;
+    }
+    match save_state(path, &after) {
+        Ok(()) => answer,
+        Err(error) => {
+            tracing::error!(%error, path = %path.display(), "saving the endpoint state");
+            endpoints.restore(before);
+            refuse(CODE_TRY_AGAIN_LATER, format!("the agent cannot save its endpoint state: {error}"))
+        }
     }
 }
 

@@ -238,7 +238,7 @@ impl<D: PolicyDatapath> PolicySync<D> {
 
 /// A datapath that both syncs drive: each holds a handle, and every call takes the lock for
 /// its own duration (the syncs run one after the other on the agent's sync loop).
-#[derive(Debug, Default)]
+#[derive(Debug)]
 pub struct Shared<D>(Arc<Mutex<D>>);
 
 impl<D> Shared<D> {

@@ -143,18 +143,27 @@ pub fn conflist(mtu: u32, agent_socket: &Path, ipam: &Value) -> Value {
     })
 }
 
-/// Writes the conflist into `dir` atomically (a temporary file renamed over the old one), so
-/// the runtime never reads half a file.
+/// Writes the conflist into `dir`, atomically (see [`replace_file`]).
 pub fn install_conflist(dir: &Path, conflist: &Value) -> std::io::Result<PathBuf> {
-    std::fs::create_dir_all(dir)?;
     let target = dir.join(CONFLIST_NAME);
-    // A dot name the runtime ignores (it loads only *.conf, *.conflist and *.json).
-    let temporary = dir.join(format!(".{CONFLIST_NAME}.{}", std::process::id()));
     let mut text = serde_json::to_vec_pretty(conflist).map_err(std::io::Error::other)?;
     text.push(b'\n');
-    std::fs::write(&temporary, text)?;
-    std::fs::rename(&temporary, &target)?;
+    replace_file(&target, &text)?;
     Ok(target)
+}
+
+/// Writes `path` atomically, creating its directory: a temporary file renamed over the old one,
+/// so a reader (the runtime, a restarted agent) sees the old contents or the new, never half.
+/// The temporary's dot name is one the runtime ignores (it loads only *.conf, *.conflist and
+/// *.json).
+pub fn replace_file(path: &Path, contents: &[u8]) -> std::io::Result<()> {
+    let (Some(dir), Some(name)) = (path.parent(), path.file_name()) else {
+        return Err(std::io::Error::other(format!("{} names no file in a directory", path.display())));
+    };
+    std::fs::create_dir_all(dir)?;
+    let temporary = dir.join(format!(".{}.{}", name.to_string_lossy(), std::process::id()));
+    std::fs::write(&temporary, contents)?;
+    std::fs::rename(&temporary, path)
 }
 
 #[cfg(test)]

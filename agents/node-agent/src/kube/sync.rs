@@ -124,10 +124,6 @@ impl<D: Datapath + CounterSource, P: PolicyDatapath> Reconciler<D, P> {
         self.sync.datapath()
     }
 
-    pub fn policy_datapath(&self) -> &P {
-        self.policy.datapath()
-    }
-
     pub fn reconcile(&mut self, desired: Desired) -> Result<ReconcileReport, ReconcileError<D::Error, P::Error>> {
         let started = Instant::now();
         let index = self.sync.index_mut();
