@@ -32,8 +32,8 @@ use std::time::{Duration, Instant};
 
 use support::{Bpffs, Cgroup, Netns, RoutedPod, Spawned, in_netns};
 use trellis_agent::datapath::{PolicySync, ServiceSync};
-use trellis_agent::ebpf::{EbpfConfig, EbpfDatapath};
-use trellis_agent::policy::{LabelSelector, NetworkPolicy, Peer, Pod, PortRule, Rule};
+use trellis_agent::ebpf::EbpfDatapath;
+use trellis_agent::policy::{NetworkPolicy, Peer, Pod, PortRule, Rule};
 use trellis_agent::services::{Algorithm, Protocol, Service, ServiceName, ServicePort};
 use trellis_ebpf_common::SockLbVerdict;
 
@@ -469,12 +469,7 @@ impl Bench {
         let id = support::unique();
         let bpffs = Bpffs::new();
         let cgroups = Cgroups::new(&id);
-        let config = EbpfConfig {
-            object: support::object_path(),
-            bpffs: bpffs.dir.path().to_path_buf(),
-            mount_bpffs: false,
-            cgroup: cgroups.lb.path.clone(),
-        };
+        let config = support::ebpf_config(&bpffs, &cgroups.lb);
         let open = || EbpfDatapath::open(&config).unwrap_or_else(|e| panic!("opening the datapath: {e}"));
         // Two handles on the same pinned maps and links, as the services and the policy side
         // each own their datapath.
@@ -553,7 +548,7 @@ impl Bench {
                     namespace: "bench".into(),
                     name: format!("{app}-0"),
                     ip: pod.ip,
-                    labels: [("app".to_string(), app.to_string())].into(),
+                    labels: support::app_labels(app),
                     host_ifindex: Some(pod.host_ifindex),
                 });
             }
@@ -582,17 +577,13 @@ impl Bench {
 }
 
 fn admit_client() -> NetworkPolicy {
-    let app = |name: &str| LabelSelector {
-        match_labels: [("app".to_string(), name.to_string())].into(),
-        match_expressions: Vec::new(),
-    };
     NetworkPolicy {
         namespace: "bench".into(),
         name: "server".into(),
-        pod_selector: app("server"),
+        pod_selector: support::app_selector("server"),
         policy_types: Some((true, false)),
         ingress: vec![Rule {
-            peers: vec![Peer::Pods { pod_selector: Some(app("client")), namespace_selector: None }],
+            peers: vec![Peer::Pods { pod_selector: Some(support::app_selector("client")), namespace_selector: None }],
             ports: vec![PortRule { protocol: Protocol::Tcp, port: Some(IPERF_PORT), end_port: None }],
         }],
         egress: Vec::new(),

@@ -168,8 +168,7 @@ async fn metrics() -> String {
 
 #[test]
 fn the_agent_binary_networks_pods_balances_services_and_enforces_policy_from_the_cluster() {
-    static SWEEP: std::sync::Once = std::sync::Once::new();
-    SWEEP.call_once(support::sweep_killed_runs);
+    support::sweep_killed_runs();
     let id = support::unique();
     let lab = Node1 {
         dir: tempfile::tempdir().expect("tempdir"),

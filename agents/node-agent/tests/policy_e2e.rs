@@ -13,11 +13,11 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::thread::JoinHandle;
 use std::time::Duration;
 
-use support::{Bpffs, Cgroup, Netns, RoutedPod, in_netns};
+use support::{Bpffs, Cgroup, Netns, RoutedPod, app_selector, in_netns};
 use trellis_agent::datapath::PolicySync;
 use trellis_agent::ebpf::{EbpfConfig, EbpfDatapath};
 use trellis_agent::flows::{FlowLog, FlowReader, format_flow};
-use trellis_agent::policy::{LabelSelector, NetworkPolicy, Peer, Pod, PortRule, Rule};
+use trellis_agent::policy::{NetworkPolicy, Peer, Pod, PortRule, Rule};
 use trellis_agent::services::Protocol;
 use trellis_ebpf_common::{DropReason, Verdict};
 
@@ -98,8 +98,7 @@ struct Node {
 
 impl Node {
     fn new() -> Self {
-        static SWEEP: std::sync::Once = std::sync::Once::new();
-        SWEEP.call_once(support::sweep_killed_runs);
+        support::sweep_killed_runs();
         let id = support::unique();
         let bpffs = Bpffs::new();
         let cgroup = Cgroup::new(&format!("trellis-test-{id}"));
@@ -111,12 +110,7 @@ impl Node {
     }
 
     fn config(&self) -> EbpfConfig {
-        EbpfConfig {
-            object: support::object_path(),
-            bpffs: self.bpffs.dir.path().to_path_buf(),
-            mount_bpffs: false,
-            cgroup: self.cgroup.path.clone(),
-        }
+        support::ebpf_config(&self.bpffs, &self.cgroup)
     }
 
     fn server(&self) -> &RoutedPod {
@@ -132,7 +126,7 @@ impl Node {
                 namespace: "default".into(),
                 name: format!("{app}-0"),
                 ip: pod.ip,
-                labels: [("app".to_string(), app.to_string())].into(),
+                labels: support::app_labels(app),
                 host_ifindex: Some(pod.host_ifindex),
             })
             .collect()
@@ -171,18 +165,14 @@ fn round_trip(stream: &mut TcpStream, text: &str) -> String {
 }
 
 fn only_a_on_8080() -> NetworkPolicy {
-    let selector = |app: &str| LabelSelector {
-        match_labels: [("app".to_string(), app.to_string())].into(),
-        match_expressions: Vec::new(),
-    };
     NetworkPolicy {
         namespace: "default".into(),
         name: "server".into(),
-        pod_selector: selector("server"),
+        pod_selector: app_selector("server"),
         // Egress enforced with no rule: the server's answers pass only through connection tracking.
         policy_types: Some((true, true)),
         ingress: vec![Rule {
-            peers: vec![Peer::Pods { pod_selector: Some(selector("a")), namespace_selector: None }],
+            peers: vec![Peer::Pods { pod_selector: Some(app_selector("a")), namespace_selector: None }],
             ports: vec![PortRule { protocol: Protocol::Tcp, port: Some(SERVER_PORT), end_port: None }],
         }],
         egress: Vec::new(),

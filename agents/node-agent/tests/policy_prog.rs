@@ -10,12 +10,12 @@ use std::net::Ipv4Addr;
 
 use aya::programs::{SchedClassifier, TestRun, TestRunOptions};
 use aya::{Ebpf, EbpfLoader};
-use support::{Bpffs, Cgroup};
+use support::{Bpffs, Cgroup, app_selector};
 use trellis_agent::datapath::PolicyDatapath;
-use trellis_agent::ebpf::{EbpfConfig, EbpfDatapath};
+use trellis_agent::ebpf::EbpfDatapath;
 use trellis_agent::flows::{Flow, FlowLog, FlowReader};
 use trellis_agent::policy::index::{PolicyIndex, diff};
-use trellis_agent::policy::{LabelSelector, NetworkPolicy, Peer, Pod, PortRule, Rule};
+use trellis_agent::policy::{NetworkPolicy, Peer, Pod, PortRule, Rule};
 use trellis_agent::services::Protocol;
 use trellis_ebpf_common::{CtKey, DIRECTION_INGRESS, DropReason, PROTO_TCP, Verdict, tcp_flag};
 
@@ -28,16 +28,8 @@ const SERVER: Ipv4Addr = Ipv4Addr::new(10, 250, 1, 10);
 const CLIENT_A: Ipv4Addr = Ipv4Addr::new(10, 250, 1, 11);
 const CLIENT_B: Ipv4Addr = Ipv4Addr::new(10, 250, 1, 12);
 
-fn labels(app: &str) -> trellis_agent::policy::Labels {
-    [("app".to_string(), app.to_string())].into()
-}
-
-fn selector(app: &str) -> LabelSelector {
-    LabelSelector { match_labels: labels(app), match_expressions: Vec::new() }
-}
-
 fn pod(name: &str, ip: Ipv4Addr, app: &str, ifindex: Option<u32>) -> Pod {
-    Pod { namespace: "default".into(), name: name.into(), ip, labels: labels(app), host_ifindex: ifindex }
+    Pod { namespace: "default".into(), name: name.into(), ip, labels: support::app_labels(app), host_ifindex: ifindex }
 }
 
 /// The server: ingress from client A on TCP 8080 and from 192.0.2.0/24 except its upper half;
@@ -46,11 +38,11 @@ fn server_policy() -> NetworkPolicy {
     NetworkPolicy {
         namespace: "default".into(),
         name: "server".into(),
-        pod_selector: selector("server"),
+        pod_selector: app_selector("server"),
         policy_types: Some((true, true)),
         ingress: vec![
             Rule {
-                peers: vec![Peer::Pods { pod_selector: Some(selector("a")), namespace_selector: None }],
+                peers: vec![Peer::Pods { pod_selector: Some(app_selector("a")), namespace_selector: None }],
                 ports: vec![PortRule { protocol: Protocol::Tcp, port: Some(8080), end_port: None }],
             },
             Rule {
@@ -75,16 +67,10 @@ struct Bench {
 
 impl Bench {
     fn new() -> Self {
-        static SWEEP: std::sync::Once = std::sync::Once::new();
-        SWEEP.call_once(support::sweep_killed_runs);
+        support::sweep_killed_runs();
         let bpffs = Bpffs::new();
         let cgroup = Cgroup::new(&format!("trellis-test-{}", support::unique()));
-        let config = EbpfConfig {
-            object: support::object_path(),
-            bpffs: bpffs.dir.path().to_path_buf(),
-            mount_bpffs: false,
-            cgroup: cgroup.path.clone(),
-        };
+        let config = support::ebpf_config(&bpffs, &cgroup);
         let mut datapath = EbpfDatapath::open(&config).unwrap_or_else(|e| panic!("opening the datapath: {e}"));
         let mut index = PolicyIndex::new();
         index.upsert_pod(pod("server", SERVER, "server", Some(TEST_IFINDEX)));

@@ -34,6 +34,26 @@ pub fn object_path() -> PathBuf {
     path
 }
 
+/// The datapath's configuration for a bpffs and a cgroup of the test's own.
+pub fn ebpf_config(bpffs: &Bpffs, cgroup: &Cgroup) -> EbpfConfig {
+    EbpfConfig {
+        object: object_path(),
+        bpffs: bpffs.dir.path().to_path_buf(),
+        mount_bpffs: false,
+        cgroup: cgroup.path.clone(),
+    }
+}
+
+/// `app: <app>`, the labels the tests' pods carry.
+pub fn app_labels(app: &str) -> trellis_agent::policy::Labels {
+    [("app".to_string(), app.to_string())].into()
+}
+
+/// Selects the pods labelled `app: <app>`.
+pub fn app_selector(app: &str) -> trellis_agent::policy::LabelSelector {
+    trellis_agent::policy::LabelSelector { match_labels: app_labels(app), match_expressions: Vec::new() }
+}
+
 /// The plugin binary, built once per test run. A dependency's binaries are not built for this
 /// crate's tests, so the test asks cargo for it (a no-op when it is current) and finds it next
 /// to this test's own directory in the target dir.
@@ -228,8 +248,14 @@ fn dead_owner(name: &str, prefix: &str) -> bool {
 }
 
 /// Drop guards do not run when a test process is killed: remove what such runs left behind
-/// (namespaces, cgroups, bpffs mounts named after a pid that no longer exists).
+/// (namespaces, cgroups, bpffs mounts named after a pid that no longer exists). Once per
+/// process: later calls return at once.
 pub fn sweep_killed_runs() {
+    static SWEPT: std::sync::Once = std::sync::Once::new();
+    SWEPT.call_once(sweep);
+}
+
+fn sweep() {
     if let Ok(output) = Command::new("ip").args(["netns", "list"]).output() {
         for line in String::from_utf8_lossy(&output.stdout).lines() {
             let name = line.split_whitespace().next().unwrap_or_default();
@@ -347,8 +373,7 @@ impl Lab {
     /// also an address with a server that answers `untranslated`: a connection the load
     /// balancer left alone lands there.
     pub fn new(count: u8, udp: bool) -> Self {
-        static SWEEP: std::sync::Once = std::sync::Once::new();
-        SWEEP.call_once(sweep_killed_runs);
+        sweep_killed_runs();
         let id = unique();
         let bpffs = Bpffs::new();
         let cgroup = Cgroup::new(&format!("trellis-test-{id}"));
@@ -390,12 +415,7 @@ impl Lab {
     }
 
     pub fn config(&self) -> EbpfConfig {
-        EbpfConfig {
-            object: object_path(),
-            bpffs: self.bpffs.dir.path().to_path_buf(),
-            mount_bpffs: false,
-            cgroup: self.cgroup.path.clone(),
-        }
+        ebpf_config(&self.bpffs, &self.cgroup)
     }
 
     pub fn open(&self) -> EbpfDatapath {
