@@ -25,12 +25,10 @@ use std::io::{Read, Write};
 use std::net::{Ipv4Addr, SocketAddr, SocketAddrV4, TcpListener, TcpStream};
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
-use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, Ordering};
-use std::thread::JoinHandle;
+use std::sync::atomic::Ordering;
 use std::time::{Duration, Instant};
 
-use support::{Bpffs, Cgroup, Netns, RoutedPod, Spawned, in_netns};
+use support::{Bpffs, Cgroup, Netns, RoutedPod, Spawned, StoppableThread, in_netns};
 use trellis_agent::datapath::{PolicySync, ServiceSync};
 use trellis_agent::ebpf::EbpfDatapath;
 use trellis_agent::policy::{NetworkPolicy, Peer, Pod, PortRule, Rule};
@@ -271,49 +269,30 @@ const NAT_FIXED_RULES: &str = r#"-A PREROUTING -m comment --comment "kubernetes 
 "#;
 
 /// A server in a pod that accepts and closes at once, on every address of the pod.
-struct AcceptAndClose {
-    stop: Arc<AtomicBool>,
-    thread: Option<JoinHandle<()>>,
-}
-
-impl AcceptAndClose {
-    fn start(pod: &Netns) -> Self {
-        let listener = in_netns(pod, || TcpListener::bind((Ipv4Addr::UNSPECIFIED, BACKEND_PORT)))
-            .unwrap_or_else(|e| panic!("binding the server in {}: {e}", pod.name));
-        // A blocking accept answers at once (a polling one would add its sleep to every
-        // connection); the timeout lets it see the stop flag.
-        rustix::net::sockopt::set_socket_timeout(
-            &listener,
-            rustix::net::sockopt::Timeout::Recv,
-            Some(Duration::from_millis(100)),
-        )
-        .expect("accept timeout");
-        let stop = Arc::new(AtomicBool::new(false));
-        let flag = Arc::clone(&stop);
-        let thread = std::thread::spawn(move || {
-            while !flag.load(Ordering::Relaxed) {
-                if let Ok((stream, _)) = listener.accept() {
-                    drop(stream);
-                }
+fn accept_and_close(pod: &Netns) -> StoppableThread {
+    let listener = in_netns(pod, || TcpListener::bind((Ipv4Addr::UNSPECIFIED, BACKEND_PORT)))
+        .unwrap_or_else(|e| panic!("binding the server in {}: {e}", pod.name));
+    // A blocking accept answers at once (a polling one would add its sleep to every
+    // connection); the timeout lets it see the stop flag.
+    rustix::net::sockopt::set_socket_timeout(
+        &listener,
+        rustix::net::sockopt::Timeout::Recv,
+        Some(Duration::from_millis(100)),
+    )
+    .expect("accept timeout");
+    StoppableThread::spawn(move |flag| {
+        while !flag.load(Ordering::Relaxed) {
+            if let Ok((stream, _)) = listener.accept() {
+                drop(stream);
             }
-        });
-        Self { stop, thread: Some(thread) }
-    }
-}
-
-impl Drop for AcceptAndClose {
-    fn drop(&mut self) {
-        self.stop.store(true, Ordering::Relaxed);
-        if let Some(thread) = self.thread.take() {
-            let _ = thread.join();
         }
-    }
+    })
 }
 
 /// A node namespace with a client and a server pod. Field order is cleanup order: the server
 /// stops, the pods go (and their veths with them), then the node with its rules.
 struct Topology {
-    _accept: AcceptAndClose,
+    _accept: StoppableThread,
     client: RoutedPod,
     server: RoutedPod,
     node: Netns,
@@ -325,7 +304,7 @@ impl Topology {
         let node = support::routing_node(format!("trn-{id}"));
         let client = RoutedPod::new(&node, format!("trp-{id}-0"), 0, &[CLIENT_IP]);
         let server = RoutedPod::new(&node, format!("trp-{id}-1"), 1, &SERVER_IPS);
-        let _accept = AcceptAndClose::start(&server.netns);
+        let _accept = accept_and_close(&server.netns);
         Self { _accept, client, server, node }
     }
 

@@ -8,12 +8,10 @@ mod support;
 
 use std::io::{BufRead, BufReader, Write};
 use std::net::{Ipv4Addr, SocketAddr, SocketAddrV4, TcpListener, TcpStream};
-use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::thread::JoinHandle;
 use std::time::Duration;
 
-use support::{Bpffs, Cgroup, Netns, RoutedPod, app_selector, in_netns};
+use support::{Bpffs, Cgroup, Netns, RoutedPod, StoppableThread, app_selector, in_netns};
 use trellis_agent::datapath::PolicySync;
 use trellis_agent::ebpf::{EbpfConfig, EbpfDatapath};
 use trellis_agent::flows::{FlowLog, FlowReader, format_flow};
@@ -27,35 +25,25 @@ const DENIED_CONNECT: Duration = Duration::from_secs(3);
 const ALLOWED_CONNECT: Duration = Duration::from_secs(20);
 
 /// An echo server in a pod: each connection gets its lines back until it closes.
-struct EchoServer {
-    stop: Arc<AtomicBool>,
-    thread: Option<JoinHandle<()>>,
-}
-
-impl EchoServer {
-    fn start(pod: &RoutedPod) -> Self {
-        let addr = SocketAddrV4::new(pod.ip, SERVER_PORT);
-        let listener = in_netns(&pod.netns, || TcpListener::bind(addr)).expect("binding the server");
-        listener.set_nonblocking(true).expect("nonblocking listener");
-        let stop = Arc::new(AtomicBool::new(false));
-        let flag = stop.clone();
-        let thread = std::thread::spawn(move || {
-            let mut connections = Vec::new();
-            while !flag.load(Ordering::Relaxed) {
-                match listener.accept() {
-                    Ok((stream, _)) => {
-                        let flag = flag.clone();
-                        connections.push(std::thread::spawn(move || echo(stream, &flag)));
-                    }
-                    Err(_) => std::thread::sleep(Duration::from_millis(20)),
+fn echo_server(pod: &RoutedPod) -> StoppableThread {
+    let addr = SocketAddrV4::new(pod.ip, SERVER_PORT);
+    let listener = in_netns(&pod.netns, || TcpListener::bind(addr)).expect("binding the server");
+    listener.set_nonblocking(true).expect("nonblocking listener");
+    StoppableThread::spawn(move |flag| {
+        let mut connections = Vec::new();
+        while !flag.load(Ordering::Relaxed) {
+            match listener.accept() {
+                Ok((stream, _)) => {
+                    let flag = flag.clone();
+                    connections.push(std::thread::spawn(move || echo(stream, &flag)));
                 }
+                Err(_) => std::thread::sleep(Duration::from_millis(20)),
             }
-            connections.into_iter().for_each(|c| {
-                let _ = c.join();
-            });
+        }
+        connections.into_iter().for_each(|c| {
+            let _ = c.join();
         });
-        Self { stop, thread: Some(thread) }
-    }
+    })
 }
 
 fn echo(stream: TcpStream, stop: &AtomicBool) {
@@ -77,19 +65,10 @@ fn echo(stream: TcpStream, stop: &AtomicBool) {
     }
 }
 
-impl Drop for EchoServer {
-    fn drop(&mut self) {
-        self.stop.store(true, Ordering::Relaxed);
-        if let Some(thread) = self.thread.take() {
-            let _ = thread.join();
-        }
-    }
-}
-
 /// Field order is cleanup order: servers, then the pods, the node (and with it every veth),
 /// the cgroup, and last the bpffs (which unpins every link and map).
 struct Node {
-    server_process: Option<EchoServer>,
+    server_process: Option<StoppableThread>,
     pods: Vec<RoutedPod>,
     node: Netns,
     cgroup: Cgroup,
@@ -182,7 +161,7 @@ fn only_a_on_8080() -> NetworkPolicy {
 #[test]
 fn a_policy_admits_one_client_denies_another_and_survives_a_restart() {
     let mut lab = Node::new();
-    lab.server_process = Some(EchoServer::start(lab.server()));
+    lab.server_process = Some(echo_server(lab.server()));
     let policy = only_a_on_8080();
     let (mut sync, _, attached) = lab.agent(std::slice::from_ref(&policy));
     assert_eq!(attached, 3, "every pod's veth gets the programs");

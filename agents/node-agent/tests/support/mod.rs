@@ -280,18 +280,37 @@ fn sweep() {
 }
 
 /// A server thread in the backend namespace that answers with its own address.
-pub struct Server {
+pub struct Server(StoppableThread);
+
+/// A thread that runs until told to stop: told and joined when the guard goes.
+pub struct StoppableThread {
     stop: Arc<AtomicBool>,
     thread: Option<JoinHandle<()>>,
 }
 
+impl StoppableThread {
+    /// Runs `work` with the flag it must watch.
+    pub fn spawn(work: impl FnOnce(Arc<AtomicBool>) + Send + 'static) -> Self {
+        let stop = Arc::new(AtomicBool::new(false));
+        let flag = Arc::clone(&stop);
+        Self { stop, thread: Some(std::thread::spawn(move || work(flag))) }
+    }
+}
+
+impl Drop for StoppableThread {
+    fn drop(&mut self) {
+        self.stop.store(true, Ordering::Relaxed);
+        if let Some(thread) = self.thread.take() {
+            let _ = thread.join();
+        }
+    }
+}
+
 impl Server {
     pub fn spawn(netns: &Netns, addr: SocketAddrV4, udp: bool) -> Self {
-        let stop = Arc::new(AtomicBool::new(false));
         let namespace = File::open(netns.path()).expect("the backend namespace");
         let (ready_tx, ready_rx) = std::sync::mpsc::channel();
-        let flag = stop.clone();
-        let thread = std::thread::spawn(move || {
+        let thread = StoppableThread::spawn(move |flag| {
             let entered = rustix::thread::move_into_link_name_space(
                 namespace.as_fd(),
                 Some(rustix::thread::LinkNameSpaceType::Network),
@@ -304,7 +323,7 @@ impl Server {
         });
         let ready = ready_rx.recv_timeout(Duration::from_secs(30)).expect("the server thread reports");
         ready.unwrap_or_else(|e| panic!("server {addr}: {e}"));
-        Self { stop, thread: Some(thread) }
+        Self(thread)
     }
 }
 
@@ -343,15 +362,6 @@ fn serve_udp(addr: SocketAddrV4, stop: &AtomicBool, ready: Ready) {
     while !stop.load(Ordering::Relaxed) {
         if let Ok((_, from)) = socket.recv_from(&mut buf) {
             let _ = socket.send_to(format!("{addr}\n").as_bytes(), from);
-        }
-    }
-}
-
-impl Drop for Server {
-    fn drop(&mut self) {
-        self.stop.store(true, Ordering::Relaxed);
-        if let Some(thread) = self.thread.take() {
-            let _ = thread.join();
         }
     }
 }
