@@ -6,7 +6,6 @@
 mod support;
 
 use std::net::SocketAddr;
-use std::process::Command;
 
 use http::StatusCode;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
@@ -14,40 +13,6 @@ use tokio::net::{TcpListener, TcpStream};
 
 use support::*;
 use trellis_mesh_identity::ClientAuth;
-
-/// Set in the child that runs inside the namespace.
-const IN_NAMESPACE: &str = "TRELLIS_PROXY_TEST_IN_NETNS";
-
-/// Runs `test` in a fresh network namespace: the test process re-executes just this test
-/// under `unshare --net` and must pass there.
-fn in_network_namespace(name: &str, test: impl std::future::Future<Output = ()>) {
-    if std::env::var_os(IN_NAMESPACE).is_some() {
-        run(&["ip", "link", "set", "lo", "up"]);
-        // The cluster's addresses are local here, so connections to them are routed and the
-        // OUTPUT rules can redirect them.
-        run(&["ip", "route", "add", "local", "10.0.0.0/8", "dev", "lo"]);
-        let runtime = tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build();
-        runtime.expect("runtime").block_on(test);
-        return;
-    }
-    let exe = std::env::current_exe().expect("the test executable");
-    let output = Command::new("unshare")
-        .arg("--net")
-        .arg(exe)
-        .args(["--exact", name, "--nocapture", "--test-threads=1"])
-        .env(IN_NAMESPACE, "1")
-        .output()
-        .expect("unshare runs (the tests need root)");
-    let stdout = String::from_utf8_lossy(&output.stdout);
-    let stderr = String::from_utf8_lossy(&output.stderr);
-    assert!(output.status.success(), "the test failed in its namespace:\n{stdout}\n{stderr}");
-    assert!(stdout.contains("1 passed"), "the test did not run in its namespace:\n{stdout}\n{stderr}");
-}
-
-fn run(command: &[&str]) {
-    let output = Command::new(command[0]).args(&command[1..]).output().expect("command runs");
-    assert!(output.status.success(), "{command:?} failed: {}", String::from_utf8_lossy(&output.stderr));
-}
 
 /// Redirects TCP the namespace sends to `dst` to the local `port`, as the init step's rules do.
 fn redirect(dst: SocketAddr, port: u16) {

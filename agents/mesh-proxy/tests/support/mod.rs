@@ -1,14 +1,16 @@
 //! Test fixtures shared by the proxy's integration tests: a test PKI, the identity and
 //! destination services served over rustls on loopback, whole proxies started in-process on
-//! 127.0.0.1:0, a configurable application server, and HTTP/metrics helpers.
+//! 127.0.0.1:0, a configurable application server, HTTP/metrics helpers, and a fresh network
+//! namespace per privileged test.
 
 // Each test binary uses a different part of the fixtures.
 #![allow(dead_code)]
 
 use std::collections::HashMap;
 use std::io;
-use std::net::SocketAddr;
+use std::net::{IpAddr, Ipv4Addr, SocketAddr};
 use std::pin::Pin;
+use std::process::Command;
 use std::sync::atomic::{AtomicU16, AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::task::{Context, Poll};
@@ -43,6 +45,7 @@ use trellis_mesh_identity::{
 use trellis_proxy::RunningProxy;
 use trellis_proxy::config::{ControlPlaneAddr, ProxyConfig};
 
+const LOOPBACK: IpAddr = IpAddr::V4(Ipv4Addr::LOCALHOST);
 pub const TRUST_DOMAIN: &str = "cluster.local";
 pub const HOUR: Duration = Duration::from_secs(3600);
 /// How long a test waits for something that should happen in well under a second; generous
@@ -151,7 +154,12 @@ impl Drop for Served {
 
 impl Served {
     pub async fn start(router: Router, config: Arc<ServerConfig>) -> Served {
-        let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind loopback");
+        Served::start_on(LOOPBACK, router, config).await
+    }
+
+    /// Serves on a port of `ip` the system picks.
+    pub async fn start_on(ip: IpAddr, router: Router, config: Arc<ServerConfig>) -> Served {
+        let listener = TcpListener::bind(SocketAddr::new(ip, 0)).await.expect("bind");
         let addr = listener.local_addr().expect("bound address");
         // As the controller's servers do: they offer h2 by ALPN.
         let mut config = ServerConfig::clone(&config);
@@ -209,7 +217,11 @@ impl TestIdentity {
     }
 
     pub async fn serve(self: &Arc<Self>, config: Arc<ServerConfig>) -> Served {
-        Served::start(Server::builder().add_service(IdentityServer::from_arc(Arc::clone(self))), config).await
+        self.serve_on(LOOPBACK, config).await
+    }
+
+    pub async fn serve_on(self: &Arc<Self>, ip: IpAddr, config: Arc<ServerConfig>) -> Served {
+        Served::start_on(ip, Server::builder().add_service(IdentityServer::from_arc(Arc::clone(self))), config).await
     }
 }
 
@@ -254,7 +266,11 @@ impl Destinations {
     }
 
     pub async fn serve(self: &Arc<Self>, config: Arc<ServerConfig>) -> Served {
-        Served::start(Server::builder().add_service(DestinationServer::from_arc(Arc::clone(self))), config).await
+        self.serve_on(LOOPBACK, config).await
+    }
+
+    pub async fn serve_on(self: &Arc<Self>, ip: IpAddr, config: Arc<ServerConfig>) -> Served {
+        Served::start_on(ip, Server::builder().add_service(DestinationServer::from_arc(Arc::clone(self))), config).await
     }
 
     fn sender(&self, authority: &str) -> watch::Sender<Update> {
@@ -324,12 +340,17 @@ pub struct ControlPlane {
 impl ControlPlane {
     /// Leaves live `leaf_lifetime`: a few seconds makes proxies renew during a test.
     pub async fn start(leaf_lifetime: Duration) -> ControlPlane {
+        ControlPlane::start_on(LOOPBACK, leaf_lifetime).await
+    }
+
+    /// Serves on `ip`, for proxies in other network namespaces.
+    pub async fn start_on(ip: IpAddr, leaf_lifetime: Duration) -> ControlPlane {
         let pki = Pki::new();
         let controller = pki.certified_store(&controller_identity());
-        let identity_served =
-            TestIdentity::new(&pki, leaf_lifetime, TOKEN).serve(controller.server_config(ClientAuth::Optional)).await;
+        let identity = TestIdentity::new(&pki, leaf_lifetime, TOKEN);
+        let identity_served = identity.serve_on(ip, controller.server_config(ClientAuth::Optional)).await;
         let destinations = Destinations::new();
-        let destination_served = destinations.serve(controller.server_config(ClientAuth::Required)).await;
+        let destination_served = destinations.serve_on(ip, controller.server_config(ClientAuth::Required)).await;
         let token = tempfile::NamedTempFile::new().expect("token file");
         std::fs::write(token.path(), TOKEN).expect("write token");
         ControlPlane { pki, destinations, identity_served, destination_served, token }
@@ -421,7 +442,11 @@ impl Drop for App {
 
 impl App {
     pub async fn start(name: &'static str) -> App {
-        let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind loopback");
+        App::serve(name, TcpListener::bind("127.0.0.1:0").await.expect("bind loopback"))
+    }
+
+    /// Answers on `listener`, wherever it was bound.
+    pub fn serve(name: &'static str, listener: TcpListener) -> App {
         let addr = listener.local_addr().expect("bound address");
         let state = Arc::new(AppState::default());
         state.set_status(StatusCode::OK);
@@ -575,4 +600,38 @@ pub fn metric(text: &str, name: &str, labels: &[(&str, &str)]) -> f64 {
                 .flatten()
         })
         .sum()
+}
+
+/// Set in the child that runs inside the namespace.
+const IN_NAMESPACE: &str = "TRELLIS_PROXY_TEST_IN_NETNS";
+
+/// Runs `test` in a fresh network namespace: the test process re-executes just this test
+/// under `unshare --net` and must pass there.
+pub fn in_network_namespace(name: &str, test: impl std::future::Future<Output = ()>) {
+    if std::env::var_os(IN_NAMESPACE).is_some() {
+        run(&["ip", "link", "set", "lo", "up"]);
+        // The cluster's addresses are local here, so connections to them are routed and the
+        // OUTPUT rules can redirect them.
+        run(&["ip", "route", "add", "local", "10.0.0.0/8", "dev", "lo"]);
+        let runtime = tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build();
+        runtime.expect("runtime").block_on(test);
+        return;
+    }
+    let exe = std::env::current_exe().expect("the test executable");
+    let output = Command::new("unshare")
+        .arg("--net")
+        .arg(exe)
+        .args(["--exact", name, "--nocapture", "--test-threads=1"])
+        .env(IN_NAMESPACE, "1")
+        .output()
+        .expect("unshare runs (the tests need root)");
+    let stdout = String::from_utf8_lossy(&output.stdout);
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(output.status.success(), "the test failed in its namespace:\n{stdout}\n{stderr}");
+    assert!(stdout.contains("1 passed"), "the test did not run in its namespace:\n{stdout}\n{stderr}");
+}
+
+pub fn run(command: &[&str]) {
+    let output = Command::new(command[0]).args(&command[1..]).output().expect("command runs");
+    assert!(output.status.success(), "{command:?} failed: {}", String::from_utf8_lossy(&output.stderr));
 }
