@@ -321,7 +321,8 @@ struct Balance {
 }
 
 struct State {
-    endpoints: BTreeMap<SocketAddr, EndpointInfo>,
+    /// Shared with each request's [`Picked`]: a pick costs a reference count, not a copy.
+    endpoints: BTreeMap<SocketAddr, Arc<EndpointInfo>>,
     opaque: bool,
     /// Whether the service exists, for an empty set: the destination service says so.
     exists: bool,
@@ -371,7 +372,7 @@ impl ServiceEndpoints {
 
     /// The current endpoints, in address order.
     pub fn endpoints(&self) -> Vec<EndpointInfo> {
-        self.balance.lock().endpoints.values().cloned().collect()
+        self.balance.lock().endpoints.values().map(|endpoint| EndpointInfo::clone(endpoint)).collect()
     }
 
     /// Picks an endpoint with the balancer and counts the request as in flight until the
@@ -388,7 +389,7 @@ impl ServiceEndpoints {
             Err(PickError::AllEjected) => return Err(DiscoveryError::AllEjected { authority: authority() }),
         };
         let endpoint = match state.endpoints.get(&addr) {
-            Some(endpoint) => endpoint.clone(),
+            Some(endpoint) => Arc::clone(endpoint),
             // The balancer and the map are updated together under this lock, so this is a bug;
             // undo the pick rather than leak an in-flight count.
             None => {
@@ -430,7 +431,7 @@ impl ServiceEndpoints {
                     for endpoint in set.endpoints {
                         match endpoint_info(endpoint) {
                             Ok(info) => {
-                                endpoints.insert(info.addr, info);
+                                endpoints.insert(info.addr, Arc::new(info));
                             }
                             // One bad entry must not take the others down with it.
                             Err(error) => {
@@ -498,7 +499,7 @@ fn state_counts(states: &[(SocketAddr, EndpointState)]) -> StateCounts {
 /// An endpoint picked for one request. Complete it with [`ServiceEndpoints::complete`]; dropping
 /// it uncompleted (a cancelled request) counts as a failure, so in-flight counts never leak.
 pub struct Picked {
-    pub endpoint: EndpointInfo,
+    pub endpoint: Arc<EndpointInfo>,
     picked_at: Instant,
     balance: Arc<Balance>,
     outstanding: bool,

@@ -230,15 +230,26 @@ impl HttpVersion {
 
 type PooledClient = Client<TargetConnector, ProxyBody>;
 
-struct PoolEntry {
-    client: PooledClient,
+/// A target's pooled clients, one per protocol, shared (not copied) by the requests using them.
+struct TargetClients {
+    http1: Option<Arc<PooledClient>>,
+    http2: Option<Arc<PooledClient>>,
     last_used: Instant,
 }
 
-/// Pooled HTTP clients per (target, protocol).
+impl TargetClients {
+    fn of(&mut self, version: HttpVersion) -> &mut Option<Arc<PooledClient>> {
+        match version {
+            HttpVersion::Http1 => &mut self.http1,
+            HttpVersion::Http2 => &mut self.http2,
+        }
+    }
+}
+
+/// Pooled HTTP clients per target and protocol.
 pub struct HttpClients {
     connector: Connector,
-    clients: Mutex<HashMap<(Target, HttpVersion), PoolEntry>>,
+    clients: Mutex<HashMap<Target, TargetClients>>,
 }
 
 impl std::fmt::Debug for HttpClients {
@@ -262,24 +273,28 @@ impl HttpClients {
         client.request(request).await
     }
 
-    fn client(&self, target: &Target, version: HttpVersion) -> PooledClient {
+    fn client(&self, target: &Target, version: HttpVersion) -> Arc<PooledClient> {
         let mut clients = self.clients.lock().unwrap_or_else(PoisonError::into_inner);
         let now = Instant::now();
-        let key = (target.clone(), version);
-        if let Some(entry) = clients.get_mut(&key) {
+        if let Some(entry) = clients.get_mut(target) {
             entry.last_used = now;
-            return entry.client.clone();
+            if let Some(client) = entry.of(version) {
+                return Arc::clone(client);
+            }
+        } else {
+            // Pruned only when a target is added: that is when the map grows.
+            clients.retain(|_, entry| now.duration_since(entry.last_used) < CLIENT_IDLE_TIMEOUT);
         }
-        // Pruned only when a target is added: that is when the map grows.
-        clients.retain(|_, entry| now.duration_since(entry.last_used) < CLIENT_IDLE_TIMEOUT);
         let mut builder = Client::builder(TokioExecutor::new());
         builder
             .pool_idle_timeout(POOL_IDLE_TIMEOUT)
             .pool_timer(TokioTimer::new())
             .timer(TokioTimer::new())
             .http2_only(version == HttpVersion::Http2);
-        let client = builder.build(TargetConnector { connector: self.connector.clone(), target: target.clone() });
-        clients.insert(key, PoolEntry { client: client.clone(), last_used: now });
+        let client =
+            Arc::new(builder.build(TargetConnector { connector: self.connector.clone(), target: target.clone() }));
+        let entry = clients.entry(target.clone()).or_insert(TargetClients { http1: None, http2: None, last_used: now });
+        *entry.of(version) = Some(Arc::clone(&client));
         client
     }
 }
