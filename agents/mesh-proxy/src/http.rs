@@ -132,7 +132,7 @@ pub fn prepare_request<B>(request: &mut Request<B>) -> Option<UpgradeRequest> {
 
 /// Strips the response's hop-by-hop headers; when it accepts the client's upgrade, joins the
 /// two upgraded connections in a task that shutdown waits for.
-pub fn prepare_response(response: &mut Response<Incoming>, upgrade: Option<UpgradeRequest>, drain: &Drain) {
+pub fn prepare_response<B>(response: &mut Response<B>, upgrade: Option<UpgradeRequest>, drain: &Drain) {
     let accepted = (response.status() == StatusCode::SWITCHING_PROTOCOLS)
         .then(|| response.headers().get(header::UPGRADE).cloned())
         .flatten();

@@ -28,7 +28,7 @@ use crate::shutdown::Drain;
 use crate::tap::Tap;
 use crate::tcp;
 use crate::transport_header;
-use crate::upstream::{Connector, HttpClients, Target, connect_error};
+use crate::upstream::{Connector, HttpClients, Target};
 
 const DIRECTION: Direction = Direction::Inbound;
 /// A peer gets this long for its TLS handshake and transport header; a stalled client must not
@@ -257,12 +257,12 @@ impl Inbound {
         let response = match self.app.send(&Target::Plain(target), request.map(proxy_http::boxed)).await {
             Ok(mut response) => {
                 proxy_http::prepare_response(&mut response, upgrade, drain);
-                response.map(proxy_http::boxed)
+                response
             }
             Err(error) => {
-                if let Some(connect) = connect_error(&error) {
+                if error.before_sending() {
                     self.metrics.refused(DIRECTION, RefusalReason::ConnectFailed);
-                    tracing::info!(error = %connect, "cannot reach the application");
+                    tracing::info!(%error, "cannot reach the application");
                 } else {
                     tracing::info!(%error, %target, "the application's response failed");
                 }

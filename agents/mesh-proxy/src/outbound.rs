@@ -24,7 +24,7 @@ use crate::metrics::{Direction, ProxyMetrics, RefusalReason, TrafficLabels};
 use crate::shutdown::Drain;
 use crate::tap::Tap;
 use crate::tcp;
-use crate::upstream::{ConnectError, Connector, HttpClients, Target, connect_error};
+use crate::upstream::{ConnectError, Connector, HttpClients, Target};
 
 const DIRECTION: Direction = Direction::Outbound;
 /// Linkerd's limit: one retry per request, on top of the retry budget.
@@ -72,7 +72,7 @@ struct NoRoute {
 
 /// What one attempt produced.
 enum Attempt {
-    Response(Response<Incoming>),
+    Response(Response<ProxyBody>),
     Failed { status: StatusCode, message: String, connect: bool },
 }
 
@@ -210,17 +210,15 @@ impl Outbound {
     async fn attempt(&self, target: &Target, request: Request<ProxyBody>, deadline: tokio::time::Instant) -> Attempt {
         match tokio::time::timeout_at(deadline, self.clients.send(target, request)).await {
             Ok(Ok(response)) => Attempt::Response(response),
-            Ok(Err(error)) => match connect_error(&error) {
-                Some(connect) => Attempt::Failed {
-                    status: StatusCode::BAD_GATEWAY,
-                    message: format!("cannot connect: {connect}"),
-                    connect: true,
-                },
-                None => Attempt::Failed {
-                    status: StatusCode::BAD_GATEWAY,
-                    message: format!("the endpoint's response failed: {error}"),
-                    connect: false,
-                },
+            Ok(Err(error)) if error.before_sending() => Attempt::Failed {
+                status: StatusCode::BAD_GATEWAY,
+                message: format!("cannot connect: {error}"),
+                connect: true,
+            },
+            Ok(Err(error)) => Attempt::Failed {
+                status: StatusCode::BAD_GATEWAY,
+                message: format!("the endpoint's response failed: {error}"),
+                connect: false,
             },
             Err(_) => Attempt::Failed {
                 status: StatusCode::GATEWAY_TIMEOUT,
@@ -234,7 +232,7 @@ impl Outbound {
         match attempt {
             Attempt::Response(mut response) => {
                 proxy_http::prepare_response(&mut response, upgrade, drain);
-                response.map(proxy_http::boxed)
+                response
             }
             Attempt::Failed { status, message, connect } => {
                 if connect {

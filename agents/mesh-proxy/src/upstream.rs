@@ -1,10 +1,9 @@
 //! Connections from the proxy to where traffic goes: the local application (plain TCP), an
 //! unmeshed endpoint (plain TCP) or a meshed endpoint's proxy (mTLS expecting its identity, then
-//! the transport header). HTTP goes through pooled clients, one per (target, protocol), because
-//! reusing connections is most of what keeps proxy latency low.
+//! the transport header). HTTP goes over pooled connections per target, because reusing
+//! connections is most of what keeps proxy latency low.
 
 use std::collections::HashMap;
-use std::future::Future;
 use std::io;
 use std::net::SocketAddr;
 use std::pin::Pin;
@@ -12,10 +11,13 @@ use std::sync::{Arc, Mutex, PoisonError};
 use std::task::{Context, Poll};
 use std::time::{Duration, Instant};
 
-use http::{Request, Response, Uri};
-use hyper::body::Incoming;
-use hyper_util::client::legacy::Client;
-use hyper_util::client::legacy::connect::{Connected, Connection};
+use bytes::Bytes;
+use http::header::{self, HeaderValue};
+use http::uri::PathAndQuery;
+use http::{Method, Request, Response, StatusCode, Uri};
+use http_body_util::BodyExt as _;
+use hyper::body::{Body, Frame, Incoming, SizeHint};
+use hyper::client::conn::{http1, http2};
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 use rustls::ClientConfig;
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
@@ -25,7 +27,7 @@ use trellis_api::MeshIdentity;
 use trellis_mesh_identity::{CertStore, server_name_for};
 
 use crate::discovery::EndpointInfo;
-use crate::http::ProxyBody;
+use crate::http::{BoxError, ProxyBody};
 use crate::transport_header;
 
 /// A black-holed address fails after this rather than holding the request until its timeout.
@@ -186,35 +188,6 @@ impl AsyncWrite for UpstreamIo {
     }
 }
 
-impl Connection for UpstreamIo {
-    fn connected(&self) -> Connected {
-        Connected::new()
-    }
-}
-
-/// The pooled client's connector for one target: the client's URI names the request's
-/// authority (which the upstream must see), not where to connect.
-#[derive(Debug, Clone)]
-struct TargetConnector {
-    connector: Connector,
-    target: Target,
-}
-
-impl tower::Service<Uri> for TargetConnector {
-    type Response = TokioIo<UpstreamIo>;
-    type Error = ConnectError;
-    type Future = Pin<Box<dyn Future<Output = Result<Self::Response, ConnectError>> + Send>>;
-
-    fn poll_ready(&mut self, _cx: &mut Context<'_>) -> Poll<Result<(), ConnectError>> {
-        Poll::Ready(Ok(()))
-    }
-
-    fn call(&mut self, _uri: Uri) -> Self::Future {
-        let this = self.clone();
-        Box::pin(async move { this.connector.connect(&this.target).await.map(TokioIo::new) })
-    }
-}
-
 /// Whether requests to a target go as HTTP/1 or HTTP/2: the proxy keeps the client's protocol.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub enum HttpVersion {
@@ -228,28 +201,47 @@ impl HttpVersion {
     }
 }
 
-type PooledClient = Client<TargetConnector, ProxyBody>;
-
-/// A target's pooled clients, one per protocol, shared (not copied) by the requests using them.
-struct TargetClients {
-    http1: Option<Arc<PooledClient>>,
-    http2: Option<Arc<PooledClient>>,
-    last_used: Instant,
+/// Sending a request failed: before anything was sent (connecting, or the HTTP handshake), or
+/// on the connection.
+#[derive(Debug, thiserror::Error)]
+pub enum SendError {
+    #[error(transparent)]
+    Connect(#[from] ConnectError),
+    #[error("HTTP handshake with {target:?}: {source}")]
+    Handshake { target: Target, source: hyper::Error },
+    #[error(transparent)]
+    Http(#[from] hyper::Error),
 }
 
-impl TargetClients {
-    fn of(&mut self, version: HttpVersion) -> &mut Option<Arc<PooledClient>> {
-        match version {
-            HttpVersion::Http1 => &mut self.http1,
-            HttpVersion::Http2 => &mut self.http2,
-        }
+impl SendError {
+    /// Whether the request never left the proxy, so another endpoint may be tried.
+    pub fn before_sending(&self) -> bool {
+        matches!(self, SendError::Connect(_) | SendError::Handshake { .. })
     }
 }
 
-/// Pooled HTTP clients per target and protocol.
+/// An HTTP/1 connection between requests.
+struct IdleConnection {
+    sender: http1::SendRequest<ProxyBody>,
+    since: Instant,
+}
+
+/// A target's connections: HTTP/1 ones between requests, and the one multiplexed HTTP/2
+/// connection.
+struct Pool {
+    idle: Vec<IdleConnection>,
+    http2: Option<http2::SendRequest<ProxyBody>>,
+    last_used: Instant,
+}
+
+type Pools = Arc<Mutex<HashMap<Target, Pool>>>;
+
+/// Pooled HTTP connections per target, driven by hyper's connection API: a request takes an
+/// idle connection (or opens one) and its response body gives the connection back when it
+/// ends, so a warm path spawns no task and copies no key.
 pub struct HttpClients {
     connector: Connector,
-    clients: Mutex<HashMap<Target, TargetClients>>,
+    pools: Pools,
 }
 
 impl std::fmt::Debug for HttpClients {
@@ -260,55 +252,202 @@ impl std::fmt::Debug for HttpClients {
 
 impl HttpClients {
     pub fn new(connector: Connector) -> HttpClients {
-        HttpClients { connector, clients: Mutex::new(HashMap::new()) }
+        HttpClients { connector, pools: Arc::default() }
     }
 
-    /// Sends `request` (absolute URI) to `target` over a pooled connection.
-    pub async fn send(
+    /// Sends `request` (absolute URI: its authority is what the upstream sees) to `target`.
+    pub async fn send(&self, target: &Target, request: Request<ProxyBody>) -> Result<Response<ProxyBody>, SendError> {
+        match HttpVersion::of(&request) {
+            HttpVersion::Http1 => self.send_http1(target, origin_form(request)).await,
+            HttpVersion::Http2 => self.send_http2(target, request).await,
+        }
+    }
+
+    async fn send_http1(&self, target: &Target, request: Request<ProxyBody>) -> Result<Response<ProxyBody>, SendError> {
+        let (mut sender, request) = match self.checkout(target).await {
+            Some(mut pooled) => match pooled.try_send_request(request).await {
+                Ok(response) => return Ok(self.give_back_after(target, pooled, response)),
+                // The upstream closed the idle connection as the request was handed over: it
+                // was not sent, so a new connection gets it.
+                Err(mut error) => match error.take_message() {
+                    Some(request) => (self.connect_http1(target).await?, request),
+                    None => return Err(SendError::Http(error.into_error())),
+                },
+            },
+            None => (self.connect_http1(target).await?, request),
+        };
+        let response = sender.send_request(request).await?;
+        Ok(self.give_back_after(target, sender, response))
+    }
+
+    /// An idle connection to `target` ready for a request, dropping those closed or idle too
+    /// long. The most recently used goes first: it is the least likely to have been closed.
+    async fn checkout(&self, target: &Target) -> Option<http1::SendRequest<ProxyBody>> {
+        loop {
+            let mut idle = {
+                let mut pools = lock(&self.pools);
+                let pool = pools.get_mut(target)?;
+                let now = Instant::now();
+                pool.last_used = now;
+                pool.idle.retain(|idle| now.duration_since(idle.since) < POOL_IDLE_TIMEOUT && !idle.sender.is_closed());
+                pool.idle.pop()?.sender
+            };
+            // Given back at the end of the previous response, the connection may need one more
+            // turn of its task before it takes the next request.
+            if idle.ready().await.is_ok() {
+                return Some(idle);
+            }
+        }
+    }
+
+    async fn connect_http1(&self, target: &Target) -> Result<http1::SendRequest<ProxyBody>, SendError> {
+        let io = TokioIo::new(self.connector.connect(target).await?);
+        let (sender, connection) = http1::Builder::new()
+            .handshake(io)
+            .await
+            .map_err(|source| SendError::Handshake { target: target.clone(), source })?;
+        tokio::spawn(async move {
+            if let Err(error) = connection.with_upgrades().await {
+                tracing::debug!(%error, "upstream HTTP/1 connection ended with an error");
+            }
+        });
+        Ok(sender)
+    }
+
+    /// The response, whose body returns `sender` to the pool once it has been read to the end.
+    fn give_back_after(
         &self,
         target: &Target,
-        request: Request<ProxyBody>,
-    ) -> Result<Response<Incoming>, hyper_util::client::legacy::Error> {
-        let client = self.client(target, HttpVersion::of(&request));
-        client.request(request).await
+        sender: http1::SendRequest<ProxyBody>,
+        response: Response<Incoming>,
+    ) -> Response<ProxyBody> {
+        // A switched protocol owns the connection from now on.
+        if response.status() == StatusCode::SWITCHING_PROTOCOLS {
+            return response.map(boxed);
+        }
+        let returning = Returning { pools: Arc::clone(&self.pools), target: target.clone(), sender };
+        if response.body().is_end_stream() {
+            returning.give_back();
+            return response.map(boxed);
+        }
+        response.map(|body| ReturningBody { body, returning: Some(returning) }.boxed_unsync())
     }
 
-    fn client(&self, target: &Target, version: HttpVersion) -> Arc<PooledClient> {
-        let mut clients = self.clients.lock().unwrap_or_else(PoisonError::into_inner);
-        let now = Instant::now();
-        if let Some(entry) = clients.get_mut(target) {
-            entry.last_used = now;
-            if let Some(client) = entry.of(version) {
-                return Arc::clone(client);
+    async fn send_http2(&self, target: &Target, request: Request<ProxyBody>) -> Result<Response<ProxyBody>, SendError> {
+        let shared = {
+            let mut pools = lock(&self.pools);
+            let pool = pools.get_mut(target);
+            pool.and_then(|pool| {
+                pool.last_used = Instant::now();
+                pool.http2.clone().filter(|sender| !sender.is_closed())
+            })
+        };
+        let mut sender = match shared {
+            Some(sender) => sender,
+            None => {
+                let sender = self.connect_http2(target).await?;
+                pool_of(&mut lock(&self.pools), target).http2 = Some(sender.clone());
+                sender
             }
-        } else {
-            // Pruned only when a target is added: that is when the map grows.
-            clients.retain(|_, entry| now.duration_since(entry.last_used) < CLIENT_IDLE_TIMEOUT);
-        }
-        let mut builder = Client::builder(TokioExecutor::new());
-        builder
-            .pool_idle_timeout(POOL_IDLE_TIMEOUT)
-            .pool_timer(TokioTimer::new())
+        };
+        sender.ready().await?;
+        Ok(sender.send_request(request).await?.map(boxed))
+    }
+
+    async fn connect_http2(&self, target: &Target) -> Result<http2::SendRequest<ProxyBody>, SendError> {
+        let io = TokioIo::new(self.connector.connect(target).await?);
+        let (sender, connection) = http2::Builder::new(TokioExecutor::new())
             .timer(TokioTimer::new())
-            .http2_only(version == HttpVersion::Http2);
-        let client =
-            Arc::new(builder.build(TargetConnector { connector: self.connector.clone(), target: target.clone() }));
-        let entry = clients.entry(target.clone()).or_insert(TargetClients { http1: None, http2: None, last_used: now });
-        *entry.of(version) = Some(Arc::clone(&client));
-        client
+            .handshake(io)
+            .await
+            .map_err(|source| SendError::Handshake { target: target.clone(), source })?;
+        tokio::spawn(async move {
+            if let Err(error) = connection.await {
+                tracing::debug!(%error, "upstream HTTP/2 connection ended with an error");
+            }
+        });
+        Ok(sender)
     }
 }
 
-/// The connect failure behind a pooled client's error, if the request failed to connect.
-pub fn connect_error(error: &hyper_util::client::legacy::Error) -> Option<&ConnectError> {
-    let mut current: Option<&(dyn std::error::Error + 'static)> = std::error::Error::source(error);
-    while let Some(error) = current {
-        if let Some(connect) = error.downcast_ref::<ConnectError>() {
-            return Some(connect);
-        }
-        current = error.source();
+/// `target`'s pool, created if needed; targets unused for long are dropped whenever one is added,
+/// which is when the map grows.
+fn pool_of<'a>(pools: &'a mut HashMap<Target, Pool>, target: &Target) -> &'a mut Pool {
+    let now = Instant::now();
+    if !pools.contains_key(target) {
+        pools.retain(|_, pool| now.duration_since(pool.last_used) < CLIENT_IDLE_TIMEOUT);
     }
-    None
+    pools.entry(target.clone()).or_insert_with(|| Pool { idle: Vec::new(), http2: None, last_used: now })
+}
+
+fn lock(pools: &Pools) -> std::sync::MutexGuard<'_, HashMap<Target, Pool>> {
+    pools.lock().unwrap_or_else(PoisonError::into_inner)
+}
+
+fn boxed(body: Incoming) -> ProxyBody {
+    body.map_err(BoxError::from).boxed_unsync()
+}
+
+/// HTTP/1 sends the origin form with a Host header (the authority the client named); the
+/// absolute form is for requests to forward proxies. CONNECT keeps its authority form.
+fn origin_form(mut request: Request<ProxyBody>) -> Request<ProxyBody> {
+    if request.method() == Method::CONNECT {
+        return request;
+    }
+    if !request.headers().contains_key(header::HOST)
+        && let Some(host) =
+            request.uri().authority().and_then(|authority| HeaderValue::from_str(authority.as_str()).ok())
+    {
+        request.headers_mut().insert(header::HOST, host);
+    }
+    let path = request.uri().path_and_query().cloned().unwrap_or_else(|| PathAndQuery::from_static("/"));
+    *request.uri_mut() = Uri::from(path);
+    request
+}
+
+/// An HTTP/1 connection on its way back to its target's pool.
+struct Returning {
+    pools: Pools,
+    target: Target,
+    sender: http1::SendRequest<ProxyBody>,
+}
+
+impl Returning {
+    fn give_back(self) {
+        let Returning { pools, target, sender } = self;
+        let idle = IdleConnection { sender, since: Instant::now() };
+        pool_of(&mut lock(&pools), &target).idle.push(idle);
+    }
+}
+
+/// A response body that gives its connection back when it has been read to the end; a body
+/// dropped early leaves a connection hyper closes.
+struct ReturningBody {
+    body: Incoming,
+    returning: Option<Returning>,
+}
+
+impl Body for ReturningBody {
+    type Data = Bytes;
+    type Error = BoxError;
+
+    fn poll_frame(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Result<Frame<Bytes>, BoxError>>> {
+        let this = self.get_mut();
+        let polled = Pin::new(&mut this.body).poll_frame(cx).map_err(BoxError::from);
+        let ended = this.body.is_end_stream() || matches!(polled, Poll::Ready(None));
+        if ended && let Some(returning) = this.returning.take() {
+            returning.give_back();
+        }
+        polled
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.body.is_end_stream()
+    }
+
+    fn size_hint(&self) -> SizeHint {
+        self.body.size_hint()
+    }
 }
 
 #[cfg(test)]

@@ -149,6 +149,31 @@ async fn meshed_requests_carry_the_client_identity_and_are_observed() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn upstream_connections_are_pooled_per_target_and_protocol() {
+    const LEGACY: &str = "legacy.shop.svc.cluster.local:8080";
+    let mesh = ControlPlane::start(HOUR).await;
+    let server = mesh.proxy("web", &[]).await;
+    let client = mesh.proxy("frontend", &[]).await;
+    let (web, legacy) = (App::start("web").await, App::start("legacy").await);
+    mesh.destinations.set(WEB, endpoint_set(vec![meshed(&web, "web", &server)], false));
+    mesh.destinations.set(LEGACY, endpoint_set(vec![unmeshed(&legacy)], false));
+    for round in 0..5 {
+        for (version, authority, name) in
+            [(Version::HTTP_11, WEB, "web"), (Version::HTTP_2, WEB, "web"), (Version::HTTP_11, LEGACY, "legacy")]
+        {
+            // A new client connection each time: only the proxies' pools can keep the count low.
+            let answer = send(client.outbound_addr(), request(version, authority, &format!("/{round}"), &[])).await;
+            assert_eq!(answer, Ok((StatusCode::OK, name.to_owned())), "{version:?} to {authority}, round {round}");
+        }
+    }
+    // The server's proxy reaches its application over one HTTP/1 and one HTTP/2 connection; the
+    // unmeshed endpoint gets one connection from the client's proxy.
+    assert_eq!(web.state.requests(), 10);
+    assert_eq!(web.state.connections.load(std::sync::atomic::Ordering::SeqCst), 2);
+    assert_eq!(legacy.state.connections.load(std::sync::atomic::Ordering::SeqCst), 1);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_grpc_error_in_the_trailers_counts_as_a_failure_on_both_sides() {
     let mesh = ControlPlane::start(HOUR).await;
     let server = mesh.proxy("web", &[]).await;

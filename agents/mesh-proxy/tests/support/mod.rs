@@ -400,6 +400,8 @@ impl ControlPlane {
 #[derive(Default)]
 pub struct AppState {
     pub requests: AtomicUsize,
+    /// Connections accepted: the proxies' pools should keep this low.
+    pub connections: AtomicUsize,
     delay_ms: AtomicU64,
     status: AtomicU16,
     pub client_ids: Mutex<Vec<Option<String>>>,
@@ -453,6 +455,7 @@ impl App {
         let served = Arc::clone(&state);
         let task = tokio::spawn(async move {
             while let Ok((stream, _)) = listener.accept().await {
+                served.connections.fetch_add(1, Ordering::SeqCst);
                 let state = Arc::clone(&served);
                 tokio::spawn(async move {
                     let service = service_fn(move |request: Request<Incoming>| {
