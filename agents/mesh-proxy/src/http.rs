@@ -3,6 +3,7 @@
 //! metrics and tap record of each request.
 
 use std::error::Error as StdError;
+use std::future::Future;
 use std::pin::Pin;
 use std::sync::Arc;
 use std::task::{Context, Poll};
@@ -15,15 +16,16 @@ use http::{Method, Request, Response, StatusCode, Uri, Version};
 use http_body_util::combinators::UnsyncBoxBody;
 use http_body_util::{BodyExt, Empty, Full};
 use hyper::body::{Body, Frame, Incoming, SizeHint};
+use hyper::server::conn::{http1, http2};
 use hyper::service::Service;
 use hyper::upgrade::OnUpgrade;
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
-use hyper_util::server::conn::auto;
 use tokio::io::{AsyncRead, AsyncWrite};
 
 use crate::metrics::{Direction, ProxyMetrics, RefusalReason, TrafficLabels};
 use crate::shutdown::Drain;
 use crate::tap::{Tap, TapEvent};
+use crate::upstream::HttpVersion;
 
 pub type BoxError = Box<dyn StdError + Send + Sync>;
 pub type ProxyBody = UnsyncBoxBody<Bytes, BoxError>;
@@ -199,35 +201,62 @@ pub fn replay_of<B>(request: &Request<B>) -> Request<ProxyBody> {
     copy
 }
 
-/// Serves one detected HTTP connection until it closes, or until shutdown begins, when it
-/// finishes its in-flight requests first. Parse failures (hyper already answered 400 or 431)
-/// are counted as refusals.
-pub async fn serve<I, S>(io: I, service: S, direction: Direction, metrics: &ProxyMetrics, drain: &Drain)
-where
+/// Serves one HTTP connection of the detected `version` until it closes, or until shutdown
+/// begins, when it finishes its in-flight requests first. Parse failures (hyper already answered
+/// 400 or 431) are counted as refusals.
+pub async fn serve<I, S>(
+    io: I,
+    version: HttpVersion,
+    service: S,
+    direction: Direction,
+    metrics: &ProxyMetrics,
+    drain: &Drain,
+) where
     I: AsyncRead + AsyncWrite + Unpin + Send + 'static,
     S: Service<Request<Incoming>, Response = Response<ProxyBody>> + Clone + Send + 'static,
     S::Future: Send + 'static,
     S::Error: Into<BoxError>,
 {
-    let mut builder = auto::Builder::new(TokioExecutor::new());
-    builder.http1().max_buf_size(MAX_HEADER_BYTES).timer(TokioTimer::new()).header_read_timeout(HEADER_READ_TIMEOUT);
-    builder.http2().max_header_list_size(MAX_HEADER_BYTES as u32).timer(TokioTimer::new());
-    let connection = builder.serve_connection_with_upgrades(TokioIo::new(io), service);
-    tokio::pin!(connection);
-    let result = tokio::select! {
-        result = connection.as_mut() => result,
-        () = drain.draining().cancelled() => {
-            connection.as_mut().graceful_shutdown();
-            connection.await
+    // Detection already told the protocol: hyper's own builders, not its auto-detecting one,
+    // which would read the preface again through one more layer of buffering.
+    let io = TokioIo::new(io);
+    let result = match version {
+        HttpVersion::Http1 => {
+            let mut builder = http1::Builder::new();
+            builder.max_buf_size(MAX_HEADER_BYTES).timer(TokioTimer::new()).header_read_timeout(HEADER_READ_TIMEOUT);
+            let connection = builder.serve_connection(io, service).with_upgrades();
+            until_closed(connection, drain, |connection| connection.graceful_shutdown()).await
+        }
+        HttpVersion::Http2 => {
+            let mut builder = http2::Builder::new(TokioExecutor::new());
+            builder.max_header_list_size(MAX_HEADER_BYTES as u32).timer(TokioTimer::new());
+            let connection = builder.serve_connection(io, service);
+            until_closed(connection, drain, |connection| connection.graceful_shutdown()).await
         }
     };
     if let Err(error) = result {
-        match refusal_reason(&*error) {
+        match refusal_reason(&error) {
             Some(reason) => {
                 metrics.refused(direction, reason);
                 tracing::info!(direction = direction.as_str(), %error, "refused a malformed HTTP request");
             }
             None => tracing::debug!(direction = direction.as_str(), %error, "HTTP connection ended with an error"),
+        }
+    }
+}
+
+/// Drives `connection` to its end; once shutdown begins, `shut_down` asks it to finish what is
+/// in flight and take nothing new.
+async fn until_closed<C>(connection: C, drain: &Drain, shut_down: impl FnOnce(Pin<&mut C>)) -> hyper::Result<()>
+where
+    C: Future<Output = hyper::Result<()>>,
+{
+    tokio::pin!(connection);
+    tokio::select! {
+        result = connection.as_mut() => result,
+        () = drain.draining().cancelled() => {
+            shut_down(connection.as_mut());
+            connection.await
         }
     }
 }

@@ -28,7 +28,7 @@ use crate::shutdown::Drain;
 use crate::tap::Tap;
 use crate::tcp;
 use crate::transport_header;
-use crate::upstream::{Connector, HttpClients, Target};
+use crate::upstream::{Connector, HttpClients, HttpVersion, Target};
 
 const DIRECTION: Direction = Direction::Inbound;
 /// A peer gets this long for its TLS handshake and transport header; a stalled client must not
@@ -192,6 +192,7 @@ impl Inbound {
         let io = PrefixedIo::new(prefix, io);
         match protocol {
             Protocol::Http1 | Protocol::Http2 => {
+                let version = HttpVersion::detected(protocol);
                 let client_id = client_id.map(|id| id.to_string());
                 let metrics = Arc::clone(&self.metrics);
                 let upgrades = drain.clone();
@@ -199,7 +200,7 @@ impl Inbound {
                     let (inbound, client_id, upgrades) = (Arc::clone(&self), client_id.clone(), upgrades.clone());
                     async move { Ok::<_, Infallible>(inbound.forward_http(request, target, client_id, &upgrades).await) }
                 });
-                proxy_http::serve(io, service, DIRECTION, &metrics, drain).await;
+                proxy_http::serve(io, version, service, DIRECTION, &metrics, drain).await;
             }
             Protocol::Tls | Protocol::Opaque => self.forward_opaque(io, target, client_id).await,
         }

@@ -24,7 +24,7 @@ use crate::metrics::{Direction, ProxyMetrics, RefusalReason, TrafficLabels};
 use crate::shutdown::Drain;
 use crate::tap::Tap;
 use crate::tcp;
-use crate::upstream::{ConnectError, Connector, HttpClients, Target};
+use crate::upstream::{ConnectError, Connector, HttpClients, HttpVersion, Target};
 
 const DIRECTION: Direction = Direction::Outbound;
 /// Linkerd's limit: one retry per request, on top of the retry budget.
@@ -319,13 +319,14 @@ impl tcp::ConnectionHandler for Outbound {
         let io = PrefixedIo::new(prefix, stream);
         match (protocol, original_dst) {
             (Protocol::Http1 | Protocol::Http2, _) => {
+                let version = HttpVersion::detected(protocol);
                 let metrics = Arc::clone(&self.metrics);
                 let upgrades = drain.clone();
                 let service = service_fn(move |request| {
                     let (outbound, upgrades) = (Arc::clone(&self), upgrades.clone());
                     async move { Ok::<_, Infallible>(outbound.proxy_http(request, original_dst, &upgrades).await) }
                 });
-                proxy_http::serve(io, service, DIRECTION, &metrics, &drain).await;
+                proxy_http::serve(io, version, service, DIRECTION, &metrics, &drain).await;
             }
             (Protocol::Tls | Protocol::Opaque, Some(dst)) => self.forward_opaque(io, dst, None).await,
             (Protocol::Tls | Protocol::Opaque, None) => {

@@ -26,6 +26,7 @@ use tokio_rustls::client::TlsStream;
 use trellis_api::MeshIdentity;
 use trellis_mesh_identity::{CertStore, server_name_for};
 
+use crate::detect::Protocol;
 use crate::discovery::EndpointInfo;
 use crate::http::{BoxError, ProxyBody};
 use crate::transport_header;
@@ -199,6 +200,11 @@ impl HttpVersion {
     pub fn of<B>(request: &Request<B>) -> HttpVersion {
         if request.version() == http::Version::HTTP_2 { HttpVersion::Http2 } else { HttpVersion::Http1 }
     }
+
+    /// The version of a connection whose protocol detection found HTTP.
+    pub fn detected(protocol: Protocol) -> HttpVersion {
+        if protocol == Protocol::Http2 { HttpVersion::Http2 } else { HttpVersion::Http1 }
+    }
 }
 
 /// Sending a request failed: before anything was sent (connecting, or the HTTP handshake), or
@@ -234,14 +240,16 @@ struct Pool {
     last_used: Instant,
 }
 
-type Pools = Arc<Mutex<HashMap<Target, Pool>>>;
+/// Held by the clients' map and by each response on its way back, which then finds its pool
+/// without a lookup.
+type SharedPool = Arc<Mutex<Pool>>;
 
 /// Pooled HTTP connections per target, driven by hyper's connection API: a request takes an
 /// idle connection (or opens one) and its response body gives the connection back when it
 /// ends, so a warm path spawns no task and copies no key.
 pub struct HttpClients {
     connector: Connector,
-    pools: Pools,
+    pools: Mutex<HashMap<Target, SharedPool>>,
 }
 
 impl std::fmt::Debug for HttpClients {
@@ -252,21 +260,41 @@ impl std::fmt::Debug for HttpClients {
 
 impl HttpClients {
     pub fn new(connector: Connector) -> HttpClients {
-        HttpClients { connector, pools: Arc::default() }
+        HttpClients { connector, pools: Mutex::default() }
     }
 
     /// Sends `request` (absolute URI: its authority is what the upstream sees) to `target`.
     pub async fn send(&self, target: &Target, request: Request<ProxyBody>) -> Result<Response<ProxyBody>, SendError> {
+        let pool = self.pool(target);
         match HttpVersion::of(&request) {
-            HttpVersion::Http1 => self.send_http1(target, origin_form(request)).await,
-            HttpVersion::Http2 => self.send_http2(target, request).await,
+            HttpVersion::Http1 => self.send_http1(target, &pool, origin_form(request)).await,
+            HttpVersion::Http2 => self.send_http2(target, &pool, request).await,
         }
     }
 
-    async fn send_http1(&self, target: &Target, request: Request<ProxyBody>) -> Result<Response<ProxyBody>, SendError> {
-        let (mut sender, request) = match self.checkout(target).await {
+    /// `target`'s pool, created if needed; targets unused for long are dropped whenever one is
+    /// added, which is when the map grows.
+    fn pool(&self, target: &Target) -> SharedPool {
+        let mut pools = self.pools.lock().unwrap_or_else(PoisonError::into_inner);
+        if let Some(pool) = pools.get(target) {
+            return Arc::clone(pool);
+        }
+        let now = Instant::now();
+        pools.retain(|_, pool| now.duration_since(lock(pool).last_used) < CLIENT_IDLE_TIMEOUT);
+        let pool = Arc::new(Mutex::new(Pool { idle: Vec::new(), http2: None, last_used: now }));
+        pools.insert(target.clone(), Arc::clone(&pool));
+        pool
+    }
+
+    async fn send_http1(
+        &self,
+        target: &Target,
+        pool: &SharedPool,
+        request: Request<ProxyBody>,
+    ) -> Result<Response<ProxyBody>, SendError> {
+        let (mut sender, request) = match checkout(pool).await {
             Some(mut pooled) => match pooled.try_send_request(request).await {
-                Ok(response) => return Ok(self.give_back_after(target, pooled, response)),
+                Ok(response) => return Ok(give_back_after(pool, pooled, response)),
                 // The upstream closed the idle connection as the request was handed over: it
                 // was not sent, so a new connection gets it.
                 Err(mut error) => match error.take_message() {
@@ -277,27 +305,7 @@ impl HttpClients {
             None => (self.connect_http1(target).await?, request),
         };
         let response = sender.send_request(request).await?;
-        Ok(self.give_back_after(target, sender, response))
-    }
-
-    /// An idle connection to `target` ready for a request, dropping those closed or idle too
-    /// long. The most recently used goes first: it is the least likely to have been closed.
-    async fn checkout(&self, target: &Target) -> Option<http1::SendRequest<ProxyBody>> {
-        loop {
-            let mut idle = {
-                let mut pools = lock(&self.pools);
-                let pool = pools.get_mut(target)?;
-                let now = Instant::now();
-                pool.last_used = now;
-                pool.idle.retain(|idle| now.duration_since(idle.since) < POOL_IDLE_TIMEOUT && !idle.sender.is_closed());
-                pool.idle.pop()?.sender
-            };
-            // Given back at the end of the previous response, the connection may need one more
-            // turn of its task before it takes the next request.
-            if idle.ready().await.is_ok() {
-                return Some(idle);
-            }
-        }
+        Ok(give_back_after(pool, sender, response))
     }
 
     async fn connect_http1(&self, target: &Target) -> Result<http1::SendRequest<ProxyBody>, SendError> {
@@ -314,39 +322,22 @@ impl HttpClients {
         Ok(sender)
     }
 
-    /// The response, whose body returns `sender` to the pool once it has been read to the end.
-    fn give_back_after(
+    async fn send_http2(
         &self,
         target: &Target,
-        sender: http1::SendRequest<ProxyBody>,
-        response: Response<Incoming>,
-    ) -> Response<ProxyBody> {
-        // A switched protocol owns the connection from now on.
-        if response.status() == StatusCode::SWITCHING_PROTOCOLS {
-            return response.map(boxed);
-        }
-        let returning = Returning { pools: Arc::clone(&self.pools), target: target.clone(), sender };
-        if response.body().is_end_stream() {
-            returning.give_back();
-            return response.map(boxed);
-        }
-        response.map(|body| ReturningBody { body, returning: Some(returning) }.boxed_unsync())
-    }
-
-    async fn send_http2(&self, target: &Target, request: Request<ProxyBody>) -> Result<Response<ProxyBody>, SendError> {
+        pool: &SharedPool,
+        request: Request<ProxyBody>,
+    ) -> Result<Response<ProxyBody>, SendError> {
         let shared = {
-            let mut pools = lock(&self.pools);
-            let pool = pools.get_mut(target);
-            pool.and_then(|pool| {
-                pool.last_used = Instant::now();
-                pool.http2.clone().filter(|sender| !sender.is_closed())
-            })
+            let mut pool = lock(pool);
+            pool.last_used = Instant::now();
+            pool.http2.clone().filter(|sender| !sender.is_closed())
         };
         let mut sender = match shared {
             Some(sender) => sender,
             None => {
                 let sender = self.connect_http2(target).await?;
-                pool_of(&mut lock(&self.pools), target).http2 = Some(sender.clone());
+                lock(pool).http2 = Some(sender.clone());
                 sender
             }
         };
@@ -370,18 +361,45 @@ impl HttpClients {
     }
 }
 
-/// `target`'s pool, created if needed; targets unused for long are dropped whenever one is added,
-/// which is when the map grows.
-fn pool_of<'a>(pools: &'a mut HashMap<Target, Pool>, target: &Target) -> &'a mut Pool {
-    let now = Instant::now();
-    if !pools.contains_key(target) {
-        pools.retain(|_, pool| now.duration_since(pool.last_used) < CLIENT_IDLE_TIMEOUT);
+/// An idle connection from `pool` ready for a request, dropping those closed or idle too long.
+/// The most recently used goes first: it is the least likely to have been closed.
+async fn checkout(pool: &SharedPool) -> Option<http1::SendRequest<ProxyBody>> {
+    loop {
+        let mut idle = {
+            let mut pool = lock(pool);
+            let now = Instant::now();
+            pool.last_used = now;
+            pool.idle.retain(|idle| now.duration_since(idle.since) < POOL_IDLE_TIMEOUT && !idle.sender.is_closed());
+            pool.idle.pop()?.sender
+        };
+        // Given back at the end of the previous response, the connection may need one more turn
+        // of its task before it takes the next request.
+        if idle.ready().await.is_ok() {
+            return Some(idle);
+        }
     }
-    pools.entry(target.clone()).or_insert_with(|| Pool { idle: Vec::new(), http2: None, last_used: now })
 }
 
-fn lock(pools: &Pools) -> std::sync::MutexGuard<'_, HashMap<Target, Pool>> {
-    pools.lock().unwrap_or_else(PoisonError::into_inner)
+/// The response, whose body returns `sender` to `pool` once it has been read to the end.
+fn give_back_after(
+    pool: &SharedPool,
+    sender: http1::SendRequest<ProxyBody>,
+    response: Response<Incoming>,
+) -> Response<ProxyBody> {
+    // A switched protocol owns the connection from now on.
+    if response.status() == StatusCode::SWITCHING_PROTOCOLS {
+        return response.map(boxed);
+    }
+    let returning = Returning { pool: Arc::clone(pool), sender };
+    if response.body().is_end_stream() {
+        returning.give_back();
+        return response.map(boxed);
+    }
+    response.map(|body| ReturningBody { body, returning: Some(returning) }.boxed_unsync())
+}
+
+fn lock(pool: &Mutex<Pool>) -> std::sync::MutexGuard<'_, Pool> {
+    pool.lock().unwrap_or_else(PoisonError::into_inner)
 }
 
 fn boxed(body: Incoming) -> ProxyBody {
@@ -407,16 +425,16 @@ fn origin_form(mut request: Request<ProxyBody>) -> Request<ProxyBody> {
 
 /// An HTTP/1 connection on its way back to its target's pool.
 struct Returning {
-    pools: Pools,
-    target: Target,
+    /// Dropped from the clients' map meanwhile (unused for long), the pool goes away with the
+    /// last response holding it, and its connections with it.
+    pool: SharedPool,
     sender: http1::SendRequest<ProxyBody>,
 }
 
 impl Returning {
     fn give_back(self) {
-        let Returning { pools, target, sender } = self;
-        let idle = IdleConnection { sender, since: Instant::now() };
-        pool_of(&mut lock(&pools), &target).idle.push(idle);
+        let idle = IdleConnection { sender: self.sender, since: Instant::now() };
+        lock(&self.pool).idle.push(idle);
     }
 }
 
