@@ -27,6 +27,8 @@ pub struct EndpointInfo {
     pub addr: SocketAddr,
     /// The endpoint's SPIFFE ID when it is meshed: connect with mTLS expecting it.
     pub identity: Option<MeshIdentity>,
+    /// `identity` as metrics and tap name it, formatted once rather than for every request.
+    pub identity_name: Option<Arc<str>>,
     /// Connect here (with mTLS) instead of `addr`, naming `addr`'s port in the transport header.
     pub proxy_inbound_port: Option<u16>,
     pub zone: Option<String>,
@@ -560,6 +562,7 @@ fn endpoint_info(endpoint: Endpoint) -> Result<EndpointInfo, InvalidEndpoint> {
     };
     Ok(EndpointInfo {
         addr: SocketAddr::new(ip, port),
+        identity_name: identity.as_ref().map(|identity| Arc::from(identity.to_string())),
         identity,
         proxy_inbound_port,
         zone: Some(endpoint.zone).filter(|zone| !zone.is_empty()),

@@ -65,9 +65,26 @@ pub fn error_response(status: StatusCode, message: &str) -> Response<ProxyBody> 
     response
 }
 
-/// Removes the headers that describe one hop's connection (RFC 9110 §7.6.1), including those
-/// the `Connection` header names: they must not be forwarded, and HTTP/2 forbids them.
+/// The headers that describe one hop's connection (RFC 9110 §7.6.1), besides those the
+/// `Connection` header names.
+const HOP_BY_HOP: [HeaderName; 7] = [
+    header::CONNECTION,
+    header::TRANSFER_ENCODING,
+    header::UPGRADE,
+    header::PROXY_AUTHENTICATE,
+    header::PROXY_AUTHORIZATION,
+    HeaderName::from_static("keep-alive"),
+    HeaderName::from_static("proxy-connection"),
+];
+
+/// Removes the headers that describe one hop's connection, including those the `Connection`
+/// header names: they must not be forwarded, and HTTP/2 forbids them.
 pub fn strip_hop_by_hop(headers: &mut HeaderMap) {
+    // Most messages carry none of them: one look at each name present costs less than a lookup
+    // of every hop-by-hop name.
+    if !headers.keys().any(|name| name == header::TE || HOP_BY_HOP.contains(name)) {
+        return;
+    }
     let named: Vec<HeaderName> = headers
         .get_all(header::CONNECTION)
         .iter()
@@ -78,15 +95,7 @@ pub fn strip_hop_by_hop(headers: &mut HeaderMap) {
     for name in named {
         headers.remove(name);
     }
-    for name in [
-        header::CONNECTION,
-        header::TRANSFER_ENCODING,
-        header::UPGRADE,
-        header::PROXY_AUTHENTICATE,
-        header::PROXY_AUTHORIZATION,
-        HeaderName::from_static("keep-alive"),
-        HeaderName::from_static("proxy-connection"),
-    ] {
+    for name in HOP_BY_HOP {
         headers.remove(name);
     }
     // `te: trailers` is the one TE value HTTP/2 allows, and gRPC needs it end to end.
@@ -297,12 +306,17 @@ pub struct Observation {
     method: Method,
     /// The request target, kept whole (a reference count) for tap, which reads its path.
     uri: http::Uri,
-    client_id: Option<String>,
+    client_id: Option<Arc<str>>,
     started: Instant,
 }
 
 impl Observation {
-    pub fn start<B>(direction: Direction, authority: String, request: &Request<B>, client_id: Option<String>) -> Self {
+    pub fn start<B>(
+        direction: Direction,
+        authority: String,
+        request: &Request<B>,
+        client_id: Option<Arc<str>>,
+    ) -> Self {
         Observation {
             direction,
             authority,
@@ -320,7 +334,7 @@ impl Observation {
         response: Response<ProxyBody>,
         metrics: &Arc<ProxyMetrics>,
         tap: &Arc<Tap>,
-        server_id: Option<String>,
+        server_id: Option<Arc<str>>,
     ) -> Response<ProxyBody> {
         let head = ResponseHead {
             latency: self.started.elapsed(),
@@ -345,7 +359,7 @@ struct ResponseHead {
     latency: Duration,
     status: StatusCode,
     grpc_failed: bool,
-    server_id: Option<String>,
+    server_id: Option<Arc<str>>,
     metrics: Arc<ProxyMetrics>,
     tap: Arc<Tap>,
 }
@@ -371,8 +385,8 @@ impl ResponseHead {
                 path: observation.uri.path().to_owned(),
                 status: Some(status.as_u16()),
                 latency_ms: latency.as_secs_f64() * 1_000.0,
-                client_id: observation.client_id,
-                server_id,
+                client_id: observation.client_id.as_deref().map(str::to_owned),
+                server_id: server_id.as_deref().map(str::to_owned),
                 timestamp_unix_ms: SystemTime::now()
                     .duration_since(UNIX_EPOCH)
                     .map_or(0, |since| u64::try_from(since.as_millis()).unwrap_or(u64::MAX)),

@@ -48,6 +48,8 @@ pub struct InboundSettings {
 pub struct Inbound {
     settings: InboundSettings,
     store: Arc<CertStore>,
+    /// The server in metrics and tap, formatted once.
+    identity_name: Arc<str>,
     tls: Arc<rustls::ServerConfig>,
     connector: Connector,
     app: HttpClients,
@@ -87,7 +89,8 @@ impl Inbound {
         };
         let tls = store.server_config(client_auth);
         let app = HttpClients::new(connector.clone());
-        Arc::new(Inbound { settings, store, tls, connector, app, metrics, tap })
+        let identity_name = Arc::from(store.identity().to_string());
+        Arc::new(Inbound { settings, store, identity_name, tls, connector, app, metrics, tap })
     }
 
     async fn handle_tls(
@@ -193,12 +196,17 @@ impl Inbound {
         match protocol {
             Protocol::Http1 | Protocol::Http2 => {
                 let version = HttpVersion::detected(protocol);
-                let client_id = client_id.map(|id| id.to_string());
+                // The client's identity is the connection's: named and made a header once.
+                let client = client_id.map(|id| {
+                    let name: Arc<str> = Arc::from(id.to_string());
+                    let header = HeaderValue::from_str(&name).ok();
+                    (name, header)
+                });
                 let metrics = Arc::clone(&self.metrics);
                 let upgrades = drain.clone();
                 let service = service_fn(move |request| {
-                    let (inbound, client_id, upgrades) = (Arc::clone(&self), client_id.clone(), upgrades.clone());
-                    async move { Ok::<_, Infallible>(inbound.forward_http(request, target, client_id, &upgrades).await) }
+                    let (inbound, client, upgrades) = (Arc::clone(&self), client.clone(), upgrades.clone());
+                    async move { Ok::<_, Infallible>(inbound.forward_http(request, target, client, &upgrades).await) }
                 });
                 proxy_http::serve(io, version, service, DIRECTION, &metrics, drain).await;
             }
@@ -221,7 +229,7 @@ impl Inbound {
         let labels = TrafficLabels {
             direction: DIRECTION,
             authority: target.to_string(),
-            peer_identity: client_id.map(|id| id.to_string()),
+            peer_identity: client_id.map(|id| Arc::from(id.to_string())),
         };
         tcp::forward(io, server, &self.metrics, labels).await;
     }
@@ -230,18 +238,19 @@ impl Inbound {
         &self,
         mut request: Request<Incoming>,
         target: SocketAddr,
-        client_id: Option<String>,
+        client: Option<(Arc<str>, Option<HeaderValue>)>,
         drain: &Drain,
     ) -> Response<ProxyBody> {
         let authority = proxy_http::request_authority(&request);
         let label = authority.as_ref().map_or_else(|| target.to_string(), ToString::to_string);
-        let observation = Observation::start(DIRECTION, label, &request, client_id.clone());
-        let server_id = Some(self.store.identity().to_string());
+        let (client_id, client_header) = client.unzip();
+        let observation = Observation::start(DIRECTION, label, &request, client_id);
+        let server_id = Some(Arc::clone(&self.identity_name));
         let upgrade = proxy_http::prepare_request(&mut request);
         let headers = request.headers_mut();
         // Only the proxy may say who the client is: a plaintext client could claim anyone.
         headers.remove(CLIENT_ID_HEADER);
-        if let Some(value) = client_id.as_deref().and_then(|id| HeaderValue::from_str(id).ok()) {
+        if let Some(value) = client_header.flatten() {
             headers.insert(CLIENT_ID_HEADER, value);
         }
         let authority = authority.unwrap_or_else(|| authority_of(target));

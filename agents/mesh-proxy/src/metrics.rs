@@ -45,7 +45,8 @@ impl Direction {
 pub struct TrafficLabels {
     pub direction: Direction,
     pub authority: String,
-    pub peer_identity: Option<String>,
+    /// Shared, not copied: every request of a connection or endpoint names the same peer.
+    pub peer_identity: Option<Arc<str>>,
 }
 
 impl EncodeLabelSet for TrafficLabels {
@@ -328,7 +329,7 @@ mod tests {
         TrafficLabels {
             direction: Direction::Inbound,
             authority: "web.shop.svc.cluster.local:8080".to_owned(),
-            peer_identity: Some("spiffe://cluster.local/ns/shop/sa/api".to_owned()),
+            peer_identity: Some(Arc::from("spiffe://cluster.local/ns/shop/sa/api")),
         }
     }
 
@@ -412,7 +413,7 @@ mod tests {
     #[test]
     fn outbound_peers_are_reported_as_server_id() {
         let metrics = ProxyMetrics::new();
-        let labels = TrafficLabels { peer_identity: Some("spiffe://td/ns/a/sa/b".to_owned()), ..outbound_plain() };
+        let labels = TrafficLabels { peer_identity: Some(Arc::from("spiffe://td/ns/a/sa/b")), ..outbound_plain() };
         metrics.http_request(&labels);
         let text = metrics.encode();
         assert!(

@@ -44,7 +44,7 @@ pub struct Outbound {
     connector: Connector,
     clients: HttpClients,
     /// This proxy's SPIFFE ID: the client in tap events.
-    identity: String,
+    identity: Arc<str>,
     metrics: Arc<ProxyMetrics>,
     tap: Arc<Tap>,
 }
@@ -86,6 +86,7 @@ impl Outbound {
         tap: Arc<Tap>,
     ) -> Arc<Outbound> {
         let clients = HttpClients::new(connector.clone());
+        let identity = Arc::from(identity);
         Arc::new(Outbound { settings, discovery, connector, clients, identity, metrics, tap })
     }
 
@@ -131,7 +132,7 @@ impl Outbound {
         let authority = proxy_http::request_authority(&request);
         let authority = authority.or_else(|| original_dst.and_then(|dst| dst.to_string().parse::<Authority>().ok()));
         let label = authority.as_ref().map(ToString::to_string).unwrap_or_default();
-        let observation = Observation::start(DIRECTION, label, &request, Some(self.identity.clone()));
+        let observation = Observation::start(DIRECTION, label, &request, Some(Arc::clone(&self.identity)));
         let Some(authority) = authority else {
             self.metrics.refused(DIRECTION, RefusalReason::HttpMalformed);
             let response = proxy_http::error_response(StatusCode::BAD_REQUEST, "the request names no authority");
@@ -168,7 +169,7 @@ impl Outbound {
         request: Request<Incoming>,
         upgrade: Option<UpgradeRequest>,
         drain: &Drain,
-    ) -> (Response<ProxyBody>, Option<String>) {
+    ) -> (Response<ProxyBody>, Option<Arc<str>>) {
         let deadline = tokio::time::Instant::now() + self.settings.request_timeout;
         let mut replay = proxy_http::is_replayable(&request).then(|| proxy_http::replay_of(&request));
         let mut request = request.map(proxy_http::boxed);
@@ -183,7 +184,7 @@ impl Outbound {
         let mut retries = 0;
         loop {
             let target = Target::for_endpoint(&picked.endpoint);
-            let server_id = target.identity().map(ToString::to_string);
+            let server_id = picked.endpoint.identity_name.clone();
             let attempt = self.attempt(&target, request, deadline).await;
             let (outcome, retryable) = match &attempt {
                 Attempt::Response(response) if response.status().is_server_error() => (Outcome::Failure, true),
@@ -280,7 +281,7 @@ impl Outbound {
         let labels = TrafficLabels {
             direction: DIRECTION,
             authority,
-            peer_identity: target.identity().map(ToString::to_string),
+            peer_identity: target.identity().map(|identity| Arc::from(identity.to_string())),
         };
         tcp::forward(io, server, &self.metrics, labels).await;
     }

@@ -477,6 +477,7 @@ mod tests {
         EndpointInfo {
             addr: "10.0.0.7:8080".parse().expect("addr"),
             identity: identity.map(|id| id.parse().expect("identity")),
+            identity_name: identity.map(Arc::from),
             proxy_inbound_port,
             zone: None,
             labels: BTreeMap::new(),
