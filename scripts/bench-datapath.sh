@@ -9,7 +9,7 @@
 # Usage: scripts/bench-datapath.sh [rounds] [connects per cell] [iperf seconds]
 set -euo pipefail
 root=$(cd "$(dirname "$0")/.." && pwd)
-export CARGO_TARGET_DIR=${CARGO_TARGET_DIR:-$HOME/.cache/trellis-target}
+source "$root/scripts/target-dir.sh"
 export TRELLIS_BENCH_ROUNDS=${1:-${TRELLIS_BENCH_ROUNDS:-3}}
 export TRELLIS_BENCH_CONNECTS=${2:-${TRELLIS_BENCH_CONNECTS:-3000}}
 export TRELLIS_BENCH_IPERF_SECONDS=${3:-${TRELLIS_BENCH_IPERF_SECONDS:-5}}

@@ -16,7 +16,7 @@ root=$(cd "$(dirname "$0")/.." && pwd)
 rounds=${1:-3}
 seconds=${2:-30}
 rate=${3:-2000}
-export CARGO_TARGET_DIR=${CARGO_TARGET_DIR:-$HOME/.cache/trellis-target}
+source "$root/scripts/target-dir.sh"
 tools=$HOME/.cache/trellis-tools
 work=${TRELLIS_BENCH_DIR:-$HOME/.cache/trellis-bench-mesh}
 

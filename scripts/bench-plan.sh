@@ -5,7 +5,7 @@
 # on and off). Prints the medians and their ratios.
 set -euo pipefail
 root=$(cd "$(dirname "$0")/.." && pwd)
-export CARGO_TARGET_DIR=${CARGO_TARGET_DIR:-$HOME/.cache/trellis-target}
+source "$root/scripts/target-dir.sh"
 command -v hyperfine >/dev/null || { apt-get update -qq && apt-get install -y -qq hyperfine >/dev/null; }
 command -v terraform >/dev/null || { echo "bench-plan.sh: terraform must be on PATH" >&2; exit 1; }
 runs=${RUNS:-10}

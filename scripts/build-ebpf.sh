@@ -8,7 +8,8 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
-target_dir=$(realpath -m "${CARGO_TARGET_DIR:-$HOME/.cache/trellis-target}")
+source scripts/target-dir.sh
+target_dir=$(realpath -m "$CARGO_TARGET_DIR")
 tools=${TRELLIS_TOOLS:-$HOME/.cache/trellis-tools}
 fail() { echo "build-ebpf.sh: $*" >&2; exit 1; }
 

@@ -7,7 +7,7 @@
 # (state in $TRELLIS_DEMO_DIR, default ~/.cache/trellis-demo).
 set -euo pipefail
 root=$(cd "$(dirname "$0")/.." && pwd)
-export CARGO_TARGET_DIR=${CARGO_TARGET_DIR:-$HOME/.cache/trellis-target}
+source "$root/scripts/target-dir.sh"
 work=${TRELLIS_DEMO_DIR:-$HOME/.cache/trellis-demo}
 keep=false
 [ "${1:-}" = --keep ] && keep=true

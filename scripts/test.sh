@@ -7,7 +7,7 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
-export CARGO_TARGET_DIR=${CARGO_TARGET_DIR:-$HOME/.cache/trellis-target}
+source scripts/target-dir.sh
 export CARGO_TERM_COLOR=${CARGO_TERM_COLOR:-never}
 
 need() {

@@ -26,10 +26,9 @@ pub fn object_path() -> PathBuf {
     if let Some(path) = std::env::var_os(OBJECT_ENV) {
         return path.into();
     }
-    let target = std::env::var_os("CARGO_TARGET_DIR").map(PathBuf::from).unwrap_or_else(|| {
-        PathBuf::from(std::env::var_os("HOME").expect("HOME or CARGO_TARGET_DIR")).join(".cache/trellis-target")
-    });
-    let path = target.join("ebpf/bpfel-unknown-none/release/trellis-ebpf-programs");
+    let target = std::env::var_os("CARGO_TARGET_DIR")
+        .unwrap_or_else(|| panic!("set {OBJECT_ENV} to what scripts/build-ebpf.sh prints, or CARGO_TARGET_DIR"));
+    let path = PathBuf::from(target).join("ebpf/bpfel-unknown-none/release/trellis-ebpf-programs");
     assert!(path.is_file(), "{} is missing: run scripts/build-ebpf.sh (or set {OBJECT_ENV})", path.display());
     path
 }
