@@ -7,7 +7,7 @@ use std::collections::HashMap;
 use std::io;
 use std::net::SocketAddr;
 use std::pin::Pin;
-use std::sync::{Arc, Mutex, PoisonError};
+use std::sync::{Arc, Mutex, PoisonError, Weak};
 use std::task::{Context, Poll};
 use std::time::{Duration, Instant};
 
@@ -35,8 +35,10 @@ use crate::transport_header;
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
 /// Idle pooled connections are closed after this.
 const POOL_IDLE_TIMEOUT: Duration = Duration::from_secs(60);
-/// A target's client unused for this long is dropped (endpoints come and go with pods).
+/// A target's pool unused for this long is dropped (endpoints come and go with pods).
 const CLIENT_IDLE_TIMEOUT: Duration = Duration::from_secs(300);
+/// How often idle connections and pools are looked for.
+const SWEEP_INTERVAL: Duration = Duration::from_secs(15);
 
 /// Where and how to connect.
 #[derive(Debug, Clone, PartialEq, Eq, Hash)]
@@ -232,6 +234,13 @@ struct IdleConnection {
     since: Instant,
 }
 
+impl IdleConnection {
+    /// Whether it may take another request: still open, and not idle for too long.
+    fn usable(&self, now: Instant) -> bool {
+        now.duration_since(self.since) < POOL_IDLE_TIMEOUT && !self.sender.is_closed()
+    }
+}
+
 /// A target's connections: HTTP/1 ones between requests, and the one multiplexed HTTP/2
 /// connection.
 struct Pool {
@@ -249,8 +258,10 @@ type SharedPool = Arc<Mutex<Pool>>;
 /// ends, so a warm path spawns no task and copies no key.
 pub struct HttpClients {
     connector: Connector,
-    pools: Mutex<HashMap<Target, SharedPool>>,
+    pools: Arc<Mutex<Pools>>,
 }
+
+type Pools = HashMap<Target, SharedPool>;
 
 impl std::fmt::Debug for HttpClients {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
@@ -259,8 +270,11 @@ impl std::fmt::Debug for HttpClients {
 }
 
 impl HttpClients {
+    /// Also starts the sweep that closes idle connections, for as long as the clients exist.
     pub fn new(connector: Connector) -> HttpClients {
-        HttpClients { connector, pools: Mutex::default() }
+        let pools = Arc::default();
+        tokio::spawn(sweep_every_interval(Arc::downgrade(&pools)));
+        HttpClients { connector, pools }
     }
 
     /// Sends `request` (absolute URI: its authority is what the upstream sees) to `target`.
@@ -272,15 +286,13 @@ impl HttpClients {
         }
     }
 
-    /// `target`'s pool, created if needed; targets unused for long are dropped whenever one is
-    /// added, which is when the map grows.
+    /// `target`'s pool, created if needed.
     fn pool(&self, target: &Target) -> SharedPool {
         let mut pools = self.pools.lock().unwrap_or_else(PoisonError::into_inner);
         if let Some(pool) = pools.get(target) {
             return Arc::clone(pool);
         }
         let now = Instant::now();
-        pools.retain(|_, pool| now.duration_since(lock(pool).last_used) < CLIENT_IDLE_TIMEOUT);
         let pool = Arc::new(Mutex::new(Pool { idle: Vec::new(), http2: None, last_used: now }));
         pools.insert(target.clone(), Arc::clone(&pool));
         pool
@@ -369,7 +381,7 @@ async fn checkout(pool: &SharedPool) -> Option<http1::SendRequest<ProxyBody>> {
             let mut pool = lock(pool);
             let now = Instant::now();
             pool.last_used = now;
-            pool.idle.retain(|idle| now.duration_since(idle.since) < POOL_IDLE_TIMEOUT && !idle.sender.is_closed());
+            pool.idle.retain(|idle| idle.usable(now));
             pool.idle.pop()?.sender
         };
         // Given back at the end of the previous response, the connection may need one more turn
@@ -396,6 +408,28 @@ fn give_back_after(
         return response.map(boxed);
     }
     response.map(|body| ReturningBody { body, returning: Some(returning) }.boxed_unsync())
+}
+
+/// Sweeps the pools every [`SWEEP_INTERVAL`] until the clients are dropped.
+async fn sweep_every_interval(pools: Weak<Mutex<Pools>>) {
+    let mut interval = tokio::time::interval(SWEEP_INTERVAL);
+    interval.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        interval.tick().await;
+        let Some(pools) = pools.upgrade() else { return };
+        sweep(&mut pools.lock().unwrap_or_else(PoisonError::into_inner), Instant::now());
+    }
+}
+
+/// Closes the idle connections no longer usable at `now` and forgets the targets unused for
+/// [`CLIENT_IDLE_TIMEOUT`]; a response still holding a forgotten pool closes its connection
+/// with it.
+fn sweep(pools: &mut Pools, now: Instant) {
+    pools.retain(|_, pool| {
+        let mut pool = lock(pool);
+        pool.idle.retain(|idle| idle.usable(now));
+        now.duration_since(pool.last_used) < CLIENT_IDLE_TIMEOUT
+    });
 }
 
 fn lock(pool: &Mutex<Pool>) -> std::sync::MutexGuard<'_, Pool> {
@@ -425,8 +459,8 @@ fn origin_form(mut request: Request<ProxyBody>) -> Request<ProxyBody> {
 
 /// An HTTP/1 connection on its way back to its target's pool.
 struct Returning {
-    /// Dropped from the clients' map meanwhile (unused for long), the pool goes away with the
-    /// last response holding it, and its connections with it.
+    /// Swept from the clients' map meanwhile (unused for long), the pool goes away with the last
+    /// response holding it, and its connections with it.
     pool: SharedPool,
     sender: http1::SendRequest<ProxyBody>,
 }
@@ -472,6 +506,50 @@ impl Body for ReturningBody {
 mod tests {
     use super::*;
     use std::collections::BTreeMap;
+
+    use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
+
+    fn connector() -> Connector {
+        let (anchor, _) =
+            trellis_mesh_identity::generate_trust_anchor("cluster.local", Duration::from_secs(3600)).expect("anchor");
+        let anchors = trellis_mesh_identity::TrustAnchors::from_pem(&anchor).expect("anchors");
+        let identity: MeshIdentity = "spiffe://cluster.local/ns/shop/sa/web".parse().expect("identity");
+        let key = trellis_mesh_identity::ProxyKey::generate().expect("key");
+        Connector::new(&CertStore::new(key, identity, anchors))
+    }
+
+    #[tokio::test]
+    async fn idle_connections_are_closed_by_the_sweep_and_unused_targets_forgotten() {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.expect("bind");
+        let target = Target::Plain(listener.local_addr().expect("addr"));
+        // One keep-alive answer, then report whether the proxy closed the connection.
+        let server = tokio::spawn(async move {
+            let (mut stream, _) = listener.accept().await.expect("accept");
+            let mut request = [0u8; 1024];
+            let _ = stream.read(&mut request).await.expect("request");
+            stream.write_all(b"HTTP/1.1 200 OK\r\ncontent-length: 0\r\n\r\n").await.expect("answer");
+            tokio::time::timeout(Duration::from_secs(30), stream.read(&mut request)).await
+        });
+        let clients = HttpClients::new(connector());
+        let request = Request::get("http://web/").body(crate::http::empty()).expect("request");
+        let response = clients.send(&target, request).await.expect("a response");
+        assert_eq!(response.status(), StatusCode::OK);
+        let pool = Arc::clone(&clients.pools.lock().expect("pools")[&target]);
+        assert_eq!(lock(&pool).idle.len(), 1, "the answered connection is idle in its pool");
+
+        {
+            let mut pools = clients.pools.lock().expect("pools");
+            sweep(&mut pools, Instant::now());
+            assert_eq!(lock(&pool).idle.len(), 1, "a fresh idle connection stays");
+            sweep(&mut pools, Instant::now() + POOL_IDLE_TIMEOUT);
+            assert!(lock(&pool).idle.is_empty(), "an idle connection past the timeout is closed");
+            assert!(pools.contains_key(&target), "the target is still known");
+            sweep(&mut pools, Instant::now() + CLIENT_IDLE_TIMEOUT);
+            assert!(pools.is_empty(), "an unused target is forgotten");
+        }
+        let closed = server.await.expect("server").expect("the proxy closed the connection in time");
+        assert_eq!(closed.expect("read"), 0, "the server saw the connection end");
+    }
 
     fn endpoint(identity: Option<&str>, proxy_inbound_port: Option<u16>) -> EndpointInfo {
         EndpointInfo {
