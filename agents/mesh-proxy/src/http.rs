@@ -184,8 +184,9 @@ pub fn with_port(authority: &Authority, default_port: u16) -> String {
     }
 }
 
-/// The absolute URI the pooled client needs (it routes by URI), keeping the request's own
-/// authority so the upstream sees the same Host / `:authority` the client sent.
+/// The request's URI in absolute form, naming `authority`: HTTP/2 sends it as `:authority`, and
+/// an HTTP/1 request without a Host header gets its Host from it, so the upstream sees the
+/// authority the client named.
 pub fn absolute_uri(uri: &Uri, authority: &Authority) -> Result<Uri, http::Error> {
     let path = uri.path_and_query().cloned().unwrap_or_else(|| PathAndQuery::from_static("/"));
     let scheme = uri.scheme().cloned().unwrap_or(Scheme::HTTP);
