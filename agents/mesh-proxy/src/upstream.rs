@@ -8,7 +8,7 @@ use std::io;
 use std::net::SocketAddr;
 use std::pin::Pin;
 use std::sync::{Arc, Mutex, PoisonError, Weak};
-use std::task::{Context, Poll};
+use std::task::{Context, Poll, Waker};
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
@@ -228,16 +228,76 @@ impl SendError {
     }
 }
 
+/// An HTTP/1 connection driven by the task of the request using it, not by a task of its own:
+/// a request then goes out and its response comes back without waiting for another task to be
+/// scheduled, twice per request. hyper's dispatcher does the reading and writing; `drive` lets it
+/// run before anything that waits on it is polled.
+struct Http1Connection {
+    sender: http1::SendRequest<ProxyBody>,
+    /// `None` once the connection has ended, or once a task of its own drives it.
+    driver: Option<Http1Driver>,
+}
+
+/// hyper's connection future (with upgrades), whose type hyper does not name.
+type Http1Driver = Pin<Box<dyn Future<Output = hyper::Result<()>> + Send>>;
+
+impl Http1Connection {
+    fn drive(&mut self, cx: &mut Context<'_>) {
+        if let Some(driver) = &mut self.driver
+            && let Poll::Ready(ended) = driver.as_mut().poll(cx)
+        {
+            if let Err(error) = ended {
+                tracing::debug!(%error, "upstream HTTP/1 connection ended with an error");
+            }
+            self.driver = None;
+        }
+    }
+
+    /// Ready for a request, or an error once the connection is closed.
+    async fn ready(&mut self) -> hyper::Result<()> {
+        std::future::poll_fn(|cx| {
+            self.drive(cx);
+            self.sender.poll_ready(cx)
+        })
+        .await
+    }
+
+    /// Sends `request` and waits for the response head.
+    async fn exchange(
+        &mut self,
+        request: Request<ProxyBody>,
+    ) -> Result<Response<Incoming>, hyper::client::conn::TrySendError<Request<ProxyBody>>> {
+        let mut response = std::pin::pin!(self.sender.try_send_request(request));
+        std::future::poll_fn(|cx| {
+            self.drive(cx);
+            response.as_mut().poll(cx)
+        })
+        .await
+    }
+
+    /// Leaves the connection to a task of its own: after a switched protocol, which only the
+    /// driver hands over, or while a request body is still going out.
+    fn drive_apart(&mut self) {
+        if let Some(driver) = self.driver.take() {
+            tokio::spawn(async move {
+                if let Err(error) = driver.await {
+                    tracing::debug!(%error, "upstream HTTP/1 connection ended with an error");
+                }
+            });
+        }
+    }
+}
+
 /// An HTTP/1 connection between requests.
 struct IdleConnection {
-    sender: http1::SendRequest<ProxyBody>,
+    connection: Http1Connection,
     since: Instant,
 }
 
 impl IdleConnection {
     /// Whether it may take another request: still open, and not idle for too long.
     fn usable(&self, now: Instant) -> bool {
-        now.duration_since(self.since) < POOL_IDLE_TIMEOUT && !self.sender.is_closed()
+        now.duration_since(self.since) < POOL_IDLE_TIMEOUT && !self.connection.sender.is_closed()
     }
 }
 
@@ -304,8 +364,8 @@ impl HttpClients {
         pool: &SharedPool,
         request: Request<ProxyBody>,
     ) -> Result<Response<ProxyBody>, SendError> {
-        let (mut sender, request) = match checkout(pool).await {
-            Some(mut pooled) => match pooled.try_send_request(request).await {
+        let (mut connection, request) = match checkout(pool).await {
+            Some(mut pooled) => match pooled.exchange(request).await {
                 Ok(response) => return Ok(give_back_after(pool, pooled, response)),
                 // The upstream closed the idle connection as the request was handed over: it
                 // was not sent, so a new connection gets it.
@@ -316,22 +376,17 @@ impl HttpClients {
             },
             None => (self.connect_http1(target).await?, request),
         };
-        let response = sender.send_request(request).await?;
-        Ok(give_back_after(pool, sender, response))
+        let response = connection.exchange(request).await.map_err(hyper::client::conn::TrySendError::into_error)?;
+        Ok(give_back_after(pool, connection, response))
     }
 
-    async fn connect_http1(&self, target: &Target) -> Result<http1::SendRequest<ProxyBody>, SendError> {
+    async fn connect_http1(&self, target: &Target) -> Result<Http1Connection, SendError> {
         let io = TokioIo::new(self.connector.connect(target).await?);
         let (sender, connection) = http1::Builder::new()
             .handshake(io)
             .await
             .map_err(|source| SendError::Handshake { target: target.clone(), source })?;
-        tokio::spawn(async move {
-            if let Err(error) = connection.with_upgrades().await {
-                tracing::debug!(%error, "upstream HTTP/1 connection ended with an error");
-            }
-        });
-        Ok(sender)
+        Ok(Http1Connection { sender, driver: Some(Box::pin(connection.with_upgrades())) })
     }
 
     async fn send_http2(
@@ -375,34 +430,36 @@ impl HttpClients {
 
 /// An idle connection from `pool` ready for a request, dropping those closed or idle too long.
 /// The most recently used goes first: it is the least likely to have been closed.
-async fn checkout(pool: &SharedPool) -> Option<http1::SendRequest<ProxyBody>> {
+async fn checkout(pool: &SharedPool) -> Option<Http1Connection> {
     loop {
         let mut idle = {
             let mut pool = lock(pool);
             let now = Instant::now();
             pool.last_used = now;
             pool.idle.retain(|idle| idle.usable(now));
-            pool.idle.pop()?.sender
+            pool.idle.pop()?.connection
         };
         // Given back at the end of the previous response, the connection may need one more turn
-        // of its task before it takes the next request.
+        // before it takes the next request, or find then that the upstream closed it.
         if idle.ready().await.is_ok() {
             return Some(idle);
         }
     }
 }
 
-/// The response, whose body returns `sender` to `pool` once it has been read to the end.
+/// The response, whose body drives `connection` and returns it to `pool` once it has been
+/// read to the end.
 fn give_back_after(
     pool: &SharedPool,
-    sender: http1::SendRequest<ProxyBody>,
+    mut connection: Http1Connection,
     response: Response<Incoming>,
 ) -> Response<ProxyBody> {
     // A switched protocol owns the connection from now on.
     if response.status() == StatusCode::SWITCHING_PROTOCOLS {
+        connection.drive_apart();
         return response.map(boxed);
     }
-    let returning = Returning { pool: Arc::clone(pool), sender };
+    let returning = Returning { pool: Arc::clone(pool), connection };
     if response.body().is_end_stream() {
         returning.give_back();
         return response.map(boxed);
@@ -462,18 +519,29 @@ struct Returning {
     /// Swept from the clients' map meanwhile (unused for long), the pool goes away with the last
     /// response holding it, and its connections with it.
     pool: SharedPool,
-    sender: http1::SendRequest<ProxyBody>,
+    connection: Http1Connection,
 }
 
 impl Returning {
-    fn give_back(self) {
-        let idle = IdleConnection { sender: self.sender, since: Instant::now() };
+    /// Pools the connection once its response has ended. One more turn of the connection tells
+    /// whether it is waiting for the next request; if it is still sending the request body (the
+    /// upstream answered early), a task of its own finishes that while it waits in the pool.
+    /// Nothing needs waking after that turn: a pooled connection is driven again when taken.
+    fn give_back(mut self) {
+        self.connection.drive(&mut Context::from_waker(Waker::noop()));
+        if self.connection.sender.is_closed() {
+            return;
+        }
+        if !self.connection.sender.is_ready() {
+            self.connection.drive_apart();
+        }
+        let idle = IdleConnection { connection: self.connection, since: Instant::now() };
         lock(&self.pool).idle.push(idle);
     }
 }
 
-/// A response body that gives its connection back when it has been read to the end; a body
-/// dropped early leaves a connection hyper closes.
+/// A response body that drives its connection while it is read and gives the connection back
+/// when it has been read to the end; a body dropped early closes the connection.
 struct ReturningBody {
     body: Incoming,
     returning: Option<Returning>,
@@ -485,6 +553,9 @@ impl Body for ReturningBody {
 
     fn poll_frame(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Result<Frame<Bytes>, BoxError>>> {
         let this = self.get_mut();
+        if let Some(returning) = &mut this.returning {
+            returning.connection.drive(cx);
+        }
         let polled = Pin::new(&mut this.body).poll_frame(cx).map_err(BoxError::from);
         let ended = this.body.is_end_stream() || matches!(polled, Poll::Ready(None));
         if ended && let Some(returning) = this.returning.take() {
@@ -549,6 +620,63 @@ mod tests {
         }
         let closed = server.await.expect("server").expect("the proxy closed the connection in time");
         assert_eq!(closed.expect("read"), 0, "the server saw the connection end");
+    }
+
+    #[tokio::test]
+    async fn an_early_answer_lets_the_request_body_finish_and_the_connection_serve_again() {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.expect("bind");
+        let target = Target::Plain(listener.local_addr().expect("addr"));
+        let (body_tx, body_rx) = tokio::sync::mpsc::channel::<Result<Frame<Bytes>, BoxError>>(1);
+        let (uploaded_tx, uploaded_rx) = tokio::sync::oneshot::channel();
+        // Answers the upload as soon as its head arrives, then reads the upload to its end, says
+        // so, and answers the next request on the same connection.
+        let server = tokio::spawn(async move {
+            let (mut stream, _) = listener.accept().await.expect("accept");
+            let mut seen = Vec::new();
+            let mut buf = [0u8; 1024];
+            while !String::from_utf8_lossy(&seen).contains("\r\n\r\n") {
+                let n = stream.read(&mut buf).await.expect("upload head");
+                seen.extend_from_slice(&buf[..n]);
+            }
+            stream.write_all(b"HTTP/1.1 200 OK\r\ncontent-length: 5\r\n\r\nearly").await.expect("early answer");
+            while !String::from_utf8_lossy(&seen).ends_with("\r\n0\r\n\r\n") {
+                let n = stream.read(&mut buf).await.expect("rest of the upload");
+                assert_ne!(n, 0, "the connection closed during the upload");
+                seen.extend_from_slice(&buf[..n]);
+            }
+            let _ = uploaded_tx.send(());
+            while !String::from_utf8_lossy(&seen).contains("GET /next") {
+                let n = stream.read(&mut buf).await.expect("the next request");
+                assert_ne!(n, 0, "the connection closed before the next request");
+                seen.extend_from_slice(&buf[..n]);
+            }
+            stream.write_all(b"HTTP/1.1 200 OK\r\ncontent-length: 4\r\n\r\nnext").await.expect("next answer");
+            String::from_utf8_lossy(&seen).into_owned()
+        });
+        let clients = HttpClients::new(connector());
+        let upload = http_body_util::StreamBody::new(tokio_stream::wrappers::ReceiverStream::new(body_rx));
+        let request = Request::post("http://web/upload").body(upload.boxed_unsync()).expect("request");
+        body_tx.send(Ok(Frame::data(Bytes::from_static(b"first half ")))).await.expect("first half");
+        let response = clients.send(&target, request).await.expect("the early answer");
+        let body = response.into_body().collect().await.expect("early body").to_bytes();
+        assert_eq!(&body[..], b"early");
+        // The upload goes on after its answer: a task of its own now drives the connection.
+        body_tx.send(Ok(Frame::data(Bytes::from_static(b"second half")))).await.expect("second half");
+        drop(body_tx);
+        // Nobody else drives the connection until the next request.
+        tokio::time::timeout(Duration::from_secs(5), uploaded_rx)
+            .await
+            .expect("the rest of the upload went out while no request used the connection")
+            .expect("server");
+        let request = Request::get("http://web/next").body(crate::http::empty()).expect("request");
+        let response = clients.send(&target, request).await.expect("the next answer");
+        let body = response.into_body().collect().await.expect("next body").to_bytes();
+        assert_eq!(&body[..], b"next");
+        let seen = server.await.expect("server");
+        assert!(
+            seen.contains("first half \r\nB\r\nsecond half\r\n0\r\n\r\nGET /next"),
+            "the whole upload, then the next request: {seen:?}"
+        );
     }
 
     fn endpoint(identity: Option<&str>, proxy_inbound_port: Option<u16>) -> EndpointInfo {
