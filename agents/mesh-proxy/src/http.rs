@@ -184,13 +184,36 @@ pub fn with_port(authority: &Authority, default_port: u16) -> String {
     }
 }
 
-/// The request's URI in absolute form, naming `authority`: HTTP/2 sends it as `:authority`, and
-/// an HTTP/1 request without a Host header gets its Host from it, so the upstream sees the
-/// authority the client named.
-pub fn absolute_uri(uri: &Uri, authority: &Authority) -> Result<Uri, http::Error> {
-    let path = uri.path_and_query().cloned().unwrap_or_else(|| PathAndQuery::from_static("/"));
-    let scheme = uri.scheme().cloned().unwrap_or(Scheme::HTTP);
-    Uri::builder().scheme(scheme).authority(authority.clone()).path_and_query(path).build()
+/// Points the request at `authority` in the form its version sends upstream, so the upstream
+/// sees the authority the client named: HTTP/2 carries it as `:authority`, from an absolute URI;
+/// HTTP/1 as the Host header, with an origin-form target (the absolute form is for requests to
+/// forward proxies, whose Host a proxy replaces; CONNECT keeps its authority form).
+pub fn name_authority<B>(request: &mut Request<B>, authority: &Authority) -> Result<(), http::Error> {
+    let uri = request.uri();
+    if request.version() == Version::HTTP_2 {
+        if uri.authority() != Some(authority) || uri.scheme().is_none() {
+            let scheme = uri.scheme().cloned().unwrap_or(Scheme::HTTP);
+            let absolute = Uri::builder().scheme(scheme).authority(authority.clone()).path_and_query(path_of(uri));
+            *request.uri_mut() = absolute.build()?;
+        }
+        return Ok(());
+    }
+    if request.method() == Method::CONNECT {
+        return Ok(());
+    }
+    let absolute_form = uri.authority().is_some();
+    if absolute_form || !request.headers().contains_key(header::HOST) {
+        let host = HeaderValue::from_str(authority.as_str())?;
+        request.headers_mut().insert(header::HOST, host);
+    }
+    if absolute_form {
+        *request.uri_mut() = Uri::from(path_of(request.uri()));
+    }
+    Ok(())
+}
+
+fn path_of(uri: &Uri) -> PathAndQuery {
+    uri.path_and_query().cloned().unwrap_or_else(|| PathAndQuery::from_static("/"))
 }
 
 /// Whether a request can be sent again as it is: idempotent and without a body, so nothing
@@ -548,10 +571,34 @@ mod tests {
     }
 
     #[test]
-    fn absolute_uri_keeps_path_and_query() {
+    fn http1_names_the_authority_in_host_and_http2_in_the_uri() {
         let authority: Authority = "web.shop:8080".parse().expect("authority");
-        let uri = absolute_uri(&"/a/b?c=d".parse().expect("uri"), &authority).expect("absolute");
-        assert_eq!(uri.to_string(), "http://web.shop:8080/a/b?c=d");
+        let named = |request: &mut Request<()>| {
+            name_authority(request, &authority).expect("named");
+            let host = request.headers().get(header::HOST).map(|host| host.to_str().expect("ascii").to_owned());
+            (request.uri().to_string(), host)
+        };
+        let http1 = |uri: &str| Request::get(uri).body(()).expect("request");
+        let some = |s: &str| Some(s.to_owned());
+
+        // An origin-form target keeps the Host the client sent, or gets one.
+        let mut with_host = http1("/a?b=c");
+        with_host.headers_mut().insert(header::HOST, HeaderValue::from_static("web"));
+        assert_eq!(named(&mut with_host), ("/a?b=c".to_owned(), some("web")));
+        assert_eq!(named(&mut http1("/a?b=c")), ("/a?b=c".to_owned(), some("web.shop:8080")));
+        // The absolute form (sent to a forward proxy) becomes the origin form, its Host replaced.
+        let mut absolute = http1("http://web.shop:8080/a?b=c");
+        absolute.headers_mut().insert(header::HOST, HeaderValue::from_static("elsewhere"));
+        assert_eq!(named(&mut absolute), ("/a?b=c".to_owned(), some("web.shop:8080")));
+        let mut connect = Request::connect("web.shop:443").body(()).expect("request");
+        assert_eq!(named(&mut connect), ("web.shop:443".to_owned(), None));
+
+        let mut http2 = http1("/a?b=c");
+        *http2.version_mut() = Version::HTTP_2;
+        assert_eq!(named(&mut http2), ("http://web.shop:8080/a?b=c".to_owned(), None));
+        let mut https = http1("https://web.shop:8080/a");
+        *https.version_mut() = Version::HTTP_2;
+        assert_eq!(named(&mut https), ("https://web.shop:8080/a".to_owned(), None));
     }
 
     #[test]

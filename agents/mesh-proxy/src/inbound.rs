@@ -254,16 +254,11 @@ impl Inbound {
             headers.insert(CLIENT_ID_HEADER, value);
         }
         let authority = authority.unwrap_or_else(|| authority_of(target));
-        let uri = match proxy_http::absolute_uri(request.uri(), &authority) {
-            Ok(uri) => uri,
-            Err(error) => {
-                self.metrics.refused(DIRECTION, RefusalReason::HttpMalformed);
-                let response =
-                    proxy_http::error_response(StatusCode::BAD_REQUEST, &format!("bad request target: {error}"));
-                return observation.respond(response, &self.metrics, &self.tap, server_id);
-            }
-        };
-        *request.uri_mut() = uri;
+        if let Err(error) = proxy_http::name_authority(&mut request, &authority) {
+            self.metrics.refused(DIRECTION, RefusalReason::HttpMalformed);
+            let response = proxy_http::error_response(StatusCode::BAD_REQUEST, &format!("bad request target: {error}"));
+            return observation.respond(response, &self.metrics, &self.tap, server_id);
+        }
         let response = match self.app.send(&Target::Plain(target), request.map(proxy_http::boxed)).await {
             Ok(mut response) => {
                 proxy_http::prepare_response(&mut response, upgrade, drain);

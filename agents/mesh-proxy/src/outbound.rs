@@ -139,16 +139,14 @@ impl Outbound {
             return observation.respond(response, &self.metrics, &self.tap, None);
         };
         let upgrade = proxy_http::prepare_request(&mut request);
-        match proxy_http::absolute_uri(request.uri(), &authority) {
-            Ok(uri) => *request.uri_mut() = uri,
-            Err(error) => {
-                self.metrics.refused(DIRECTION, RefusalReason::HttpMalformed);
-                let message = format!("bad request target: {error}");
-                let response = proxy_http::error_response(StatusCode::BAD_REQUEST, &message);
-                return observation.respond(response, &self.metrics, &self.tap, None);
-            }
-        }
+        // Before the authority is named: an HTTP/1 target loses its scheme then.
         let default_port = if request.uri().scheme() == Some(&http::uri::Scheme::HTTPS) { 443 } else { 80 };
+        if let Err(error) = proxy_http::name_authority(&mut request, &authority) {
+            self.metrics.refused(DIRECTION, RefusalReason::HttpMalformed);
+            let message = format!("bad request target: {error}");
+            let response = proxy_http::error_response(StatusCode::BAD_REQUEST, &message);
+            return observation.respond(response, &self.metrics, &self.tap, None);
+        }
         let name = proxy_http::with_port(&authority, default_port);
         let (response, server_id) = match self.route(Some(&name), original_dst).await {
             Ok(route) => self.dispatch(route, request, upgrade, drain).await,

@@ -12,9 +12,7 @@ use std::task::{Context, Poll, Waker};
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
-use http::header::{self, HeaderValue};
-use http::uri::PathAndQuery;
-use http::{Method, Request, Response, StatusCode, Uri};
+use http::{Request, Response, StatusCode};
 use http_body_util::BodyExt as _;
 use hyper::body::{Body, Frame, Incoming, SizeHint};
 use hyper::client::conn::{http1, http2};
@@ -337,11 +335,12 @@ impl HttpClients {
         HttpClients { connector, pools }
     }
 
-    /// Sends `request` (absolute URI: its authority is what the upstream sees) to `target`.
+    /// Sends `request`, naming its authority as its version does (`http::name_authority`), to
+    /// `target`.
     pub async fn send(&self, target: &Target, request: Request<ProxyBody>) -> Result<Response<ProxyBody>, SendError> {
         let pool = self.pool(target);
         match HttpVersion::of(&request) {
-            HttpVersion::Http1 => self.send_http1(target, &pool, origin_form(request)).await,
+            HttpVersion::Http1 => self.send_http1(target, &pool, request).await,
             HttpVersion::Http2 => self.send_http2(target, &pool, request).await,
         }
     }
@@ -497,23 +496,6 @@ fn boxed(body: Incoming) -> ProxyBody {
     body.map_err(BoxError::from).boxed_unsync()
 }
 
-/// HTTP/1 sends the origin form with a Host header (the authority the client named); the
-/// absolute form is for requests to forward proxies. CONNECT keeps its authority form.
-fn origin_form(mut request: Request<ProxyBody>) -> Request<ProxyBody> {
-    if request.method() == Method::CONNECT {
-        return request;
-    }
-    if !request.headers().contains_key(header::HOST)
-        && let Some(host) =
-            request.uri().authority().and_then(|authority| HeaderValue::from_str(authority.as_str()).ok())
-    {
-        request.headers_mut().insert(header::HOST, host);
-    }
-    let path = request.uri().path_and_query().cloned().unwrap_or_else(|| PathAndQuery::from_static("/"));
-    *request.uri_mut() = Uri::from(path);
-    request
-}
-
 /// An HTTP/1 connection on its way back to its target's pool.
 struct Returning {
     /// Swept from the clients' map meanwhile (unused for long), the pool goes away with the last
@@ -578,6 +560,7 @@ mod tests {
     use super::*;
     use std::collections::BTreeMap;
 
+    use http::header;
     use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
 
     fn connector() -> Connector {
@@ -602,7 +585,7 @@ mod tests {
             tokio::time::timeout(Duration::from_secs(30), stream.read(&mut request)).await
         });
         let clients = HttpClients::new(connector());
-        let request = Request::get("http://web/").body(crate::http::empty()).expect("request");
+        let request = Request::get("/").header(header::HOST, "web").body(crate::http::empty()).expect("request");
         let response = clients.send(&target, request).await.expect("a response");
         assert_eq!(response.status(), StatusCode::OK);
         let pool = Arc::clone(&clients.pools.lock().expect("pools")[&target]);
@@ -655,7 +638,8 @@ mod tests {
         });
         let clients = HttpClients::new(connector());
         let upload = http_body_util::StreamBody::new(tokio_stream::wrappers::ReceiverStream::new(body_rx));
-        let request = Request::post("http://web/upload").body(upload.boxed_unsync()).expect("request");
+        let request =
+            Request::post("/upload").header(header::HOST, "web").body(upload.boxed_unsync()).expect("request");
         body_tx.send(Ok(Frame::data(Bytes::from_static(b"first half ")))).await.expect("first half");
         let response = clients.send(&target, request).await.expect("the early answer");
         let body = response.into_body().collect().await.expect("early body").to_bytes();
@@ -668,7 +652,7 @@ mod tests {
             .await
             .expect("the rest of the upload went out while no request used the connection")
             .expect("server");
-        let request = Request::get("http://web/next").body(crate::http::empty()).expect("request");
+        let request = Request::get("/next").header(header::HOST, "web").body(crate::http::empty()).expect("request");
         let response = clients.send(&target, request).await.expect("the next answer");
         let body = response.into_body().collect().await.expect("next body").to_bytes();
         assert_eq!(&body[..], b"next");
