@@ -256,6 +256,18 @@ added = {p: {k: rows[p][k] - rows["direct"][k] for k, _ in keys} for p in ("trel
 print()
 print("ratio trellis/haproxy of added latency: " + ", ".join(
     f"{k} {added['trellis'][k] / added['haproxy'][k]:.2f}" if added['haproxy'][k] > 0 else f"{k} n/a" for k, _ in keys))
+# Rounds are interleaved, so each round compares the paths under the same machine state; the
+# medians above hide how often each side won.
+print()
+print("| round | trellis added p99 ms | haproxy added p99 ms | ratio |")
+print("|---|---|---|---|")
+lower = 0
+for r in range(1, rounds + 1):
+    p99 = {path: pct(json.loads((res / f"r{r}-{path}.json").read_text()), "p99") for path in rows}
+    t, h = p99["trellis"] - p99["direct"], p99["haproxy"] - p99["direct"]
+    lower += t < h
+    print(f"| {r} | +{t:.3f} | +{h:.3f} | {t / h:.2f} |" if h > 0 else f"| {r} | +{t:.3f} | +{h:.3f} | n/a |")
+print(f"\ntrellis had the lower added p99 in {lower} of {rounds} rounds")
 print()
 print("| process | CPU s per run (median) | % of one core | peak RSS KiB (max over runs) |")
 print("|---|---|---|---|")
