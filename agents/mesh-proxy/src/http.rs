@@ -167,13 +167,17 @@ pub fn prepare_response<B>(response: &mut Response<B>, upgrade: Option<UpgradeRe
 }
 
 /// The authority a request names: its URI's (HTTP/2 `:authority`, HTTP/1 absolute form),
-/// else the Host header.
+/// else the Host header. Userinfo (`user:password@`) is dropped: it is no part of a host to
+/// route by, and must not reach the upstream in a Host header or `:authority`.
 pub fn request_authority<B>(request: &Request<B>) -> Option<Authority> {
-    if let Some(authority) = request.uri().authority() {
-        return Some(authority.clone());
+    let authority = match request.uri().authority() {
+        Some(authority) => authority.clone(),
+        None => request.headers().get(header::HOST)?.to_str().ok()?.parse().ok()?,
+    };
+    match authority.as_str().rsplit_once('@') {
+        Some((_userinfo, host)) => host.parse().ok(),
+        None => Some(authority),
     }
-    let host = request.headers().get(header::HOST)?.to_str().ok()?;
-    host.parse().ok()
 }
 
 /// `authority` with its port made explicit: discovery and metrics key on `host:port`.
@@ -568,6 +572,8 @@ mod tests {
         assert!(request_authority(&none).is_none());
         let bad = Request::get("/x").header(header::HOST, "a b").body(()).expect("request");
         assert!(request_authority(&bad).is_none());
+        let userinfo = Request::get("http://user:secret@web.shop:8080/x").body(()).expect("request");
+        assert_eq!(request_authority(&userinfo).map(|a| a.to_string()).as_deref(), Some("web.shop:8080"));
     }
 
     #[test]

@@ -251,15 +251,6 @@ impl Http1Connection {
         }
     }
 
-    /// Ready for a request, or an error once the connection is closed.
-    async fn ready(&mut self) -> hyper::Result<()> {
-        std::future::poll_fn(|cx| {
-            self.drive(cx);
-            self.sender.poll_ready(cx)
-        })
-        .await
-    }
-
     /// Sends `request` and waits for the response head.
     async fn exchange(
         &mut self,
@@ -273,8 +264,9 @@ impl Http1Connection {
         .await
     }
 
-    /// Leaves the connection to a task of its own: after a switched protocol, which only the
-    /// driver hands over, or while a request body is still going out.
+    /// Leaves the connection to a task of its own, for good: after a switched protocol, which
+    /// only the driver hands over, and for a request with a body, which must keep going out
+    /// after the response head whether or not anyone reads the response.
     fn drive_apart(&mut self) {
         if let Some(driver) = self.driver.take() {
             tokio::spawn(async move {
@@ -293,9 +285,16 @@ struct IdleConnection {
 }
 
 impl IdleConnection {
-    /// Whether it may take another request: still open, and not idle for too long.
-    fn usable(&self, now: Instant) -> bool {
-        now.duration_since(self.since) < POOL_IDLE_TIMEOUT && !self.connection.sender.is_closed()
+    fn fresh(&self, now: Instant) -> bool {
+        now.duration_since(self.since) < POOL_IDLE_TIMEOUT
+    }
+
+    /// Whether it may be kept: still open, and not idle for too long. A turn of the connection
+    /// first lets it see that the upstream closed it; nothing waits on it meanwhile, so no
+    /// waker is needed.
+    fn usable(&mut self, now: Instant) -> bool {
+        self.connection.drive(&mut Context::from_waker(Waker::noop()));
+        self.fresh(now) && !self.connection.sender.is_closed()
     }
 }
 
@@ -363,9 +362,10 @@ impl HttpClients {
         pool: &SharedPool,
         request: Request<ProxyBody>,
     ) -> Result<Response<ProxyBody>, SendError> {
-        let (mut connection, request) = match checkout(pool).await {
+        let uploading = !request.body().is_end_stream();
+        let (mut connection, request) = match checkout(pool) {
             Some(mut pooled) => match pooled.exchange(request).await {
-                Ok(response) => return Ok(give_back_after(pool, pooled, response)),
+                Ok(response) => return Ok(give_back_after(pool, pooled, uploading, response)),
                 // The upstream closed the idle connection as the request was handed over: it
                 // was not sent, so a new connection gets it.
                 Err(mut error) => match error.take_message() {
@@ -376,7 +376,7 @@ impl HttpClients {
             None => (self.connect_http1(target).await?, request),
         };
         let response = connection.exchange(request).await.map_err(hyper::client::conn::TrySendError::into_error)?;
-        Ok(give_back_after(pool, connection, response))
+        Ok(give_back_after(pool, connection, uploading, response))
     }
 
     async fn connect_http1(&self, target: &Target) -> Result<Http1Connection, SendError> {
@@ -428,22 +428,24 @@ impl HttpClients {
 }
 
 /// An idle connection from `pool` ready for a request, dropping those closed or idle too long.
-/// The most recently used goes first: it is the least likely to have been closed.
-async fn checkout(pool: &SharedPool) -> Option<Http1Connection> {
-    loop {
-        let mut idle = {
-            let mut pool = lock(pool);
-            let now = Instant::now();
-            pool.last_used = now;
-            pool.idle.retain(|idle| idle.usable(now));
-            pool.idle.pop()?.connection
-        };
-        // Given back at the end of the previous response, the connection may need one more turn
-        // before it takes the next request, or find then that the upstream closed it.
-        if idle.ready().await.is_ok() {
-            return Some(idle);
+/// The most recently used goes first: it is the least likely to have been closed. One still
+/// sending an earlier upload stays in the pool rather than hold this request behind it.
+fn checkout(pool: &SharedPool) -> Option<Http1Connection> {
+    let mut pool = lock(pool);
+    let now = Instant::now();
+    pool.last_used = now;
+    pool.idle.retain(|idle| idle.fresh(now));
+    let mut candidate = pool.idle.len();
+    while candidate > 0 {
+        candidate -= 1;
+        let idle = &mut pool.idle[candidate];
+        if !idle.usable(now) {
+            pool.idle.remove(candidate);
+        } else if idle.connection.sender.is_ready() {
+            return Some(pool.idle.remove(candidate).connection);
         }
     }
+    None
 }
 
 /// The response, whose body drives `connection` and returns it to `pool` once it has been
@@ -451,11 +453,15 @@ async fn checkout(pool: &SharedPool) -> Option<Http1Connection> {
 fn give_back_after(
     pool: &SharedPool,
     mut connection: Http1Connection,
+    uploading: bool,
     response: Response<Incoming>,
 ) -> Response<ProxyBody> {
-    // A switched protocol owns the connection from now on.
-    if response.status() == StatusCode::SWITCHING_PROTOCOLS {
+    let switched = response.status() == StatusCode::SWITCHING_PROTOCOLS;
+    if uploading || switched {
         connection.drive_apart();
+    }
+    // A switched protocol owns the connection from now on.
+    if switched {
         return response.map(boxed);
     }
     let returning = Returning { pool: Arc::clone(pool), connection };
@@ -483,7 +489,7 @@ async fn sweep_every_interval(pools: Weak<Mutex<Pools>>) {
 fn sweep(pools: &mut Pools, now: Instant) {
     pools.retain(|_, pool| {
         let mut pool = lock(pool);
-        pool.idle.retain(|idle| idle.usable(now));
+        pool.idle.retain_mut(|idle| idle.usable(now));
         now.duration_since(pool.last_used) < CLIENT_IDLE_TIMEOUT
     });
 }
@@ -506,9 +512,9 @@ struct Returning {
 
 impl Returning {
     /// Pools the connection once its response has ended. One more turn of the connection tells
-    /// whether it is waiting for the next request; if it is still sending the request body (the
-    /// upstream answered early), a task of its own finishes that while it waits in the pool.
-    /// Nothing needs waking after that turn: a pooled connection is driven again when taken.
+    /// whether it is waiting for the next request (nothing waits on it after that turn, so no
+    /// waker is needed); if it is not, a task of its own finishes the exchange while the
+    /// connection waits in the pool.
     fn give_back(mut self) {
         self.connection.drive(&mut Context::from_waker(Waker::noop()));
         if self.connection.sender.is_closed() {
@@ -605,62 +611,81 @@ mod tests {
         assert_eq!(closed.expect("read"), 0, "the server saw the connection end");
     }
 
+    /// Reads from `stream` into `seen` until it holds `wanted`.
+    async fn read_until(stream: &mut TcpStream, seen: &mut Vec<u8>, wanted: &str) {
+        let mut buf = [0u8; 1024];
+        while !String::from_utf8_lossy(seen).contains(wanted) {
+            let n = stream.read(&mut buf).await.expect("read");
+            assert_ne!(n, 0, "the connection closed before {wanted:?}");
+            seen.extend_from_slice(&buf[..n]);
+        }
+    }
+
+    fn chunk(data: &'static str) -> Result<Frame<Bytes>, BoxError> {
+        Ok(Frame::data(Bytes::from_static(data.as_bytes())))
+    }
+
+    async fn body_of(response: Response<ProxyBody>) -> Bytes {
+        response.into_body().collect().await.expect("body").to_bytes()
+    }
+
     #[tokio::test]
-    async fn an_early_answer_lets_the_request_body_finish_and_the_connection_serve_again() {
+    async fn an_early_answered_upload_goes_on_by_itself_without_holding_up_other_requests() {
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.expect("bind");
         let target = Target::Plain(listener.local_addr().expect("addr"));
-        let (body_tx, body_rx) = tokio::sync::mpsc::channel::<Result<Frame<Bytes>, BoxError>>(1);
-        let (uploaded_tx, uploaded_rx) = tokio::sync::oneshot::channel();
-        // Answers the upload as soon as its head arrives, then reads the upload to its end, says
-        // so, and answers the next request on the same connection.
+        let (upload_tx, upload_rx) = tokio::sync::mpsc::channel(1);
+        let (server_tx, mut server_saw) = tokio::sync::mpsc::channel(4);
+        let (other_read, close_other) = tokio::sync::oneshot::channel();
+        // The upload's connection: answered as soon as its head arrives; the upload is then
+        // read to its end, and the next request answered on the same connection.
         let server = tokio::spawn(async move {
             let (mut stream, _) = listener.accept().await.expect("accept");
             let mut seen = Vec::new();
-            let mut buf = [0u8; 1024];
-            while !String::from_utf8_lossy(&seen).contains("\r\n\r\n") {
-                let n = stream.read(&mut buf).await.expect("upload head");
-                seen.extend_from_slice(&buf[..n]);
-            }
+            read_until(&mut stream, &mut seen, "\r\n\r\n").await;
             stream.write_all(b"HTTP/1.1 200 OK\r\ncontent-length: 5\r\n\r\nearly").await.expect("early answer");
-            while !String::from_utf8_lossy(&seen).ends_with("\r\n0\r\n\r\n") {
-                let n = stream.read(&mut buf).await.expect("rest of the upload");
-                assert_ne!(n, 0, "the connection closed during the upload");
-                seen.extend_from_slice(&buf[..n]);
-            }
-            let _ = uploaded_tx.send(());
-            while !String::from_utf8_lossy(&seen).contains("GET /next") {
-                let n = stream.read(&mut buf).await.expect("the next request");
-                assert_ne!(n, 0, "the connection closed before the next request");
-                seen.extend_from_slice(&buf[..n]);
-            }
+            read_until(&mut stream, &mut seen, "second").await;
+            server_tx.send("second chunk").await.expect("test");
+            // Meanwhile another request comes on a connection of its own.
+            let (mut other, _) = listener.accept().await.expect("accept");
+            read_until(&mut other, &mut Vec::new(), "GET /other").await;
+            other.write_all(b"HTTP/1.1 200 OK\r\ncontent-length: 5\r\n\r\nother").await.expect("other answer");
+            // Closed while pooled, that connection must not take the next request.
+            close_other.await.expect("test");
+            drop(other);
+            read_until(&mut stream, &mut seen, "\r\n0\r\n\r\n").await;
+            server_tx.send("end of the upload").await.expect("test");
+            read_until(&mut stream, &mut seen, "GET /next").await;
             stream.write_all(b"HTTP/1.1 200 OK\r\ncontent-length: 4\r\n\r\nnext").await.expect("next answer");
             String::from_utf8_lossy(&seen).into_owned()
         });
+        let mut server_saw = async move |what: &str| {
+            let saw = tokio::time::timeout(Duration::from_secs(5), server_saw.recv()).await;
+            assert_eq!(saw.expect("in time").expect("server"), what);
+        };
         let clients = HttpClients::new(connector());
-        let upload = http_body_util::StreamBody::new(tokio_stream::wrappers::ReceiverStream::new(body_rx));
-        let request =
-            Request::post("/upload").header(header::HOST, "web").body(upload.boxed_unsync()).expect("request");
-        body_tx.send(Ok(Frame::data(Bytes::from_static(b"first half ")))).await.expect("first half");
-        let response = clients.send(&target, request).await.expect("the early answer");
-        let body = response.into_body().collect().await.expect("early body").to_bytes();
-        assert_eq!(&body[..], b"early");
-        // The upload goes on after its answer: a task of its own now drives the connection.
-        body_tx.send(Ok(Frame::data(Bytes::from_static(b"second half")))).await.expect("second half");
-        drop(body_tx);
-        // Nobody else drives the connection until the next request.
-        tokio::time::timeout(Duration::from_secs(5), uploaded_rx)
-            .await
-            .expect("the rest of the upload went out while no request used the connection")
-            .expect("server");
-        let request = Request::get("/next").header(header::HOST, "web").body(crate::http::empty()).expect("request");
-        let response = clients.send(&target, request).await.expect("the next answer");
-        let body = response.into_body().collect().await.expect("next body").to_bytes();
-        assert_eq!(&body[..], b"next");
+        let get = |path: &str| Request::get(path).header(header::HOST, "web").body(crate::http::empty()).expect("get");
+        let upload = http_body_util::StreamBody::new(tokio_stream::wrappers::ReceiverStream::new(upload_rx));
+        let post = Request::post("/upload").header(header::HOST, "web").body(upload.boxed_unsync()).expect("post");
+
+        upload_tx.send(chunk("first ")).await.expect("first chunk");
+        let early = clients.send(&target, post).await.expect("the early answer");
+        // The upload goes on while nobody reads the answer (a client may finish sending first).
+        upload_tx.send(chunk("second ")).await.expect("second chunk");
+        server_saw("second chunk").await;
+        assert_eq!(&body_of(early).await[..], b"early");
+        // The upload's connection, back in the pool, does not hold up another request.
+        let other = tokio::time::timeout(Duration::from_secs(5), clients.send(&target, get("/other"))).await;
+        assert_eq!(&body_of(other.expect("not held up").expect("other")).await[..], b"other");
+        other_read.send(()).expect("server");
+        // The upload ends with no request using its connection, which then serves again, the
+        // other connection being closed.
+        upload_tx.send(chunk("third")).await.expect("third chunk");
+        drop(upload_tx);
+        server_saw("end of the upload").await;
+        let next = tokio::time::timeout(Duration::from_secs(5), clients.send(&target, get("/next"))).await;
+        assert_eq!(&body_of(next.expect("in time").expect("the next answer")).await[..], b"next");
         let seen = server.await.expect("server");
-        assert!(
-            seen.contains("first half \r\nB\r\nsecond half\r\n0\r\n\r\nGET /next"),
-            "the whole upload, then the next request: {seen:?}"
-        );
+        assert!(seen.contains("first \r\n7\r\nsecond \r\n5\r\nthird\r\n0\r\n\r\nGET /next"), "{seen:?}");
     }
 
     fn endpoint(identity: Option<&str>, proxy_inbound_port: Option<u16>) -> EndpointInfo {
