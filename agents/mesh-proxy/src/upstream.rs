@@ -244,9 +244,7 @@ impl Http1Connection {
         if let Some(driver) = &mut self.driver
             && let Poll::Ready(ended) = driver.as_mut().poll(cx)
         {
-            if let Err(error) = ended {
-                tracing::debug!(%error, "upstream HTTP/1 connection ended with an error");
-            }
+            log_end("HTTP/1", ended);
             self.driver = None;
         }
     }
@@ -269,11 +267,7 @@ impl Http1Connection {
     /// after the response head whether or not anyone reads the response.
     fn drive_apart(&mut self) {
         if let Some(driver) = self.driver.take() {
-            tokio::spawn(async move {
-                if let Err(error) = driver.await {
-                    tracing::debug!(%error, "upstream HTTP/1 connection ended with an error");
-                }
-            });
+            tokio::spawn(async move { log_end("HTTP/1", driver.await) });
         }
     }
 }
@@ -289,12 +283,16 @@ impl IdleConnection {
         now.duration_since(self.since) < POOL_IDLE_TIMEOUT
     }
 
-    /// Whether it may be kept: still open, and not idle for too long. A turn of the connection
-    /// first lets it see that the upstream closed it; nothing waits on it meanwhile, so no
-    /// waker is needed.
-    fn usable(&mut self, now: Instant) -> bool {
+    /// Whether the upstream has not closed it. A turn of the connection first lets it see a
+    /// close; nothing waits on it meanwhile, so no waker is needed.
+    fn open(&mut self) -> bool {
         self.connection.drive(&mut Context::from_waker(Waker::noop()));
-        self.fresh(now) && !self.connection.sender.is_closed()
+        !self.connection.sender.is_closed()
+    }
+
+    /// Whether it may be kept: not idle for too long, and still open.
+    fn usable(&mut self, now: Instant) -> bool {
+        self.fresh(now) && self.open()
     }
 }
 
@@ -346,7 +344,7 @@ impl HttpClients {
 
     /// `target`'s pool, created if needed.
     fn pool(&self, target: &Target) -> SharedPool {
-        let mut pools = self.pools.lock().unwrap_or_else(PoisonError::into_inner);
+        let mut pools = lock(&self.pools);
         if let Some(pool) = pools.get(target) {
             return Arc::clone(pool);
         }
@@ -418,11 +416,7 @@ impl HttpClients {
             .handshake(io)
             .await
             .map_err(|source| SendError::Handshake { target: target.clone(), source })?;
-        tokio::spawn(async move {
-            if let Err(error) = connection.await {
-                tracing::debug!(%error, "upstream HTTP/2 connection ended with an error");
-            }
-        });
+        tokio::spawn(async move { log_end("HTTP/2", connection.await) });
         Ok(sender)
     }
 }
@@ -439,7 +433,7 @@ fn checkout(pool: &SharedPool) -> Option<Http1Connection> {
     while candidate > 0 {
         candidate -= 1;
         let idle = &mut pool.idle[candidate];
-        if !idle.usable(now) {
+        if !idle.open() {
             pool.idle.remove(candidate);
         } else if idle.connection.sender.is_ready() {
             return Some(pool.idle.remove(candidate).connection);
@@ -479,7 +473,7 @@ async fn sweep_every_interval(pools: Weak<Mutex<Pools>>) {
     loop {
         interval.tick().await;
         let Some(pools) = pools.upgrade() else { return };
-        sweep(&mut pools.lock().unwrap_or_else(PoisonError::into_inner), Instant::now());
+        sweep(&mut lock(&pools), Instant::now());
     }
 }
 
@@ -494,8 +488,15 @@ fn sweep(pools: &mut Pools, now: Instant) {
     });
 }
 
-fn lock(pool: &Mutex<Pool>) -> std::sync::MutexGuard<'_, Pool> {
-    pool.lock().unwrap_or_else(PoisonError::into_inner)
+/// The pools hold no invariant a panicking holder could have broken halfway.
+fn lock<T>(mutex: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    mutex.lock().unwrap_or_else(PoisonError::into_inner)
+}
+
+fn log_end(protocol: &str, ended: hyper::Result<()>) {
+    if let Err(error) = ended {
+        tracing::debug!(%error, protocol, "upstream connection ended with an error");
+    }
 }
 
 fn boxed(body: Incoming) -> ProxyBody {

@@ -636,5 +636,14 @@ pub fn in_network_namespace(name: &str, test: impl std::future::Future<Output = 
 
 pub fn run(command: &[&str]) {
     let output = Command::new(command[0]).args(&command[1..]).output().expect("command runs");
-    assert!(output.status.success(), "{command:?} failed: {}", String::from_utf8_lossy(&output.stderr));
+    assert_success(command, &output);
+}
+
+pub fn assert_success(command: &[&str], output: &std::process::Output) {
+    assert!(
+        output.status.success(),
+        "{command:?} failed: {}{}",
+        String::from_utf8_lossy(&output.stdout),
+        String::from_utf8_lossy(&output.stderr)
+    );
 }
