@@ -1,8 +1,9 @@
 //! Protobuf request bodies (`application/vnd.kubernetes.protobuf`), which
 //! kubectl 1.32+ sends for `kubectl create configmap|secret|namespace|
-//! serviceaccount|token` with no JSON fallback. Decoded into JSON; answers stay
-//! JSON, which kubectl accepts. Field numbers are those of Kubernetes'
-//! generated.proto files.
+//! serviceaccount|token|role|clusterrole|rolebinding|clusterrolebinding` and
+//! `kubectl auth can-i|whoami` with no JSON fallback. Decoded into JSON;
+//! answers stay JSON, which kubectl accepts. Field numbers are those of
+//! Kubernetes' generated.proto files.
 
 use std::collections::BTreeMap;
 
@@ -144,6 +145,274 @@ struct BoundObjectReference {
     uid: String,
 }
 
+// k8s.io/api/rbac/v1
+#[derive(Clone, PartialEq, Message)]
+struct PolicyRule {
+    #[prost(string, repeated, tag = "1")]
+    verbs: Vec<String>,
+    #[prost(string, repeated, tag = "2")]
+    api_groups: Vec<String>,
+    #[prost(string, repeated, tag = "3")]
+    resources: Vec<String>,
+    #[prost(string, repeated, tag = "4")]
+    resource_names: Vec<String>,
+    #[prost(string, repeated, tag = "5")]
+    non_resource_urls: Vec<String>,
+}
+
+/// A Role or ClusterRole (a Role has no aggregation rule).
+#[derive(Clone, PartialEq, Message)]
+struct Role {
+    #[prost(message, optional, tag = "1")]
+    metadata: Option<ObjectMeta>,
+    #[prost(message, repeated, tag = "2")]
+    rules: Vec<PolicyRule>,
+    #[prost(message, optional, tag = "3")]
+    aggregation_rule: Option<AggregationRule>,
+}
+
+#[derive(Clone, PartialEq, Message)]
+struct AggregationRule {
+    #[prost(message, repeated, tag = "1")]
+    cluster_role_selectors: Vec<LabelSelector>,
+}
+
+// k8s.io/apimachinery/pkg/apis/meta/v1
+#[derive(Clone, PartialEq, Message)]
+struct LabelSelector {
+    #[prost(btree_map = "string, string", tag = "1")]
+    match_labels: BTreeMap<String, String>,
+    #[prost(message, repeated, tag = "2")]
+    match_expressions: Vec<LabelSelectorRequirement>,
+}
+
+#[derive(Clone, PartialEq, Message)]
+struct LabelSelectorRequirement {
+    #[prost(string, tag = "1")]
+    key: String,
+    #[prost(string, tag = "2")]
+    operator: String,
+    #[prost(string, repeated, tag = "3")]
+    values: Vec<String>,
+}
+
+/// A RoleBinding or ClusterRoleBinding.
+#[derive(Clone, PartialEq, Message)]
+struct RoleBinding {
+    #[prost(message, optional, tag = "1")]
+    metadata: Option<ObjectMeta>,
+    #[prost(message, repeated, tag = "2")]
+    subjects: Vec<Subject>,
+    #[prost(message, optional, tag = "3")]
+    role_ref: Option<RoleRef>,
+}
+
+#[derive(Clone, PartialEq, Message)]
+struct Subject {
+    #[prost(string, tag = "1")]
+    kind: String,
+    #[prost(string, tag = "2")]
+    api_group: String,
+    #[prost(string, tag = "3")]
+    name: String,
+    #[prost(string, tag = "4")]
+    namespace: String,
+}
+
+#[derive(Clone, PartialEq, Message)]
+struct RoleRef {
+    #[prost(string, tag = "1")]
+    api_group: String,
+    #[prost(string, tag = "2")]
+    kind: String,
+    #[prost(string, tag = "3")]
+    name: String,
+}
+
+// k8s.io/api/authorization/v1
+/// A SubjectAccessReview, LocalSubjectAccessReview or
+/// SelfSubjectAccessReview: the self one's spec is the first two fields.
+#[derive(Clone, PartialEq, Message)]
+struct AccessReview {
+    #[prost(message, optional, tag = "1")]
+    metadata: Option<ObjectMeta>,
+    #[prost(message, optional, tag = "2")]
+    spec: Option<AccessReviewSpec>,
+}
+
+#[derive(Clone, PartialEq, Message)]
+struct AccessReviewSpec {
+    #[prost(message, optional, tag = "1")]
+    resource_attributes: Option<ResourceAttributes>,
+    #[prost(message, optional, tag = "2")]
+    non_resource_attributes: Option<NonResourceAttributes>,
+    #[prost(string, tag = "3")]
+    user: String,
+    #[prost(string, repeated, tag = "4")]
+    groups: Vec<String>,
+    #[prost(btree_map = "string, message", tag = "5")]
+    extra: BTreeMap<String, ExtraValue>,
+    #[prost(string, tag = "6")]
+    uid: String,
+}
+
+#[derive(Clone, PartialEq, Message)]
+struct ResourceAttributes {
+    #[prost(string, tag = "1")]
+    namespace: String,
+    #[prost(string, tag = "2")]
+    verb: String,
+    #[prost(string, tag = "3")]
+    group: String,
+    #[prost(string, tag = "4")]
+    version: String,
+    #[prost(string, tag = "5")]
+    resource: String,
+    #[prost(string, tag = "6")]
+    subresource: String,
+    #[prost(string, tag = "7")]
+    name: String,
+}
+
+#[derive(Clone, PartialEq, Message)]
+struct NonResourceAttributes {
+    #[prost(string, tag = "1")]
+    path: String,
+    #[prost(string, tag = "2")]
+    verb: String,
+}
+
+#[derive(Clone, PartialEq, Message)]
+struct ExtraValue {
+    #[prost(string, repeated, tag = "1")]
+    items: Vec<String>,
+}
+
+#[derive(Clone, PartialEq, Message)]
+struct SelfSubjectRulesReview {
+    #[prost(message, optional, tag = "1")]
+    metadata: Option<ObjectMeta>,
+    #[prost(message, optional, tag = "2")]
+    spec: Option<SelfSubjectRulesReviewSpec>,
+}
+
+#[derive(Clone, PartialEq, Message)]
+struct SelfSubjectRulesReviewSpec {
+    #[prost(string, tag = "1")]
+    namespace: String,
+}
+
+// k8s.io/api/authentication/v1: a SelfSubjectReview's request is its metadata alone.
+#[derive(Clone, PartialEq, Message)]
+struct SelfSubjectReview {
+    #[prost(message, optional, tag = "1")]
+    metadata: Option<ObjectMeta>,
+}
+
+/// An object of the given fields, those whose value is empty ("", [],
+/// {}) left out: proto2 as gogo writes it cannot tell empty from unset,
+/// and the apiserver reads the two alike.
+fn present(fields: Vec<(&str, Value)>) -> Value {
+    let empty = |v: &Value| match v {
+        Value::String(s) => s.is_empty(),
+        Value::Array(a) => a.is_empty(),
+        Value::Object(o) => o.is_empty(),
+        _ => false,
+    };
+    Value::Object(fields.into_iter().filter(|(_, v)| !empty(v)).map(|(k, v)| (k.to_owned(), v)).collect())
+}
+
+fn policy_rule(r: PolicyRule) -> Value {
+    let mut rule = present(vec![
+        ("apiGroups", json!(r.api_groups)),
+        ("resources", json!(r.resources)),
+        ("resourceNames", json!(r.resource_names)),
+        ("nonResourceURLs", json!(r.non_resource_urls)),
+    ]);
+    rule["verbs"] = json!(r.verbs);
+    rule
+}
+
+fn role(raw: &[u8]) -> Result<Value, ApiError> {
+    let role = Role::decode(raw).map_err(bad)?;
+    let rules: Vec<Value> = role.rules.into_iter().map(policy_rule).collect();
+    let mut o = json!({"metadata": metadata(role.metadata), "rules": rules});
+    if let Some(aggregation) = role.aggregation_rule {
+        let selectors: Vec<Value> = aggregation
+            .cluster_role_selectors
+            .into_iter()
+            .map(|s| {
+                let expressions: Vec<Value> = s
+                    .match_expressions
+                    .into_iter()
+                    .map(|e| {
+                        present(vec![
+                            ("key", json!(e.key)),
+                            ("operator", json!(e.operator)),
+                            ("values", json!(e.values)),
+                        ])
+                    })
+                    .collect();
+                present(vec![("matchLabels", json!(s.match_labels)), ("matchExpressions", json!(expressions))])
+            })
+            .collect();
+        o["aggregationRule"] = json!({"clusterRoleSelectors": selectors});
+    }
+    Ok(o)
+}
+
+fn role_binding(raw: &[u8]) -> Result<Value, ApiError> {
+    let binding = RoleBinding::decode(raw).map_err(bad)?;
+    let subjects: Vec<Value> = binding
+        .subjects
+        .into_iter()
+        .map(|s| {
+            let mut subject = present(vec![("apiGroup", json!(s.api_group)), ("namespace", json!(s.namespace))]);
+            subject["kind"] = json!(s.kind);
+            subject["name"] = json!(s.name);
+            subject
+        })
+        .collect();
+    let role_ref = binding.role_ref.unwrap_or_default();
+    Ok(json!({
+        "metadata": metadata(binding.metadata),
+        "subjects": subjects,
+        "roleRef": {"apiGroup": role_ref.api_group, "kind": role_ref.kind, "name": role_ref.name},
+    }))
+}
+
+fn access_review(raw: &[u8]) -> Result<Value, ApiError> {
+    let review = AccessReview::decode(raw).map_err(bad)?;
+    let spec = review.spec.unwrap_or_default();
+    let resource = spec.resource_attributes.map(|r| {
+        present(vec![
+            ("namespace", json!(r.namespace)),
+            ("verb", json!(r.verb)),
+            ("group", json!(r.group)),
+            ("version", json!(r.version)),
+            ("resource", json!(r.resource)),
+            ("subresource", json!(r.subresource)),
+            ("name", json!(r.name)),
+        ])
+    });
+    let non_resource =
+        spec.non_resource_attributes.map(|n| present(vec![("path", json!(n.path)), ("verb", json!(n.verb))]));
+    let extra: BTreeMap<String, Vec<String>> = spec.extra.into_iter().map(|(k, v)| (k, v.items)).collect();
+    let mut spec_json = present(vec![
+        ("user", json!(spec.user)),
+        ("groups", json!(spec.groups)),
+        ("extra", json!(extra)),
+        ("uid", json!(spec.uid)),
+    ]);
+    if let Some(r) = resource {
+        spec_json["resourceAttributes"] = r;
+    }
+    if let Some(n) = non_resource {
+        spec_json["nonResourceAttributes"] = n;
+    }
+    Ok(json!({"metadata": metadata(review.metadata), "spec": spec_json}))
+}
+
 fn bad(e: impl std::fmt::Display) -> ApiError {
     ApiError::bad_request(format!("cannot decode the protobuf body: {e}"))
 }
@@ -259,9 +528,18 @@ pub fn decode(body: &[u8]) -> Result<Value, ApiError> {
             }
             o
         }
+        "Role" | "ClusterRole" => role(raw)?,
+        "RoleBinding" | "ClusterRoleBinding" => role_binding(raw)?,
+        "SelfSubjectAccessReview" | "SubjectAccessReview" | "LocalSubjectAccessReview" => access_review(raw)?,
+        "SelfSubjectRulesReview" => {
+            let review = SelfSubjectRulesReview::decode(raw).map_err(bad)?;
+            let namespace = review.spec.unwrap_or_default().namespace;
+            json!({"metadata": metadata(review.metadata), "spec": present(vec![("namespace", json!(namespace))])})
+        }
+        "SelfSubjectReview" => json!({"metadata": metadata(SelfSubjectReview::decode(raw).map_err(bad)?.metadata)}),
         other => {
             return Err(ApiError::unsupported_media_type(&format!(
-                "application/vnd.kubernetes.protobuf for kind {other:?} (decoded kinds: ConfigMap, Secret, Namespace, ServiceAccount, TokenRequest; send JSON)"
+                "application/vnd.kubernetes.protobuf for kind {other:?} (decoded kinds: ConfigMap, Secret, Namespace, ServiceAccount, TokenRequest, Role, ClusterRole, RoleBinding, ClusterRoleBinding and the access, rules and self-subject reviews; send JSON)"
             )));
         }
     };
@@ -291,6 +569,69 @@ mod tests {
         assert_eq!(
             object,
             json!({"apiVersion": "v1", "kind": "ConfigMap", "metadata": {"name": "c1", "namespace": "ns1"}, "data": {"a": "b"}})
+        );
+    }
+
+    fn hex(text: &str) -> Vec<u8> {
+        (0..text.len()).step_by(2).map(|i| u8::from_str_radix(&text[i..i + 2], 16).expect("hex")).collect()
+    }
+
+    /// `kubectl create clusterrole pr --verb=get,list --resource=pods,pods/log --resource-name=p1`, as kubectl 1.32 sent it.
+    #[test]
+    fn decodes_what_kubectl_create_clusterrole_sends() {
+        let body = hex(
+            "6b3873000a2b0a1c726261632e617574686f72697a6174696f6e2e6b38732e696f2f7631120b436c7573746572526f6c6512370a120a02707212001a0022002a0032003800420012210a036765740a046c69737412001a04706f64731a08706f64732f6c6f67220270311a002200",
+        );
+        assert_eq!(
+            decode(&body).expect("decode"),
+            json!({"apiVersion": "rbac.authorization.k8s.io/v1", "kind": "ClusterRole", "metadata": {"name": "pr"},
+                "rules": [{"verbs": ["get", "list"], "apiGroups": [""], "resources": ["pods", "pods/log"], "resourceNames": ["p1"]}]})
+        );
+    }
+
+    /// `kubectl create clusterrolebinding x --clusterrole=view --serviceaccount=kube-system:agent --group=ops`.
+    #[test]
+    fn decodes_what_kubectl_create_clusterrolebinding_sends() {
+        let body = hex(
+            "6b3873000a320a1c726261632e617574686f72697a6174696f6e2e6b38732e696f2f76311212436c7573746572526f6c6542696e64696e671296010a110a017812001a0022002a0032003800420012290a0547726f75701219726261632e617574686f72697a6174696f6e2e6b38732e696f1a036f7073220012260a0e536572766963654163636f756e7412001a056167656e74220b6b7562652d73797374656d1a2e0a19726261632e617574686f72697a6174696f6e2e6b38732e696f120b436c7573746572526f6c651a04766965771a002200",
+        );
+        assert_eq!(
+            decode(&body).expect("decode"),
+            json!({"apiVersion": "rbac.authorization.k8s.io/v1", "kind": "ClusterRoleBinding", "metadata": {"name": "x"},
+                "subjects": [{"kind": "Group", "apiGroup": "rbac.authorization.k8s.io", "name": "ops"},
+                             {"kind": "ServiceAccount", "name": "agent", "namespace": "kube-system"}],
+                "roleRef": {"apiGroup": "rbac.authorization.k8s.io", "kind": "ClusterRole", "name": "view"}})
+        );
+    }
+
+    /// `kubectl auth can-i list pods -n team`, `kubectl auth can-i get /healthz`,
+    /// `kubectl auth can-i --list -n team` and `kubectl auth whoami`.
+    #[test]
+    fn decodes_what_kubectl_auth_sends() {
+        let can_i = hex(
+            "6b3873000a320a17617574686f72697a6174696f6e2e6b38732e696f2f7631121753656c665375626a656374416363657373526576696577123a0a100a0012001a0022002a00320038004200121c0a1a0a047465616d12046c6973741a0022002a04706f647332003a001a08080012001a0020001a002200",
+        );
+        assert_eq!(
+            decode(&can_i).expect("decode")["spec"],
+            json!({"resourceAttributes": {"namespace": "team", "verb": "list", "resource": "pods"}})
+        );
+        let path = hex(
+            "6b3873000a320a17617574686f72697a6174696f6e2e6b38732e696f2f7631121753656c665375626a656374416363657373526576696577122f0a100a0012001a0022002a003200380042001211120f0a082f6865616c74687a12036765741a08080012001a0020001a002200",
+        );
+        assert_eq!(
+            decode(&path).expect("decode")["spec"],
+            json!({"nonResourceAttributes": {"path": "/healthz", "verb": "get"}})
+        );
+        let list = hex(
+            "6b3873000a310a17617574686f72697a6174696f6e2e6b38732e696f2f7631121653656c665375626a65637452756c657352657669657712200a100a0012001a0022002a0032003800420012060a047465616d1a04180022001a002200",
+        );
+        assert_eq!(decode(&list).expect("decode")["spec"], json!({"namespace": "team"}));
+        let whoami = hex(
+            "6b3873000a2d0a1861757468656e7469636174696f6e2e6b38732e696f2f7631121153656c665375626a656374526576696577121a0a100a0012001a0022002a0032003800420012060a040a0012001a002200",
+        );
+        assert_eq!(
+            decode(&whoami).expect("decode"),
+            json!({"apiVersion": "authentication.k8s.io/v1", "kind": "SelfSubjectReview", "metadata": {}})
         );
     }
 
