@@ -62,6 +62,20 @@ pub enum Propagation {
 /// Namespaces a fresh cluster has.
 const INITIAL_NAMESPACES: &[&str] = &["default", "kube-system", "kube-public", "kube-node-lease"];
 
+/// The label the apiserver puts on every namespace, and puts back if an
+/// update drops or changes it, so that selectors can pick namespaces by name.
+const NAMESPACE_NAME_LABEL: &str = "kubernetes.io/metadata.name";
+
+fn label_namespace(object: &mut Value, name: &str) {
+    let m = meta_mut(object);
+    if !m.get("labels").is_some_and(Value::is_object) {
+        m.insert("labels".into(), json!({}));
+    }
+    if let Some(Value::Object(labels)) = m.get_mut("labels") {
+        labels.insert(NAMESPACE_NAME_LABEL.into(), json!(name));
+    }
+}
+
 #[derive(Debug)]
 pub struct Store {
     registry: Registry,
@@ -290,6 +304,7 @@ impl Store {
         if rt.kind == "Namespace" {
             object["spec"] = json!({"finalizers": ["kubernetes"]});
             object["status"] = json!({"phase": "Active"});
+            label_namespace(&mut object, &name);
         }
         let rv = self.next_rv();
         let m = meta_mut(&mut object);
@@ -374,6 +389,9 @@ impl Store {
                 Some(v) => m.insert(field.into(), v.clone()),
                 None => m.remove(field),
             };
+        }
+        if rt.kind == "Namespace" {
+            label_namespace(&mut object, name);
         }
         strip_type(&mut object);
         if object == old {
