@@ -25,6 +25,8 @@ pub struct Request<'a> {
     pub object: Value,
     pub old: Option<&'a Value>,
     pub dry_run: bool,
+    /// Who asks, for the review's userInfo.
+    pub user: &'a crate::rbac::UserInfo,
 }
 
 struct Webhook {
@@ -207,7 +209,7 @@ async fn call(shared: &Shared, webhook: &Webhook, req: &Request<'_>, object: &Va
             "name": object.pointer("/metadata/name").cloned().unwrap_or(json!("")),
             "namespace": req.namespace.unwrap_or_default(),
             "operation": req.operation,
-            "userInfo": {"username": "kube-emulator-admin", "groups": ["system:masters", "system:authenticated"]},
+            "userInfo": req.user.to_json(),
             "object": object,
             "oldObject": req.old.cloned().unwrap_or(Value::Null),
             "dryRun": req.dry_run,

@@ -11,6 +11,7 @@ use crate::admission;
 use crate::discovery;
 use crate::error::ApiError;
 use crate::http::{Body, error_response, json_response, json_response_as, parse_document, query_pairs, read_body};
+use crate::rbac::{Attributes, UserInfo};
 use crate::resources::ResourceType;
 use crate::selector::{FieldSelector, LabelSelector};
 use crate::store::{Propagation, Store, strip_type};
@@ -21,6 +22,7 @@ pub struct Shared {
     pub store: Mutex<Store>,
     /// Carries the latest resourceVersion; watches wait on it.
     pub changed: tokio::sync::watch::Sender<u64>,
+    /// The admin's bearer token: a superuser (see `auth`).
     pub token: String,
     /// Every workload rolls out but never becomes ready (see `controller`).
     pub stall_rollouts: std::sync::atomic::AtomicBool,
@@ -74,6 +76,9 @@ pub struct Params {
     /// Who writes, for managedFields when no fieldManager is given: the
     /// apiserver takes the client's User-Agent up to the first '/'.
     pub user_agent: String,
+    /// Who asks, authenticated (and impersonated): admission hears of
+    /// them, and an apply that creates needs them allowed to create.
+    pub user: UserInfo,
 }
 
 impl Params {
@@ -88,7 +93,7 @@ impl Params {
         let mut p = Params::default();
         for (k, v) in query_pairs(query) {
             match k.as_str() {
-                "watch" => p.watch = v.is_empty() || v == "true" || v == "1",
+                "watch" => p.watch = crate::http::query_flag(&v),
                 "labelSelector" => p.label_selector = LabelSelector::parse(&v).map_err(ApiError::bad_request)?,
                 "fieldSelector" => p.field_selector = FieldSelector::parse(&v).map_err(ApiError::bad_request)?,
                 "resourceVersion" => p.resource_version = Some(v).filter(|v| !v.is_empty()),
@@ -136,12 +141,13 @@ async fn route(shared: &Arc<Shared>, req: Request<Incoming>) -> Result<Response<
     let path = req.uri().path().to_owned();
     let segments: Vec<String> = path.split('/').filter(|s| !s.is_empty()).map(str::to_owned).collect();
     let segs: Vec<&str> = segments.iter().map(String::as_str).collect();
+    // Authorization comes before routing, as in the apiserver: a request
+    // the user may not make is refused even where nothing is served.
+    let user = crate::auth::user(shared, req.headers())?;
+    let attributes = Attributes::of_request(req.method().as_str(), &path, req.uri().query());
+    crate::auth::authorize(shared, &user, &attributes)?;
     if let ["healthz" | "livez" | "readyz"] = segs.as_slice() {
         return Ok(plain_ok());
-    }
-    let expected = format!("Bearer {}", shared.token);
-    if header_str(&req, header::AUTHORIZATION) != expected {
-        return Err(ApiError::unauthorized());
     }
     let accept = header_str(&req, header::ACCEPT).to_owned();
     let get = req.method() == Method::GET;
@@ -187,11 +193,11 @@ async fn route(shared: &Arc<Shared>, req: Request<Incoming>) -> Result<Response<
         }
         ["api", v, rest @ ..] => {
             let target = resolve(shared, "", v, rest)?;
-            resource(shared, req, target).await
+            resource(shared, req, target, user).await
         }
         ["apis", g, v, rest @ ..] => {
             let target = resolve(shared, g, v, rest)?;
-            resource(shared, req, target).await
+            resource(shared, req, target, user).await
         }
         _ => Err(ApiError::path_not_found()),
     }
@@ -289,9 +295,15 @@ fn resolve(shared: &Shared, group: &str, version: &str, rest: &[&str]) -> Result
     Ok(Target { rt, namespace, name, subresource })
 }
 
-async fn resource(shared: &Arc<Shared>, req: Request<Incoming>, t: Target) -> Result<Response<Body>, ApiError> {
+async fn resource(
+    shared: &Arc<Shared>,
+    req: Request<Incoming>,
+    t: Target,
+    user: UserInfo,
+) -> Result<Response<Body>, ApiError> {
     let mut params = Params::parse(req.uri().query())?;
     params.user_agent = header_str(&req, header::USER_AGENT).to_owned();
+    params.user = user;
     let method = req.method().clone();
     let content_type = header_str(&req, header::CONTENT_TYPE).to_owned();
     let ns = t.namespace.as_deref();
@@ -305,11 +317,15 @@ async fn resource(shared: &Arc<Shared>, req: Request<Incoming>, t: Target) -> Re
         return Ok(json_response(StatusCode::CREATED, &issued));
     }
     if t.rt.create_only {
-        // TokenReview, the one type answered in the response and never stored.
+        // The reviews, answered in the response and never stored.
         let (&Method::POST, None) = (&method, &t.name) else { return Err(ApiError::method_not_allowed()) };
         let body = read_body(req.into_body()).await?;
         let review = decode_object(&body, &content_type, &t.rt.api_version(), &t.rt.kind)?;
-        return Ok(json_response(StatusCode::CREATED, &crate::tokens::review(shared, &review)?));
+        let answer = match t.rt.kind.as_str() {
+            "TokenReview" => crate::tokens::review(shared, &review)?,
+            _ => crate::auth::review(shared, &params.user, &t.rt, ns, &review)?,
+        };
+        return Ok(json_response(StatusCode::CREATED, &answer));
     }
     match (&method, &t.name) {
         (&Method::GET, None) if params.watch => Ok(watch::serve(Arc::clone(shared), t.rt, t.namespace, params)),
@@ -332,6 +348,7 @@ async fn resource(shared: &Arc<Shared>, req: Request<Incoming>, t: Target) -> Re
                 object,
                 old: None,
                 dry_run: params.dry_run,
+                user: &params.user,
             };
             let mut object = admission::mutate(shared, request).await?;
             crate::ssa::track_update(
@@ -361,6 +378,7 @@ async fn resource(shared: &Arc<Shared>, req: Request<Incoming>, t: Target) -> Re
                     object,
                     old: Some(&old),
                     dry_run: params.dry_run,
+                    user: &params.user,
                 };
                 let mut object = admission::mutate(shared, request).await?;
                 crate::ssa::track_update(
@@ -493,6 +511,9 @@ async fn patch(
             Err(e) if e.code == 404 && applying => None,
             Err(e) => return Err(e),
         };
+        if live.is_none() {
+            crate::auth::authorize_create_on_patch(shared, &params.user, rt, ns, name)?;
+        }
         let (patched, warnings) = patched_object(rt, name, live.as_ref(), &doc, media, params)?;
         let operation = if live.is_some() { "UPDATE" } else { "CREATE" };
         let patched = if status_only {
@@ -505,6 +526,7 @@ async fn patch(
                 object: patched,
                 old: live.as_ref(),
                 dry_run: params.dry_run,
+                user: &params.user,
             };
             admission::mutate(shared, request).await?
         };

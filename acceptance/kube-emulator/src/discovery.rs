@@ -133,7 +133,8 @@ mod tests {
         let groups = aggregated(&registry, false, "v2");
         let items = groups["items"].as_array().expect("groups");
         let authentication = items.iter().find(|g| g["metadata"]["name"] == "authentication.k8s.io").expect("group");
-        let reviews = &authentication["versions"][0]["resources"][0];
+        let resources = authentication["versions"][0]["resources"].as_array().expect("resources");
+        let reviews = resources.iter().find(|r| r["resource"] == "tokenreviews").expect("tokenreviews");
         assert_eq!((&reviews["resource"], &reviews["scope"]), (&json!("tokenreviews"), &json!("Cluster")));
         assert_eq!(reviews["verbs"], json!(["create"]));
     }

@@ -83,6 +83,24 @@ impl ApiError {
         )
     }
 
+    /// 403 in `apierrors.NewForbidden`'s words: `<resource>[.<group>]
+    /// ["<name>"] is forbidden: <why>`, or `forbidden: <why>` for a path
+    /// (no resource); details carry what is not empty.
+    pub fn forbidden(resource: &str, group: &str, name: &str, why: &str) -> Self {
+        let what = if group.is_empty() { resource.to_owned() } else { format!("{resource}.{group}") };
+        let message = match (what.is_empty(), name.is_empty()) {
+            (true, _) => format!("forbidden: {why}"),
+            (false, true) => format!("{what} is forbidden: {why}"),
+            (false, false) => format!("{what} {name:?} is forbidden: {why}"),
+        };
+        let details: serde_json::Map<String, Value> = [("name", name), ("group", group), ("kind", resource)]
+            .into_iter()
+            .filter(|(_, v)| !v.is_empty())
+            .map(|(k, v)| (k.to_owned(), json!(v)))
+            .collect();
+        ApiError::new(403, "Forbidden", message).with_details(Value::Object(details))
+    }
+
     pub fn unauthorized() -> Self {
         ApiError::new(401, "Unauthorized", "Unauthorized")
     }

@@ -4,6 +4,8 @@
 
 pub mod admission;
 pub mod api;
+pub mod auth;
+pub mod bootstrap_policy;
 pub mod controller;
 pub mod discovery;
 pub mod error;
@@ -11,6 +13,7 @@ mod http;
 pub mod openapi;
 pub mod patch;
 mod protobuf;
+pub mod rbac;
 pub mod resources;
 pub mod selector;
 pub mod ssa;
@@ -115,6 +118,7 @@ impl Emulator {
         let addr = listener.local_addr()?;
         let mut store = Store::new(options.history.max(1));
         register_nodes(&mut store, &options.nodes);
+        bootstrap_policy::install(&mut store);
         let (changed, _) = tokio::sync::watch::channel(store.resource_version());
         let shared = Arc::new(Shared {
             store: Mutex::new(store),

@@ -202,6 +202,11 @@ const BUILTINS: &[Builtin] = &[
     ),
     b("coordination.k8s.io", "v1", "Lease", "leases", true, &[], false, false),
     b("authentication.k8s.io", "v1", "TokenReview", "tokenreviews", false, &[], false, false),
+    b("authentication.k8s.io", "v1", "SelfSubjectReview", "selfsubjectreviews", false, &[], false, false),
+    b("authorization.k8s.io", "v1", "SelfSubjectAccessReview", "selfsubjectaccessreviews", false, &[], false, false),
+    b("authorization.k8s.io", "v1", "SelfSubjectRulesReview", "selfsubjectrulesreviews", false, &[], false, false),
+    b("authorization.k8s.io", "v1", "SubjectAccessReview", "subjectaccessreviews", false, &[], false, false),
+    b("authorization.k8s.io", "v1", "LocalSubjectAccessReview", "localsubjectaccessreviews", true, &[], false, false),
 ];
 
 /// The registry of served types, keyed by (group, version, plural).
@@ -226,8 +231,9 @@ impl Default for Registry {
                     categories: if t.all { vec!["all".into()] } else { Vec::new() },
                     status: t.status,
                     custom: false,
-                    // authentication.k8s.io holds only reviews, which are never stored.
-                    create_only: t.group == "authentication.k8s.io",
+                    // authentication.k8s.io and authorization.k8s.io hold only
+                    // reviews, which are never stored.
+                    create_only: ["authentication.k8s.io", "authorization.k8s.io"].contains(&t.group),
                     token_request: t.kind == "ServiceAccount",
                 };
                 ((rt.group.clone(), rt.version.clone(), rt.plural.clone()), rt)

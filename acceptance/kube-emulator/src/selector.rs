@@ -104,6 +104,12 @@ impl FieldSelector {
         Ok(FieldSelector(terms))
     }
 
+    /// The value `field` must equal for an object to match, if the
+    /// selector pins it.
+    pub fn exact_match(&self, field: &str) -> Option<&str> {
+        self.0.iter().find(|(f, equal, _)| f == field && *equal).map(|(_, _, value)| value.as_str())
+    }
+
     pub fn matches(&self, object: &Value) -> bool {
         self.0.iter().all(|(field, equal, value)| {
             let pointer = format!("/{}", field.replace('.', "/"));

@@ -13,6 +13,7 @@ use serde_json::{Value, json};
 
 use crate::api::Shared;
 use crate::error::ApiError;
+use crate::rbac::UserInfo;
 use crate::store::Store;
 
 /// What the apiserver issues for and expects when a request names no
@@ -151,18 +152,7 @@ pub fn review(shared: &Shared, review: &Value) -> Result<Value, ApiError> {
     }
     let status = match authenticate(shared, token, &wanted) {
         Ok((issued, audiences)) => {
-            let mut user = json!({
-                "username": format!("system:serviceaccount:{}:{}", issued.namespace, issued.service_account),
-                "uid": issued.service_account_uid,
-                "groups": ["system:serviceaccounts", format!("system:serviceaccounts:{}", issued.namespace), "system:authenticated"],
-            });
-            if let Some(pod) = &issued.pod {
-                user["extra"] = json!({
-                    "authentication.kubernetes.io/pod-name": [pod.name],
-                    "authentication.kubernetes.io/pod-uid": [pod.uid],
-                });
-            }
-            json!({"authenticated": true, "user": user, "audiences": audiences})
+            json!({"authenticated": true, "user": issued.user().to_json(), "audiences": audiences})
         }
         // The apiserver leaves `authenticated: false` out (omitempty).
         Err(error) => json!({"user": {}, "error": error}),
@@ -173,6 +163,24 @@ pub fn review(shared: &Shared, review: &Value) -> Result<Value, ApiError> {
         "spec": spec,
         "status": status,
     }))
+}
+
+/// Who a bearer token presented to the API is: a live service account
+/// token issued for the API's audience, or nobody.
+pub fn api_user(shared: &Shared, token: &str) -> Option<UserInfo> {
+    authenticate(shared, token, &[API_AUDIENCE.to_owned()]).ok().map(|(issued, _)| issued.user())
+}
+
+impl Issued {
+    /// The service account, with the pod the token is bound to, if any.
+    fn user(&self) -> UserInfo {
+        let mut user = UserInfo::service_account(&self.namespace, &self.service_account, &self.service_account_uid);
+        if let Some(pod) = &self.pod {
+            user.extra.insert("authentication.kubernetes.io/pod-name".into(), vec![pod.name.clone()]);
+            user.extra.insert("authentication.kubernetes.io/pod-uid".into(), vec![pod.uid.clone()]);
+        }
+        user
+    }
 }
 
 /// The issued token and the audiences it is good for among `wanted`, or
