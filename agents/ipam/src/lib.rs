@@ -7,6 +7,7 @@ pub mod aws;
 pub mod ec2;
 pub mod engine;
 pub mod executor;
+#[cfg(feature = "fake")]
 pub mod fake;
 pub mod limits;
 pub mod model;
