@@ -24,15 +24,24 @@ pub struct Options {
     pub settings: Settings,
 }
 
-/// `Ok(None)` for --help.
+/// `Ok(None)` for --help. Defaults from the process environment.
 pub fn parse(args: impl IntoIterator<Item = String>) -> Result<Option<Options>, String> {
+    parse_with_env(args, |name| std::env::var(name).ok())
+}
+
+/// [`parse`] with the environment passed in, so a caller can check a container's env and args
+/// together without touching its own process environment.
+pub fn parse_with_env(
+    args: impl IntoIterator<Item = String>,
+    var: impl Fn(&str) -> Option<String>,
+) -> Result<Option<Options>, String> {
     let mut args = args.into_iter();
     match args.next().as_deref() {
         Some("operator") => {}
         Some("-h" | "--help") | None => return Ok(None),
         Some(other) => return Err(format!("unknown command {other:?}")),
     }
-    let env = |k: &str| std::env::var(k).ok().filter(|v| !v.is_empty());
+    let env = |k: &str| var(k).filter(|v| !v.is_empty());
     let mut o = Options {
         once: false,
         dry_run: false,
@@ -101,4 +110,41 @@ pub fn parse(args: impl IntoIterator<Item = String>) -> Result<Option<Options>, 
         errors.push("no cluster: pass --cluster or set TRELLIS_CLUSTER_NAME".into());
     }
     if errors.is_empty() { Ok(Some(o)) } else { Err(errors.join("; ")) }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn args(a: &[&str]) -> Vec<String> {
+        a.iter().map(|s| s.to_string()).collect()
+    }
+
+    #[test]
+    fn defaults_come_from_the_environment_given_and_flags_win() {
+        let env = |name: &str| match name {
+            "TRELLIS_CLUSTER_NAME" => Some("from-env".to_owned()),
+            "AWS_REGION" => Some("eu-west-1".to_owned()),
+            "AWS_ENDPOINT_URL" => Some("http://127.0.0.1:5000".to_owned()),
+            _ => None,
+        };
+        let options = parse_with_env(args(&["operator"]), env).expect("valid").expect("not help");
+        assert_eq!(options.settings.cluster, "from-env");
+        assert_eq!(options.region, "eu-west-1");
+        assert_eq!(options.endpoint.as_deref(), Some("http://127.0.0.1:5000"));
+        let options =
+            parse_with_env(args(&["operator", "--cluster", "c", "--region", "us-west-2"]), env).expect("valid");
+        let options = options.expect("not help");
+        assert_eq!((options.settings.cluster.as_str(), options.region.as_str()), ("c", "us-west-2"));
+    }
+
+    #[test]
+    fn an_empty_environment_leaves_the_cluster_to_the_flags() {
+        let error = parse_with_env(args(&["operator", "--pre-allocate", "x"]), |_| None).expect_err("two problems");
+        assert!(error.contains("--pre-allocate") && error.contains("no cluster"), "{error}");
+        let options = parse_with_env(args(&["operator", "--cluster", "c"]), |_| Some(String::new())).expect("valid");
+        let options = options.expect("not help");
+        assert_eq!((options.region.as_str(), options.endpoint), ("us-east-1", None), "empty means unset");
+        assert!(parse_with_env(args(&["--help"]), |_| None).expect("help").is_none());
+    }
 }

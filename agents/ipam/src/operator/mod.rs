@@ -8,7 +8,7 @@ mod demand;
 use std::collections::BTreeMap;
 use std::time::{Duration, Instant};
 
-pub use args::{Options, parse, usage};
+pub use args::{Options, parse, parse_with_env, usage};
 
 use crate::aws::{AwsConfig, AwsEc2};
 use crate::engine::Engine;
