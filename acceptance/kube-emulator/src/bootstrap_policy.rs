@@ -254,7 +254,8 @@ fn aggregate_to_view() -> Vec<Value> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::rbac::{Attributes, ResourceAttributes, UserInfo, rule_allows};
+    use crate::rbac::{Attributes, ResourceAttributes, rule_allows};
+    use crate::selector::{FieldSelector, LabelSelector};
     use k8s_openapi::api::rbac::v1::PolicyRule;
 
     fn rules(name: &str) -> Vec<PolicyRule> {
@@ -285,12 +286,18 @@ mod tests {
     }
 
     #[test]
-    fn every_default_binding_names_a_default_role() {
-        let names: Vec<&str> = cluster_roles().iter().map(|(n, _)| *n).collect();
-        for (role, _) in cluster_role_bindings() {
-            assert!(names.contains(&role), "{role}");
-        }
-        let anonymous = UserInfo::anonymous();
-        assert!(cluster_role_bindings().iter().any(|(_, groups)| groups.contains(&anonymous.groups[0].as_str())));
+    fn every_default_is_stored_and_every_binding_names_a_default_role() {
+        let mut store = Store::new(100);
+        install(&mut store);
+        let stored = |plural: &str| {
+            let rt = store.registry().get(RBAC_GROUP, "v1", plural).cloned().expect("type");
+            let all = store.list(&rt, None, &LabelSelector::default(), &FieldSelector::default());
+            all.into_iter().map(|(k, _)| k.name).collect::<Vec<_>>()
+        };
+        let roles = stored("clusterroles");
+        assert_eq!(roles.len(), cluster_roles().len(), "{roles:?}");
+        let bindings = stored("clusterrolebindings");
+        assert_eq!(bindings.len(), cluster_role_bindings().len(), "{bindings:?}");
+        assert!(bindings.iter().all(|b| roles.contains(b)));
     }
 }

@@ -111,6 +111,26 @@ fn valid_name(name: &str) -> bool {
         })
 }
 
+/// Why `name` cannot name an object of `rt`, in the apiserver's words.
+/// RBAC objects may take any name that is a URL path segment (such as
+/// `system:discovery`); other types follow DNS-1123 subdomains.
+fn name_error(rt: &ResourceType, name: &str) -> Option<String> {
+    if rt.group == "rbac.authorization.k8s.io" {
+        return match name {
+            "." | ".." => Some(format!("Invalid value: {name:?}: may not be '{name}'")),
+            _ => ['/', '%']
+                .into_iter()
+                .find(|c| name.contains(*c))
+                .map(|c| format!("Invalid value: {name:?}: may not contain '{c}'")),
+        };
+    }
+    (!valid_name(name)).then(|| {
+        format!(
+            "Invalid value: {name:?}: a lowercase RFC 1123 subdomain must consist of lower case alphanumeric characters, '-' or '.', and must start and end with an alphanumeric character"
+        )
+    })
+}
+
 fn random_suffix(len: usize) -> String {
     const ALPHABET: &[u8] = b"bcdfghjklmnpqrstvwxz2456789";
     let bytes = uuid::Uuid::new_v4().into_bytes();
@@ -272,17 +292,8 @@ impl Store {
                 ));
             }
         };
-        if !valid_name(&name) {
-            return Err(ApiError::invalid(
-                &rt.kind,
-                &name,
-                &[(
-                    "metadata.name".into(),
-                    format!(
-                        "Invalid value: {name:?}: a lowercase RFC 1123 subdomain must consist of lower case alphanumeric characters, '-' or '.', and must start and end with an alphanumeric character"
-                    ),
-                )],
-            ));
+        if let Some(error) = name_error(rt, &name) {
+            return Err(ApiError::invalid(&rt.kind, &name, &[("metadata.name".into(), error)]));
         }
         let key = Self::key(rt, ns.as_deref(), &name);
         if self.objects.contains_key(&key) {
