@@ -179,14 +179,21 @@ impl Emulator {
         tokens::issue(&self.shared, tokens::Grant { namespace, service_account, audiences, pod, expires_at })
     }
 
-    /// A complete kubeconfig for this server, context `kube-emulator`.
+    /// A complete kubeconfig for this server, context `kube-emulator`,
+    /// with the admin token.
     pub fn kubeconfig_yaml(&self) -> String {
+        self.kubeconfig_yaml_for(&self.token)
+    }
+
+    /// The same kubeconfig with another bearer token, such as a service
+    /// account's: a client that acts as that service account, under RBAC.
+    pub fn kubeconfig_yaml_for(&self, token: &str) -> String {
         use base64::Engine;
         let ca = base64::engine::general_purpose::STANDARD.encode(&self.ca_pem);
         let config = json!({
             "apiVersion": "v1", "kind": "Config", "current-context": "kube-emulator", "preferences": {},
             "clusters": [{"name": "kube-emulator", "cluster": {"server": self.url, "certificate-authority-data": ca}}],
-            "users": [{"name": "kube-emulator", "user": {"token": self.token}}],
+            "users": [{"name": "kube-emulator", "user": {"token": token}}],
             "contexts": [{"name": "kube-emulator", "context": {"cluster": "kube-emulator", "user": "kube-emulator"}}],
         });
         serde_yaml::to_string(&config).unwrap_or_default()

@@ -1,7 +1,7 @@
 //! The emulator through the real `kubectl` on PATH, with its defaults:
 //! discovery, protobuf create bodies, client-side and server-side apply
 //! with strict field validation, run, get -o json, get -w, patch, delete,
-//! create token.
+//! create token, RBAC with create role|binding, auth can-i|whoami, --as.
 
 mod common;
 
@@ -251,6 +251,76 @@ async fn create_token_bound_to_a_pod_and_review_it() {
 
         let short = kubectl.fails(&["create", "token", "web", "-n", "mesh", "--duration=5m"]);
         assert!(short.contains("may not specify a duration less than 10 minutes"), "{short}");
+    })
+    .await;
+    emulator.shutdown().await;
+}
+
+const AGENT: &str = "system:serviceaccount:kube-system:trellis-agent";
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn rbac_created_with_kubectl_is_enforced_and_explained_by_auth_can_i() {
+    let (emulator, kubectl) = setup().await;
+    blocking(move || {
+        kubectl.ok(&["create", "namespace", "team"]);
+        kubectl.ok(&["create", "serviceaccount", "trellis-agent", "-n", "kube-system"]);
+        kubectl.ok(&["create", "clusterrole", "pod-lister", "--verb=list", "--resource=pods"]);
+        let subject = "--serviceaccount=kube-system:trellis-agent";
+        kubectl.ok(&["create", "clusterrolebinding", "agent-pods", "--clusterrole=pod-lister", subject]);
+        let token = format!("--token={}", kubectl.ok(&["create", "token", "trellis-agent", "-n", "kube-system"]).trim());
+        let token = token.as_str();
+
+        // With its own token, the agent lists pods and nothing else.
+        kubectl.ok(&[token, "get", "pods", "-A"]);
+        let nodes = kubectl.fails(&[token, "get", "nodes"]);
+        let expected = format!(
+            "Error from server (Forbidden): nodes is forbidden: User \"{AGENT}\" cannot list resource \"nodes\" in API group \"\" at the cluster scope"
+        );
+        assert!(nodes.contains(&expected), "{nodes}");
+        assert_eq!(kubectl.ok(&[token, "auth", "can-i", "list", "pods", "-A"]).trim(), "yes");
+        let no = kubectl.run(&[token, "auth", "can-i", "get", "nodes"]);
+        assert_eq!((no.status.code(), String::from_utf8_lossy(&no.stdout).trim()), (Some(1), "no"));
+        let whoami = kubectl.ok(&[token, "auth", "whoami"]);
+        assert!(whoami.contains(AGENT), "{whoami}");
+        assert!(whoami.contains("[system:serviceaccounts system:serviceaccounts:kube-system system:authenticated]"), "{whoami}");
+        let rules = kubectl.ok(&[token, "auth", "can-i", "--list", "-n", "team"]);
+        let row = |resource: &str, verbs: &str| rules.lines().any(|l| l.starts_with(resource) && l.trim_end().ends_with(verbs));
+        assert!(row("pods ", "[list]"), "{rules}");
+        assert!(row("selfsubjectaccessreviews.authorization.k8s.io", "[create]"), "{rules}");
+        assert!(rules.lines().any(|l| l.contains("[/version]") && l.contains("[get]")), "{rules}");
+
+        // The admin asks on the agent's behalf by impersonating it.
+        let as_agent = format!("--as={AGENT}");
+        let as_agent = as_agent.as_str();
+        let can = |args: &[&str]| {
+            let out = kubectl.run(&[&["auth", "can-i", as_agent], args].concat());
+            String::from_utf8_lossy(&out.stdout).trim().to_owned()
+        };
+        assert_eq!(can(&["list", "pods", "-A"]), "yes");
+        assert_eq!(can(&["get", "pods", "--subresource=log", "-n", "team"]), "no");
+        kubectl.ok(&["create", "role", "log-reader", "-n", "team", "--verb=get", "--resource=pods/log"]);
+        kubectl.ok(&["create", "rolebinding", "agent-logs", "-n", "team", "--role=log-reader", subject]);
+        assert_eq!(can(&["get", "pods", "--subresource=log", "-n", "team"]), "yes");
+        assert_eq!(can(&["get", "pods", "--subresource=log", "-n", "default"]), "no", "a RoleBinding is for its namespace");
+        assert_eq!(can(&["get", "pods", "-n", "team"]), "no", "pods/log is not pods");
+        // The agent itself may impersonate nobody.
+        let impersonating = kubectl.fails(&[token, "--as=bob", "get", "pods"]);
+        let expected = format!(
+            "users \"bob\" is forbidden: User \"{AGENT}\" cannot impersonate resource \"users\" in API group \"\" at the cluster scope"
+        );
+        assert!(impersonating.contains(&expected), "{impersonating}");
+
+        // Deleting the binding takes the permission away at once.
+        kubectl.ok(&["delete", "clusterrolebinding", "agent-pods"]);
+        assert!(kubectl.fails(&[token, "get", "pods", "-A"]).contains("pods is forbidden"));
+        let unknown = kubectl.fails(&["--token=not-a-token", "get", "pods"]);
+        assert!(unknown.contains("You must be logged in to the server (Unauthorized)"), "{unknown}");
+
+        // The admin token is kubernetes-admin in system:masters, allowed everything.
+        let whoami = kubectl.ok(&["auth", "whoami"]);
+        assert!(whoami.contains("kubernetes-admin") && whoami.contains("system:masters"), "{whoami}");
+        assert_eq!(kubectl.ok(&["auth", "can-i", "*", "*"]).trim(), "yes");
+        assert!(kubectl.ok(&["get", "namespace", "team", "--show-labels"]).contains("kubernetes.io/metadata.name=team"));
     })
     .await;
     emulator.shutdown().await;

@@ -13,7 +13,12 @@ pub async fn emulator(options: Options) -> Emulator {
 }
 
 pub async fn client(emulator: &Emulator) -> Client {
-    let kubeconfig = Kubeconfig::from_yaml(&emulator.kubeconfig_yaml()).expect("kubeconfig parses");
+    client_with_token(emulator, emulator.token()).await
+}
+
+/// A client presenting `token`, such as a service account's.
+pub async fn client_with_token(emulator: &Emulator, token: &str) -> Client {
+    let kubeconfig = Kubeconfig::from_yaml(&emulator.kubeconfig_yaml_for(token)).expect("kubeconfig parses");
     let config = kube::Config::from_custom_kubeconfig(kubeconfig, &KubeConfigOptions::default()).await.expect("config");
     Client::try_from(config).expect("client")
 }
