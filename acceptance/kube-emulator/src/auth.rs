@@ -232,7 +232,7 @@ fn access_review(
     // A SelfSubjectAccessReview's spec is a SubjectAccessReview's without the subject.
     let spec = SubjectAccessReviewSpec::deserialize(spec).map_err(|e| ApiError::bad_request(format!("spec: {e}")))?;
     let invalid = |field: &str, message: String| {
-        ApiError::invalid(&format!("{}.{}", rt.kind, rt.group), "", &[(format!("spec.{field}"), message)])
+        ApiError::invalid_in(&rt.group, &rt.kind, "", &[(format!("spec.{field}"), message)])
     };
     let attributes = match (&spec.resource_attributes, &spec.non_resource_attributes) {
         (Some(_), Some(n)) => {

@@ -53,16 +53,27 @@ impl ApiError {
 
     /// 422: the object fails validation. `field_errors` are (field, message).
     pub fn invalid(kind: &str, name: &str, field_errors: &[(String, String)]) -> Self {
+        ApiError::invalid_in("", kind, name, field_errors)
+    }
+
+    /// 422 for a kind of a named group: the message qualifies the kind
+    /// (`ClusterRoleBinding.rbac.authorization.k8s.io`), details carry the group apart.
+    pub fn invalid_in(group: &str, kind: &str, name: &str, field_errors: &[(String, String)]) -> Self {
+        let qualified = if group.is_empty() { kind.to_owned() } else { format!("{kind}.{group}") };
         let summary: Vec<String> = field_errors.iter().map(|(f, m)| format!("{f}: {m}")).collect();
         let message = match summary.as_slice() {
-            [one] => format!("{kind} \"{name}\" is invalid: {one}"),
-            many => format!("{kind} \"{name}\" is invalid: [{}]", many.join(", ")),
+            [one] => format!("{qualified} \"{name}\" is invalid: {one}"),
+            many => format!("{qualified} \"{name}\" is invalid: [{}]", many.join(", ")),
         };
         let causes: Vec<Value> = field_errors
             .iter()
             .map(|(f, m)| json!({"reason": "FieldValueInvalid", "message": m, "field": f}))
             .collect();
-        ApiError::new(422, "Invalid", message).with_details(json!({"name": name, "kind": kind, "causes": causes}))
+        let mut details = json!({"name": name, "kind": kind, "causes": causes});
+        if !group.is_empty() {
+            details["group"] = json!(group);
+        }
+        ApiError::new(422, "Invalid", message).with_details(details)
     }
 
     pub fn bad_request(message: impl Into<String>) -> Self {

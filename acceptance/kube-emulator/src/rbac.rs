@@ -223,6 +223,75 @@ impl Binding {
     }
 }
 
+const RBAC_GROUP: &str = "rbac.authorization.k8s.io";
+
+/// What the apiserver does to a RoleBinding or ClusterRoleBinding before
+/// storing it: gives User and Group subjects their default apiGroup, then
+/// refuses (422) a roleRef or subject it cannot hold, such as a
+/// ClusterRoleBinding to a Role or a service account without a namespace
+/// in one, and on update (`old`) any change of roleRef: pointing a
+/// binding elsewhere takes deleting and recreating it.
+pub fn admit_binding(kind: &str, name: &str, binding: &mut Value, old: Option<&Value>) -> Result<(), ApiError> {
+    if let Some(Value::Array(subjects)) = binding.get_mut("subjects") {
+        for subject in subjects {
+            let user_or_group = matches!(subject.get("kind").and_then(Value::as_str), Some("User" | "Group"));
+            if user_or_group && subject.get("apiGroup").and_then(Value::as_str).unwrap_or_default().is_empty() {
+                subject["apiGroup"] = json!(RBAC_GROUP);
+            }
+        }
+    }
+    // What cannot be read as a binding at all, field validation has refused already.
+    let Some(parsed) = Binding::from_object(binding) else { return Ok(()) };
+    let unsupported = |value: &str, supported: &[&str]| {
+        let supported: Vec<String> = supported.iter().map(|s| format!("{s:?}")).collect();
+        format!("Unsupported value: {value:?}: supported values: {}", supported.join(", "))
+    };
+    let mut errors = Vec::new();
+    let role_ref = &parsed.role_ref;
+    let ref_group = role_ref.api_group.as_deref().unwrap_or_default();
+    if ref_group != RBAC_GROUP {
+        errors.push(("roleRef.apiGroup".to_owned(), unsupported(ref_group, &[RBAC_GROUP])));
+    }
+    let kinds: &[&str] = if kind == "ClusterRoleBinding" { &["ClusterRole"] } else { &["Role", "ClusterRole"] };
+    if !kinds.contains(&role_ref.kind.as_str()) {
+        errors.push(("roleRef.kind".to_owned(), unsupported(&role_ref.kind, kinds)));
+    }
+    if role_ref.name.is_empty() {
+        errors.push(("roleRef.name".to_owned(), "Required value".to_owned()));
+    }
+    for (i, subject) in parsed.subjects.iter().flatten().enumerate() {
+        let field = |f: &str| format!("subjects[{i}].{f}");
+        if subject.name.is_empty() {
+            errors.push((field("name"), "Required value".to_owned()));
+        }
+        let api_group = subject.api_group.as_deref().unwrap_or_default();
+        match subject.kind.as_str() {
+            "ServiceAccount" => {
+                if !api_group.is_empty() {
+                    errors.push((field("apiGroup"), unsupported(api_group, &[""])));
+                }
+                if kind == "ClusterRoleBinding" && subject.namespace.as_deref().unwrap_or_default().is_empty() {
+                    errors.push((field("namespace"), "Required value".to_owned()));
+                }
+            }
+            "User" | "Group" if api_group != RBAC_GROUP => {
+                errors.push((field("apiGroup"), unsupported(api_group, &[RBAC_GROUP])));
+            }
+            "User" | "Group" => {}
+            other => errors.push((field("kind"), unsupported(other, &["ServiceAccount", "User", "Group"]))),
+        }
+    }
+    if let Some(old_ref) = old.and_then(Binding::from_object).map(|b| b.role_ref)
+        && old_ref != parsed.role_ref
+    {
+        let RoleRef { kind, name, .. } = &parsed.role_ref;
+        // As the apiserver prints the Go value it refuses.
+        let value = format!("rbac.RoleRef{{APIGroup:{ref_group:?}, Kind:{kind:?}, Name:{name:?}}}");
+        errors.push(("roleRef".to_owned(), format!("Invalid value: {value}: cannot change roleRef")));
+    }
+    if errors.is_empty() { Ok(()) } else { Err(ApiError::invalid_in(RBAC_GROUP, kind, name, &errors)) }
+}
+
 /// The rules of a stored Role or ClusterRole.
 pub fn rules_of(role: &Value) -> Vec<PolicyRule> {
     role.get("rules").and_then(|r| Vec::<PolicyRule>::deserialize(r).ok()).unwrap_or_default()
@@ -773,6 +842,52 @@ mod tests {
             "forbidden: User \"system:serviceaccount:kube-system:trellis-agent\" cannot get path \"/foo\""
         );
         assert_eq!(path["details"], json!({}));
+    }
+
+    #[test]
+    fn bindings_are_defaulted_and_refused_as_the_apiserver_does() {
+        let mut ok = binding(
+            None,
+            "b",
+            "ClusterRole",
+            "view",
+            json!([{"kind": "Group", "name": "ops"},
+            {"kind": "ServiceAccount", "name": "web", "namespace": "team"}]),
+        );
+        admit_binding("ClusterRoleBinding", "b", &mut ok, None).expect("valid");
+        assert_eq!(ok["subjects"][0]["apiGroup"], "rbac.authorization.k8s.io", "defaulted for groups");
+        assert_eq!(ok["subjects"][1].get("apiGroup"), None, "not for service accounts");
+
+        let message = |kind: &str, mut b: Value, old: Option<&Value>| {
+            admit_binding(kind, "b", &mut b, old).expect_err("invalid").message
+        };
+        let to_role = binding(None, "b", "Role", "r", json!([{"kind": "User", "name": "alice"}]));
+        assert_eq!(
+            message("ClusterRoleBinding", to_role.clone(), None),
+            "ClusterRoleBinding.rbac.authorization.k8s.io \"b\" is invalid: roleRef.kind: Unsupported value: \"Role\": supported values: \"ClusterRole\""
+        );
+        admit_binding("RoleBinding", "b", &mut to_role.clone(), None).expect("a RoleBinding may bind a Role");
+        let no_namespace =
+            binding(None, "b", "ClusterRole", "view", json!([{"kind": "ServiceAccount", "name": "web"}]));
+        assert_eq!(
+            message("ClusterRoleBinding", no_namespace.clone(), None),
+            "ClusterRoleBinding.rbac.authorization.k8s.io \"b\" is invalid: subjects[0].namespace: Required value"
+        );
+        admit_binding("RoleBinding", "b", &mut no_namespace.clone(), None).expect("its own namespace");
+        let odd = binding(None, "b", "ClusterRole", "", json!([{"kind": "Robot", "name": "r2"}]));
+        assert_eq!(
+            message("ClusterRoleBinding", odd, None),
+            "ClusterRoleBinding.rbac.authorization.k8s.io \"b\" is invalid: [roleRef.name: Required value, subjects[0].kind: Unsupported value: \"Robot\": supported values: \"ServiceAccount\", \"User\", \"Group\"]"
+        );
+
+        let edit = binding(None, "b", "ClusterRole", "edit", json!([{"kind": "Group", "name": "ops"}]));
+        assert_eq!(
+            message("ClusterRoleBinding", edit, Some(&ok)),
+            "ClusterRoleBinding.rbac.authorization.k8s.io \"b\" is invalid: roleRef: Invalid value: rbac.RoleRef{APIGroup:\"rbac.authorization.k8s.io\", Kind:\"ClusterRole\", Name:\"edit\"}: cannot change roleRef"
+        );
+        let mut more_subjects = ok.clone();
+        more_subjects["subjects"] = json!([{"kind": "User", "name": "alice"}]);
+        admit_binding("ClusterRoleBinding", "b", &mut more_subjects, Some(&ok)).expect("subjects may change");
     }
 
     #[test]

@@ -131,6 +131,10 @@ fn name_error(rt: &ResourceType, name: &str) -> Option<String> {
     })
 }
 
+fn is_binding(rt: &ResourceType) -> bool {
+    rt.group == "rbac.authorization.k8s.io" && ["RoleBinding", "ClusterRoleBinding"].contains(&rt.kind.as_str())
+}
+
 fn random_suffix(len: usize) -> String {
     const ALPHABET: &[u8] = b"bcdfghjklmnpqrstvwxz2456789";
     let bytes = uuid::Uuid::new_v4().into_bytes();
@@ -317,6 +321,9 @@ impl Store {
             object["status"] = json!({"phase": "Active"});
             label_namespace(&mut object, &name);
         }
+        if is_binding(rt) {
+            crate::rbac::admit_binding(&rt.kind, &name, &mut object, None)?;
+        }
         let rv = self.next_rv();
         let m = meta_mut(&mut object);
         m.insert("name".into(), json!(name));
@@ -403,6 +410,9 @@ impl Store {
         }
         if rt.kind == "Namespace" {
             label_namespace(&mut object, name);
+        }
+        if is_binding(rt) {
+            crate::rbac::admit_binding(&rt.kind, name, &mut object, Some(&old))?;
         }
         strip_type(&mut object);
         if object == old {

@@ -310,6 +310,14 @@ async fn rbac_created_with_kubectl_is_enforced_and_explained_by_auth_can_i() {
         );
         assert!(impersonating.contains(&expected), "{impersonating}");
 
+        // A binding's roleRef is fixed: pointing it elsewhere is refused, as on a cluster.
+        let repoint = kubectl.file(
+            "repoint.yaml",
+            "apiVersion: rbac.authorization.k8s.io/v1\nkind: ClusterRoleBinding\nmetadata:\n  name: agent-pods\nroleRef:\n  apiGroup: rbac.authorization.k8s.io\n  kind: ClusterRole\n  name: view\nsubjects:\n- kind: ServiceAccount\n  name: trellis-agent\n  namespace: kube-system\n",
+        );
+        let repointed = kubectl.fails(&["apply", "-f", &repoint]);
+        assert!(repointed.contains("roleRef: Invalid value: rbac.RoleRef{APIGroup:\"rbac.authorization.k8s.io\", Kind:\"ClusterRole\", Name:\"view\"}: cannot change roleRef"), "{repointed}");
+
         // Deleting the binding takes the permission away at once.
         kubectl.ok(&["delete", "clusterrolebinding", "agent-pods"]);
         assert!(kubectl.fails(&[token, "get", "pods", "-A"]).contains("pods is forbidden"));

@@ -321,6 +321,21 @@ async fn subject_access_reviews_answer_for_anyone_with_the_reason() {
         Some("RBAC: clusterrole.rbac.authorization.k8s.io \"no-such-role\" not found")
     );
 
+    // A ClusterRoleBinding's service account must say which namespace it is in.
+    let no_namespace = json!({"metadata": {"name": "nowhere"}, "subjects": [{"kind": "ServiceAccount", "name": AGENT}],
+        "roleRef": {"apiGroup": "rbac.authorization.k8s.io", "kind": "ClusterRole", "name": "view"}});
+    let refused = Api::<ClusterRoleBinding>::all(admin.clone())
+        .create(&PostParams::default(), &serde_json::from_value(no_namespace).expect("binding"))
+        .await
+        .expect_err("refused");
+    assert_eq!(
+        (common::status_code(&refused), common::status_message(&refused).as_str()),
+        (
+            422,
+            "ClusterRoleBinding.rbac.authorization.k8s.io \"nowhere\" is invalid: subjects[0].namespace: Required value"
+        )
+    );
+
     let masters = json!({"user": "someone", "groups": ["system:masters"], "nonResourceAttributes": {"verb": "get", "path": "/metrics"}});
     assert!(review(masters).await.expect("review").status.expect("status").allowed);
     let nobody = review(json!({"resourceAttributes": list_pods.clone()})).await.expect_err("no user or group");
