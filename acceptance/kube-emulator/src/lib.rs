@@ -1,6 +1,8 @@
 //! An in-memory Kubernetes API server for tests: the `kube` crate and
 //! `kubectl` talk to it over HTTPS with a bearer token as they would to a
-//! real cluster, for everything Trellis uses.
+//! real cluster, for everything Trellis uses. The admin token is a
+//! superuser; service account tokens from TokenRequest are held to RBAC
+//! (see `auth` and `rbac`), so a missing rule fails here as on EKS.
 
 pub mod admission;
 pub mod api;

@@ -9,7 +9,7 @@ use std::time::{Duration, SystemTime};
 
 use futures::TryStreamExt;
 use k8s_openapi::api::authentication::v1::{TokenRequest, TokenRequestSpec};
-use k8s_openapi::api::authorization::v1::SubjectAccessReview;
+use k8s_openapi::api::authorization::v1::{LocalSubjectAccessReview, SubjectAccessReview};
 use k8s_openapi::api::core::v1::{ConfigMap, Namespace, Node, Pod, ServiceAccount};
 use k8s_openapi::api::rbac::v1::{ClusterRole, ClusterRoleBinding, Role, RoleBinding};
 use kube::api::{
@@ -340,6 +340,21 @@ async fn subject_access_reviews_answer_for_anyone_with_the_reason() {
     assert!(review(masters).await.expect("review").status.expect("status").allowed);
     let nobody = review(json!({"resourceAttributes": list_pods.clone()})).await.expect_err("no user or group");
     assert_eq!(common::status_code(&nobody), 422);
+
+    // A LocalSubjectAccessReview asks within its own namespace only.
+    let local = |namespace: &str| {
+        serde_json::from_value::<LocalSubjectAccessReview>(json!({"metadata": {"namespace": "team"}, "spec": {
+            "user": AGENT_USER, "resourceAttributes": {"verb": "list", "resource": "pods", "namespace": namespace}}}))
+        .expect("review")
+    };
+    let locals: Api<LocalSubjectAccessReview> = Api::namespaced(admin.clone(), "team");
+    let status = locals.create(&PostParams::default(), &local("team")).await.expect("local").status.expect("status");
+    assert!(status.allowed);
+    let elsewhere = locals.create(&PostParams::default(), &local("default")).await.expect_err("another namespace");
+    assert_eq!(
+        (common::status_code(&elsewhere), common::status_message(&elsewhere).as_str()),
+        (400, "spec.resourceAttributes.namespace must match namespace: team")
+    );
 
     // Asking about others takes a grant the agent does not have.
     let denied = Api::<SubjectAccessReview>::all(agent)
