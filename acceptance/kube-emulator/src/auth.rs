@@ -15,8 +15,8 @@ use serde_json::{Value, json};
 use crate::api::Shared;
 use crate::error::ApiError;
 use crate::rbac::{
-    ANONYMOUS, AUTHENTICATED, Attributes, Binding, Decision, Policy, ResourceAttributes, SUPERUSERS, UNAUTHENTICATED,
-    UserInfo,
+    ANONYMOUS, AUTHENTICATED, Attributes, Binding, Decision, Policy, RBAC_GROUP, ResourceAttributes, SUPERUSERS,
+    UNAUTHENTICATED, UserInfo,
 };
 use crate::resources::ResourceType;
 use crate::selector::{FieldSelector, LabelSelector};
@@ -24,7 +24,6 @@ use crate::selector::{FieldSelector, LabelSelector};
 /// Who the admin token authenticates as: a superuser, like the user of a
 /// fresh cluster's admin kubeconfig.
 pub const ADMIN_USER: &str = "kubernetes-admin";
-const RBAC_GROUP: &str = "rbac.authorization.k8s.io";
 
 /// The user a request acts as: authenticated by its bearer token, then
 /// impersonating whoever its `Impersonate-*` headers name, if allowed.

@@ -9,12 +9,11 @@
 
 use serde_json::{Value, json};
 
-use crate::rbac::{AUTHENTICATED, SUPERUSERS, UNAUTHENTICATED};
+use crate::rbac::{AUTHENTICATED, RBAC_GROUP, SUPERUSERS, UNAUTHENTICATED};
 use crate::store::Store;
 
 const READ: &[&str] = &["get", "list", "watch"];
 const WRITE: &[&str] = &["create", "update", "patch", "delete", "deletecollection"];
-const RBAC_GROUP: &str = "rbac.authorization.k8s.io";
 
 /// Creates the default roles and bindings.
 pub fn install(store: &mut Store) {

@@ -25,6 +25,7 @@ pub const UNAUTHENTICATED: &str = "system:unauthenticated";
 pub const ANONYMOUS: &str = "system:anonymous";
 const SERVICE_ACCOUNT_PREFIX: &str = "system:serviceaccount:";
 const SERVICE_ACCOUNTS: &str = "system:serviceaccounts";
+pub const RBAC_GROUP: &str = "rbac.authorization.k8s.io";
 
 /// An authenticated user, as authentication.k8s.io describes one.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
@@ -222,8 +223,6 @@ impl Binding {
         Binding::deserialize(object).ok()
     }
 }
-
-const RBAC_GROUP: &str = "rbac.authorization.k8s.io";
 
 /// What the apiserver does to a RoleBinding or ClusterRoleBinding before
 /// storing it: gives User and Group subjects their default apiGroup, then

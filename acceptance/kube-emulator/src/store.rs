@@ -115,7 +115,7 @@ fn valid_name(name: &str) -> bool {
 /// RBAC objects may take any name that is a URL path segment (such as
 /// `system:discovery`); other types follow DNS-1123 subdomains.
 fn name_error(rt: &ResourceType, name: &str) -> Option<String> {
-    if rt.group == "rbac.authorization.k8s.io" {
+    if rt.group == crate::rbac::RBAC_GROUP {
         return match name {
             "." | ".." => Some(format!("Invalid value: {name:?}: may not be '{name}'")),
             _ => ['/', '%']
@@ -132,7 +132,7 @@ fn name_error(rt: &ResourceType, name: &str) -> Option<String> {
 }
 
 fn is_binding(rt: &ResourceType) -> bool {
-    rt.group == "rbac.authorization.k8s.io" && ["RoleBinding", "ClusterRoleBinding"].contains(&rt.kind.as_str())
+    rt.group == crate::rbac::RBAC_GROUP && ["RoleBinding", "ClusterRoleBinding"].contains(&rt.kind.as_str())
 }
 
 fn random_suffix(len: usize) -> String {
