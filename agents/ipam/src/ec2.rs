@@ -97,3 +97,52 @@ pub trait Ec2: Send + Sync {
     async fn detach_network_interface(&self, attachment_id: &str) -> Result<(), Ec2Error>;
     async fn delete_network_interface(&self, eni_id: &str) -> Result<(), Ec2Error>;
 }
+
+/// A shared client serves several engines (the provider keeps one per process).
+#[async_trait]
+impl<T: Ec2 + ?Sized> Ec2 for &T {
+    async fn instance_limits(&self, instance_types: &[String]) -> Result<BTreeMap<String, InstanceLimits>, Ec2Error> {
+        (**self).instance_limits(instance_types).await
+    }
+    async fn instances(&self, tags: &Tags) -> Result<Vec<Instance>, Ec2Error> {
+        (**self).instances(tags).await
+    }
+    async fn subnets(&self, vpc_id: &str) -> Result<Vec<Subnet>, Ec2Error> {
+        (**self).subnets(vpc_id).await
+    }
+    async fn network_interfaces(&self, filter: &EniFilter) -> Result<Vec<Eni>, Ec2Error> {
+        (**self).network_interfaces(filter).await
+    }
+    async fn create_network_interface(&self, request: &CreateEni) -> Result<Eni, Ec2Error> {
+        (**self).create_network_interface(request).await
+    }
+    async fn attach_network_interface(
+        &self,
+        eni_id: &str,
+        instance_id: &str,
+        device_index: u32,
+    ) -> Result<String, Ec2Error> {
+        (**self).attach_network_interface(eni_id, instance_id, device_index).await
+    }
+    async fn set_delete_on_termination(&self, eni_id: &str, attachment_id: &str) -> Result<(), Ec2Error> {
+        (**self).set_delete_on_termination(eni_id, attachment_id).await
+    }
+    async fn assign_private_ip_addresses(&self, eni_id: &str, count: u32) -> Result<Vec<Ipv4Addr>, Ec2Error> {
+        (**self).assign_private_ip_addresses(eni_id, count).await
+    }
+    async fn assign_ipv4_prefixes(&self, eni_id: &str, count: u32) -> Result<Vec<Ipv4Net>, Ec2Error> {
+        (**self).assign_ipv4_prefixes(eni_id, count).await
+    }
+    async fn unassign_private_ip_addresses(&self, eni_id: &str, addresses: &[Ipv4Addr]) -> Result<(), Ec2Error> {
+        (**self).unassign_private_ip_addresses(eni_id, addresses).await
+    }
+    async fn unassign_ipv4_prefixes(&self, eni_id: &str, prefixes: &[Ipv4Net]) -> Result<(), Ec2Error> {
+        (**self).unassign_ipv4_prefixes(eni_id, prefixes).await
+    }
+    async fn detach_network_interface(&self, attachment_id: &str) -> Result<(), Ec2Error> {
+        (**self).detach_network_interface(attachment_id).await
+    }
+    async fn delete_network_interface(&self, eni_id: &str) -> Result<(), Ec2Error> {
+        (**self).delete_network_interface(eni_id).await
+    }
+}

@@ -163,14 +163,33 @@ impl<E: Ec2> Engine<E> {
             if instance_id.is_none() && (eni.attachment.is_some() || live.contains(&node)) {
                 continue;
             }
-            if let Some(a) = &eni.attachment {
-                self.ec2.detach_network_interface(&a.id).await?;
-                released.detached += 1;
-            }
-            delete_when_detached(&self.ec2, &eni.id).await?;
-            released.deleted += 1;
+            self.remove(eni, &mut released).await?;
         }
         Ok(released)
+    }
+
+    /// Removes the cluster's Trellis ENIs in `subnet_ids`, attached or not:
+    /// what must go before those subnets can be deleted.
+    pub async fn release_in_subnets(&self, subnet_ids: &BTreeSet<String>) -> Result<Released, Ec2Error> {
+        let filter = EniFilter { instance_ids: Vec::new(), tags: self.owned_tags() };
+        let enis = self.ec2.network_interfaces(&filter).await?;
+        let mut released = Released::default();
+        for eni in
+            enis.iter().filter(|e| subnet_ids.contains(&e.subnet_id) && is_trellis_eni(e, &self.settings.cluster))
+        {
+            self.remove(eni, &mut released).await?;
+        }
+        Ok(released)
+    }
+
+    async fn remove(&self, eni: &Eni, released: &mut Released) -> Result<(), Ec2Error> {
+        if let Some(a) = &eni.attachment {
+            self.ec2.detach_network_interface(&a.id).await?;
+            released.detached += 1;
+        }
+        delete_when_detached(&self.ec2, &eni.id).await?;
+        released.deleted += 1;
+        Ok(())
     }
 }
 
