@@ -166,6 +166,7 @@ const BUILTINS: &[Builtin] = &[
     b("batch", "v1", "Job", "jobs", true, &[], true, true),
     b("discovery.k8s.io", "v1", "EndpointSlice", "endpointslices", true, &[], false, false),
     b("networking.k8s.io", "v1", "NetworkPolicy", "networkpolicies", true, &["netpol"], false, false),
+    b("policy", "v1", "PodDisruptionBudget", "poddisruptionbudgets", true, &["pdb"], true, false),
     b("rbac.authorization.k8s.io", "v1", "ClusterRole", "clusterroles", false, &[], false, false),
     b("rbac.authorization.k8s.io", "v1", "ClusterRoleBinding", "clusterrolebindings", false, &[], false, false),
     b("rbac.authorization.k8s.io", "v1", "Role", "roles", true, &[], false, false),

@@ -36,7 +36,9 @@ fn round_trip<T: DeserializeOwned + Serialize>(object: &Value) -> Result<Value, 
 /// The canonical form of a built-in object, or None for kinds this
 /// validator does not know (custom resources).
 fn canonical(api_version: &str, kind: &str, object: &Value) -> Option<Result<Value, String>> {
-    use k8s_openapi::api::{admissionregistration, apps, batch, coordination, core, discovery, networking, rbac};
+    use k8s_openapi::api::{
+        admissionregistration, apps, batch, coordination, core, discovery, networking, policy, rbac,
+    };
     use k8s_openapi::apiextensions_apiserver::pkg::apis::apiextensions;
     let r = match (api_version, kind) {
         ("v1", "Namespace") => round_trip::<core::v1::Namespace>(object),
@@ -55,6 +57,7 @@ fn canonical(api_version: &str, kind: &str, object: &Value) -> Option<Result<Val
         ("batch/v1", "Job") => round_trip::<batch::v1::Job>(object),
         ("discovery.k8s.io/v1", "EndpointSlice") => round_trip::<discovery::v1::EndpointSlice>(object),
         ("networking.k8s.io/v1", "NetworkPolicy") => round_trip::<networking::v1::NetworkPolicy>(object),
+        ("policy/v1", "PodDisruptionBudget") => round_trip::<policy::v1::PodDisruptionBudget>(object),
         ("rbac.authorization.k8s.io/v1", "ClusterRole") => round_trip::<rbac::v1::ClusterRole>(object),
         ("rbac.authorization.k8s.io/v1", "ClusterRoleBinding") => round_trip::<rbac::v1::ClusterRoleBinding>(object),
         ("rbac.authorization.k8s.io/v1", "Role") => round_trip::<rbac::v1::Role>(object),
