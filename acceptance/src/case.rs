@@ -56,6 +56,13 @@ impl TestCase {
     /// gets the provider binary (building it if needed) and, for
     /// [`Launch::Reattach`], starts it. Panics if any of that fails.
     pub fn new(launch: Launch) -> Self {
+        TestCase::with_env(launch, Vec::new())
+    }
+
+    /// As [`TestCase::new`], with `env` added to every terraform command
+    /// (and so to the provider it starts): a local cloud's endpoints and
+    /// credentials, as a user's shell would hold them.
+    pub fn with_env(launch: Launch, extra: Vec<(&str, String)>) -> Self {
         terraform::ensure_available();
         let root = tempfile::Builder::new()
             .prefix("trellis-acceptance-")
@@ -71,6 +78,7 @@ impl TestCase {
             ("TF_INPUT".into(), "0".into()),
             ("TF_CLI_CONFIG_FILE".into(), cli_config_path.clone().into()),
         ];
+        env.extend(extra.into_iter().map(|(k, v)| (k.into(), v.into())));
         let (mut provider, mut provider_log) = (None, None);
         let cli_config = match launch {
             Launch::BuiltinOnly => String::new(),

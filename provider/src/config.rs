@@ -1,19 +1,23 @@
-//! The `provider "kube"` block. It already reserves what later resources
-//! need (AWS access for pod subnets and ENIs, Kubernetes access for the
-//! agents and the mesh); today it only validates them.
+//! The `provider "kube"` block: AWS access for pod subnets and ENIs,
+//! Kubernetes access for the agents and the mesh. The connections are made
+//! on first use (see `connections`).
 
 use async_trait::async_trait;
 use std::sync::Arc;
 use tfplugin::{
-    Attribute, AttributePath, Block, Config, Diagnostic, Diagnostics, ErasedResource, Function, Provider, Schema, Type,
-    Validator, Value,
+    Attribute, AttributePath, Block, Config, Diagnostic, Diagnostics, ErasedDataSource, ErasedResource, Function,
+    Provider, Schema, Type, Validator, Value,
 };
 
+use crate::connections::Connections;
+use crate::data_sources::EksCluster;
 use crate::functions::MaxPods;
-use crate::resources::TrustAnchor;
+use crate::resources::{CiliumLike, TrustAnchor};
 
 #[derive(Debug, Default)]
-pub struct KubeProvider;
+pub struct KubeProvider {
+    connections: Arc<Connections>,
+}
 
 pub(crate) fn schema() -> Schema {
     let optional = |name: &str, description: &str| Attribute::optional(name, Type::String).describe(description);
@@ -36,7 +40,7 @@ pub(crate) fn schema() -> Schema {
                 .validate(Validator::Custom { description: "an http:// or https:// URL", check: check_url }),
                 optional(
                     "eks_cluster_name",
-                    "Name of the EKS cluster; when set, the Kubernetes endpoint and CA are read from EKS.",
+                    "Name of the EKS cluster; when set (and `host` is not), the Kubernetes endpoint and CA are read from EKS `DescribeCluster` and a token is made as `aws eks get-token` makes it, with the AWS credentials of this provider.",
                 )
                 .validate(Validator::NotEmpty),
                 optional("kubeconfig_path", "Path to a kubeconfig file. Conflicts with `host`.")
@@ -133,14 +137,19 @@ impl Provider for KubeProvider {
         }
     }
 
-    async fn configure(&self, _config: &Config, _terraform_version: &str) -> Diagnostics {
+    async fn configure(&self, config: &Config, _terraform_version: &str) -> Diagnostics {
         // Terraform validated this configuration (PrepareProviderConfig)
-        // just before; nothing reaches AWS or Kubernetes yet.
+        // just before; nothing is dialled until a resource needs it.
+        self.connections.configure(config);
         Diagnostics::default()
     }
 
     fn resources(&self) -> Vec<Arc<dyn ErasedResource>> {
-        vec![tfplugin::resource(TrustAnchor)]
+        vec![tfplugin::resource(TrustAnchor), tfplugin::resource(CiliumLike { connections: self.connections.clone() })]
+    }
+
+    fn data_sources(&self) -> Vec<Arc<dyn ErasedDataSource>> {
+        vec![tfplugin::data_source(EksCluster { connections: self.connections.clone() })]
     }
 
     fn functions(&self) -> Vec<Arc<dyn Function>> {

@@ -2,7 +2,12 @@
 //! resources and its functions. The protocol lives in the `tfplugin` crate.
 
 mod config;
+mod connections;
+mod data_sources;
+mod eks;
 mod functions;
+mod kubernetes;
+mod pod_network;
 mod resources;
 
 use std::sync::Arc;
@@ -13,5 +18,5 @@ pub use config::KubeProvider;
 pub const SOURCE_ADDRESS: &str = "trellis/kube";
 
 pub fn provider() -> Arc<dyn tfplugin::Provider> {
-    Arc::new(KubeProvider)
+    Arc::new(KubeProvider::default())
 }

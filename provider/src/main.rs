@@ -37,6 +37,8 @@ fn serve(mode: Mode) -> ExitCode {
         .with_ansi(false)
         .with_env_filter(tracing_subscriber::EnvFilter::try_from_env("TRELLIS_LOG").unwrap_or_else(|_| "info".into()))
         .init();
+    // The kube client's TLS asks rustls for the process's provider.
+    let _ = rustls::crypto::aws_lc_rs::default_provider().install_default();
     let runtime = match tokio::runtime::Builder::new_multi_thread().enable_all().build() {
         Ok(rt) => rt,
         Err(e) => {

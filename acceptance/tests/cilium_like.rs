@@ -1,0 +1,216 @@
+//! `kube_cilium_like` through the real terraform binary against the local
+//! cloud (moto and the Kubernetes emulator), configured as a user's shell
+//! would configure it: an empty provider block, with `AWS_REGION`,
+//! `AWS_ENDPOINT_URL`, credentials and `KUBECONFIG` in the environment.
+//! Kubernetes objects are checked with the real `kubectl`, AWS with boto3.
+
+use std::process::Command;
+
+use serde_json::Value;
+use trellis_acceptance::aws::Venv;
+use trellis_acceptance::local_cloud::LocalCloud;
+use trellis_acceptance::{Action, Launch, State, Step, TestCase};
+
+const ADDR: &str = "kube_cilium_like.net";
+const OWNER_SELECTOR: &str = "trellis.io/owner=trellis-local.kube-system";
+const DAEMONSET: &str = "apps/v1/DaemonSet/kube-system/trellis-agent";
+const OPERATOR: &str = "apps/v1/Deployment/kube-system/trellis-operator";
+
+/// moto keeps no /28 prefixes (it answers Ipv4PrefixCount with 200 and
+/// drops it), so the local cloud runs with single addresses.
+fn config(log_level: &str, pod_subnets: &str) -> String {
+    format!(
+        r#"
+terraform {{
+  required_providers {{
+    kube = {{ source = "trellis/kube" }}
+  }}
+}}
+
+provider "kube" {{}}
+
+resource "kube_cilium_like" "net" {{
+  cluster_name = "trellis-local"
+  log_level    = "{log_level}"
+  ipam {{
+    prefix_delegation     = false
+    first_interface_index = 1
+    pre_allocate          = 4
+    pod_subnets           = {{ {pod_subnets} }}
+  }}
+}}
+"#
+    )
+}
+
+/// One pod subnet in each of the seeded nodes' zones.
+const SUBNETS: &str =
+    r#""us-east-1a" = "100.64.192.0/20", "us-east-1b" = "100.64.208.0/20", "us-east-1c" = "100.64.224.0/20""#;
+
+fn kubectl(cloud: &LocalCloud, args: &[&str]) -> (bool, String) {
+    let out = Command::new("kubectl")
+        .arg("--kubeconfig")
+        .arg(cloud.kubeconfig_path())
+        .args(args)
+        .output()
+        .unwrap_or_else(|e| panic!("kubectl must be on PATH for these tests (they never skip): {e}"));
+    (out.status.success(), format!("{}{}", String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr)))
+}
+
+/// Names of objects of `kinds` carrying the owner label.
+fn owned_objects(cloud: &LocalCloud) -> Vec<String> {
+    let kinds =
+        "serviceaccounts,clusterroles,clusterrolebindings,daemonsets,deployments,poddisruptionbudgets,configmaps";
+    let (ok, out) = kubectl(cloud, &["get", kinds, "-A", "-l", OWNER_SELECTOR, "-o", "name"]);
+    assert!(ok, "kubectl get failed: {out}");
+    out.lines().map(str::to_owned).filter(|l| !l.is_empty()).collect()
+}
+
+/// Asks moto through boto3 for Trellis's subnets and ENIs of the cluster.
+fn trellis_aws_objects(cloud: &LocalCloud) -> Value {
+    let script = r#"
+import boto3, json, os
+ec2 = boto3.client("ec2", endpoint_url=os.environ["AWS_ENDPOINT_URL"], region_name=os.environ["AWS_REGION"])
+f = [{"Name": "tag:trellis.io/cluster", "Values": ["trellis-local"]}, {"Name": "tag:trellis.io/managed-by", "Values": ["trellis"]}]
+print(json.dumps({
+  "subnets": sorted(s["CidrBlock"] for s in ec2.describe_subnets(Filters=f)["Subnets"]),
+  "enis": sorted(n["NetworkInterfaceId"] for n in ec2.describe_network_interfaces(Filters=f)["NetworkInterfaces"]),
+}))
+"#;
+    let venv = Venv::ensure().unwrap_or_else(|e| panic!("the moto venv must exist: {e}"));
+    let out = Command::new(venv.python())
+        .arg("-c")
+        .arg(script)
+        .envs(cloud.env())
+        .output()
+        .unwrap_or_else(|e| panic!("cannot run python: {e}"));
+    assert!(out.status.success(), "boto3 failed: {}", String::from_utf8_lossy(&out.stderr));
+    serde_json::from_slice(&out.stdout).unwrap_or_else(|e| panic!("boto3 printed no JSON: {e}"))
+}
+
+fn digests(s: &State) -> serde_json::Map<String, Value> {
+    s.attr(ADDR, "objects").as_object().cloned().unwrap_or_default()
+}
+
+/// Create, empty second plans, an update that touches only the workloads,
+/// drift from `kubectl edit` and `kubectl delete` seen and repaired,
+/// import, destroy that leaves no object, ENI or subnet behind.
+#[test]
+fn lifecycle_against_the_local_cloud() {
+    let runtime = tokio::runtime::Runtime::new().expect("tokio runtime");
+    let cloud = runtime.block_on(LocalCloud::start()).unwrap_or_else(|e| panic!("the local cloud must start: {e}"));
+    let mut case = TestCase::with_env(Launch::DevOverrides, cloud.env());
+
+    case.step(Step::config(config("warn", SUBNETS)).expect_actions(ADDR, &[Action::Create]).check(|s| {
+        let subnets = s.attr(ADDR, "pod_subnet_ids");
+        assert_eq!(subnets.as_object().map(|m| m.len()), Some(3), "{subnets}");
+        assert!(s.attr_str(ADDR, "vpc_id").starts_with("vpc-"));
+        let nodes = s.attr(ADDR, "nodes").as_object().cloned().unwrap_or_default();
+        assert_eq!(nodes.len(), 3, "one entry per seeded node: {nodes:?}");
+        for (instance, enis) in &nodes {
+            assert!(enis.as_array().is_some_and(|e| !e.is_empty()), "{instance} got no ENI: {enis}");
+        }
+        let objects = digests(s);
+        assert!(objects.contains_key(DAEMONSET) && objects.contains_key(OPERATOR), "{objects:?}");
+        assert!(s.attr_str(ADDR, "operator_iam_policy_json").contains("ec2:CreateNetworkInterface"));
+        assert_eq!(s.attr_str(ADDR, "agent_not_ready_taint"), "node.trellis.io/agent-not-ready");
+    }));
+    let aws = trellis_aws_objects(&cloud);
+    assert_eq!(aws["subnets"], serde_json::json!(["100.64.192.0/20", "100.64.208.0/20", "100.64.224.0/20"]), "{aws}");
+    assert!(aws["enis"].as_array().is_some_and(|e| e.len() >= 3), "one ENI per node at least: {aws}");
+    let created = owned_objects(&cloud);
+    assert!(created.contains(&"daemonset.apps/trellis-agent".to_owned()), "{created:?}");
+    let (ok, out) = kubectl(
+        &cloud,
+        &[
+            "get",
+            "daemonset",
+            "-n",
+            "kube-system",
+            "trellis-agent",
+            "-o",
+            "jsonpath={.metadata.managedFields[*].manager}",
+        ],
+    );
+    assert!(ok && out.contains("trellis"), "applied with field manager trellis: {out}");
+
+    // An update in place that changes the workloads' env and nothing else.
+    let before = digests(&case.state());
+    case.step(Step::config(config("info", SUBNETS)).expect_actions(ADDR, &[Action::Update]).check(move |s| {
+        let after = digests(s);
+        let changed: Vec<&String> = after.keys().filter(|k| before.get(*k) != after.get(*k)).collect();
+        assert!(!changed.is_empty(), "log_level changes some object");
+        for key in &changed {
+            assert!(key.starts_with("apps/v1/"), "only workloads carry the log level, but {key} changed");
+        }
+    }));
+
+    // Drift: a managed field edited, and a managed object deleted.
+    let (ok, out) = kubectl(
+        &cloud,
+        &[
+            "patch",
+            "deployment",
+            "-n",
+            "kube-system",
+            "trellis-operator",
+            "--type=merge",
+            "-p",
+            r#"{"spec":{"replicas":5}}"#,
+        ],
+    );
+    assert!(ok, "{out}");
+    let (ok, out) = kubectl(&cloud, &["delete", "serviceaccount", "-n", "kube-system", "trellis-agent"]);
+    assert!(ok, "{out}");
+    case.step(Step::plan_only(config("info", SUBNETS)).expect_actions(ADDR, &[Action::Update]));
+    case.step(Step::config(config("info", SUBNETS)).expect_actions(ADDR, &[Action::Update]));
+    let (ok, out) = kubectl(
+        &cloud,
+        &["get", "deployment", "-n", "kube-system", "trellis-operator", "-o", "jsonpath={.spec.replicas}"],
+    );
+    assert!(ok && out.trim() == "2", "the edit is repaired: {out}");
+    let (ok, out) = kubectl(&cloud, &["get", "serviceaccount", "-n", "kube-system", "trellis-agent"]);
+    assert!(ok, "the deleted ServiceAccount is back: {out}");
+
+    // One pod subnet fewer: it goes with the ENIs in it, the resource stays.
+    let two = r#""us-east-1a" = "100.64.192.0/20", "us-east-1b" = "100.64.208.0/20""#;
+    case.step(Step::config(config("info", two)).expect_actions(ADDR, &[Action::Update]));
+    let aws = trellis_aws_objects(&cloud);
+    assert_eq!(aws["subnets"], serde_json::json!(["100.64.192.0/20", "100.64.208.0/20"]), "{aws}");
+
+    // Import rebuilds the inputs from the live workloads and the subnets' tags.
+    case.step(Step::import(ADDR, "trellis-local/kube-system"));
+
+    case.destroy_and_check(|_| {});
+    assert_eq!(owned_objects(&cloud), Vec::<String>::new(), "no object with the owner label is left");
+    let aws = trellis_aws_objects(&cloud);
+    assert_eq!(aws["subnets"], serde_json::json!([]), "no Trellis subnet is left: {aws}");
+    assert_eq!(aws["enis"], serde_json::json!([]), "no Trellis ENI is left: {aws}");
+    drop(case);
+    runtime.block_on(cloud.stop());
+}
+
+/// Bad input is a diagnostic on the attribute, and nothing is applied.
+#[test]
+fn bad_pod_subnets_and_an_unknown_cluster_are_refused_at_plan() {
+    let runtime = tokio::runtime::Runtime::new().expect("tokio runtime");
+    let cloud = runtime.block_on(LocalCloud::start()).unwrap_or_else(|e| panic!("the local cloud must start: {e}"));
+    let mut case = TestCase::with_env(Launch::DevOverrides, cloud.env());
+    case.step(
+        Step::config(config(
+            "warn",
+            r#""us-east-1a" = "172.16.0.0/20", "us-east-1b" = "100.64.0.0/20", "us-east-9z" = "100.64.240.0/20""#,
+        ))
+        .expect_error("172.16.0.0/20 is outside the VPC")
+        .expect_error("overlaps the existing subnet")
+        .expect_error("\"us-east-9z\" is not an availability zone"),
+    );
+    case.step(
+        Step::config(config("warn", SUBNETS).replace("cluster_name = \"trellis-local\"", "cluster_name = \"nope\""))
+            .expect_error("no EKS cluster named \"nope\""),
+    );
+    assert!(case.state().is_empty(), "a failed plan leaves nothing in state");
+    assert_eq!(trellis_aws_objects(&cloud)["subnets"], serde_json::json!([]));
+    drop(case);
+    runtime.block_on(cloud.stop());
+}

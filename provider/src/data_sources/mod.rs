@@ -1,0 +1,5 @@
+//! Data sources, one file each.
+
+mod eks_cluster;
+
+pub use eks_cluster::EksCluster;

@@ -1,0 +1,194 @@
+//! EKS: what `DescribeCluster` says about a cluster, and the bearer token
+//! its API server accepts, made as `aws eks get-token` makes it (a presigned
+//! STS `GetCallerIdentity` URL that names the cluster), with no exec plugin
+//! and no AWS CLI.
+
+use std::time::{Duration, SystemTime};
+
+use aws_config::SdkConfig;
+use aws_credential_types::provider::ProvideCredentials;
+use aws_sdk_eks::error::{DisplayErrorContext, ProvideErrorMetadata};
+use aws_sigv4::http_request::{SignableBody, SignableRequest, SignatureLocation, SigningSettings, sign};
+use aws_sigv4::sign::v4;
+use base64::Engine as _;
+use tfplugin::{AttributePath, Diagnostic};
+
+use crate::connections::Unavailable;
+
+/// The header that binds a token to one cluster (aws-iam-authenticator's `clusterIDHeader`).
+const CLUSTER_ID_HEADER: &str = "x-k8s-aws-id";
+pub const TOKEN_PREFIX: &str = "k8s-aws-v1.";
+/// How long the presigned URL is good for, as `aws eks get-token` signs it;
+/// the authenticator accepts such a token for 15 minutes from signing.
+const PRESIGN_EXPIRY: Duration = Duration::from_secs(60);
+
+/// A cluster as `DescribeCluster` returns it, in the words of the data source.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Cluster {
+    pub name: String,
+    pub arn: String,
+    pub endpoint: Option<String>,
+    /// Base64 of the PEM bundle, as EKS returns it.
+    pub certificate_authority_data: Option<String>,
+    pub version: Option<String>,
+    pub platform_version: Option<String>,
+    pub status: Option<String>,
+    pub vpc_id: Option<String>,
+    pub subnet_ids: Vec<String>,
+    pub security_group_ids: Vec<String>,
+    pub cluster_security_group_id: Option<String>,
+    pub service_ipv4_cidr: Option<String>,
+    pub oidc_issuer: Option<String>,
+}
+
+pub async fn describe(eks: &aws_sdk_eks::Client, name: &str) -> Result<Cluster, Diagnostic> {
+    let out = eks.describe_cluster().name(name).send().await.map_err(|e| {
+        let detail = match e.code() {
+            Some("ResourceNotFoundException") => format!("no EKS cluster named {name:?} in this account and region"),
+            _ => format!("DescribeCluster {name:?}: {}", DisplayErrorContext(&e)),
+        };
+        Diagnostic::error("Cannot read the EKS cluster", detail)
+    })?;
+    let Some(c) = out.cluster else {
+        return Err(Diagnostic::error(
+            "Cannot read the EKS cluster",
+            format!("DescribeCluster {name:?} returned no cluster"),
+        ));
+    };
+    let vpc = c.resources_vpc_config.as_ref();
+    Ok(Cluster {
+        name: c.name.clone().unwrap_or_else(|| name.to_owned()),
+        arn: c.arn.clone().unwrap_or_default(),
+        endpoint: c.endpoint.clone(),
+        certificate_authority_data: c.certificate_authority.as_ref().and_then(|ca| ca.data.clone()),
+        version: c.version.clone(),
+        platform_version: c.platform_version.clone(),
+        status: c.status.as_ref().map(|s| s.as_str().to_owned()),
+        vpc_id: vpc.and_then(|v| v.vpc_id.clone()),
+        subnet_ids: vpc.map(|v| v.subnet_ids().to_vec()).unwrap_or_default(),
+        security_group_ids: vpc.map(|v| v.security_group_ids().to_vec()).unwrap_or_default(),
+        cluster_security_group_id: vpc.and_then(|v| v.cluster_security_group_id.clone()),
+        service_ipv4_cidr: c.kubernetes_network_config.as_ref().and_then(|k| k.service_ipv4_cidr.clone()),
+        oidc_issuer: c.identity.as_ref().and_then(|i| i.oidc.as_ref()).and_then(|o| o.issuer.clone()),
+    })
+}
+
+/// The API server endpoint and CA of a cluster.
+#[derive(Debug, Clone)]
+pub struct Endpoint {
+    pub url: String,
+    pub ca_pem: String,
+}
+
+pub async fn describe_for_kubernetes(eks: &aws_sdk_eks::Client, name: &str) -> Result<Endpoint, Unavailable> {
+    let on_name = |d: Diagnostic| Unavailable::Failed(d.at(AttributePath::attribute("eks_cluster_name")));
+    let cluster = describe(eks, name).await.map_err(on_name)?;
+    let url = cluster.endpoint.ok_or_else(|| {
+        on_name(Diagnostic::error("EKS cluster has no endpoint yet", format!("{name:?} is {:?}", cluster.status)))
+    })?;
+    let ca_pem = cluster
+        .certificate_authority_data
+        .and_then(|data| base64::engine::general_purpose::STANDARD.decode(data.trim()).ok())
+        .and_then(|bytes| String::from_utf8(bytes).ok())
+        .filter(|pem| pem.contains("-----BEGIN CERTIFICATE-----"))
+        .ok_or_else(|| {
+            on_name(Diagnostic::error(
+                "EKS cluster CA unreadable",
+                format!("the certificateAuthority.data DescribeCluster returned for {name:?} is not a base64 PEM certificate"),
+            ))
+        })?;
+    Ok(Endpoint { url, ca_pem })
+}
+
+/// A bearer token for cluster `name`, signed with the SDK's credentials.
+pub async fn token(sdk: &SdkConfig, name: &str) -> Result<String, Unavailable> {
+    let failed = |detail: String| {
+        Unavailable::Failed(
+            Diagnostic::error("Cannot make an EKS token", detail).at(AttributePath::attribute("eks_cluster_name")),
+        )
+    };
+    let provider = sdk.credentials_provider().ok_or_else(|| failed("no AWS credentials are configured".into()))?;
+    let credentials = provider.provide_credentials().await.map_err(|e| failed(format!("AWS credentials: {e}")))?;
+    let region = sdk.region().map(ToString::to_string).ok_or_else(|| failed("no AWS region".into()))?;
+    presign(&credentials.into(), &region, sdk.endpoint_url(), name, SystemTime::now()).map_err(failed)
+}
+
+/// The token for `cluster`: the presigned GetCallerIdentity URL, base64url
+/// without padding, behind [`TOKEN_PREFIX`]. `endpoint` replaces the
+/// regional STS endpoint (a VPC endpoint, or the local emulator).
+pub fn presign(
+    identity: &aws_smithy_runtime_api::client::identity::Identity,
+    region: &str,
+    endpoint: Option<&str>,
+    cluster: &str,
+    now: SystemTime,
+) -> Result<String, String> {
+    let base =
+        endpoint.map_or_else(|| format!("https://sts.{region}.amazonaws.com"), |e| e.trim_end_matches('/').to_owned());
+    let url = format!("{base}/?Action=GetCallerIdentity&Version=2011-06-15");
+    let uri: http::Uri = url.parse().map_err(|e| format!("STS endpoint {base:?}: {e}"))?;
+    let host = uri.authority().map(ToString::to_string).ok_or_else(|| format!("STS endpoint {base:?} has no host"))?;
+    let mut settings = SigningSettings::default();
+    settings.signature_location = SignatureLocation::QueryParams;
+    settings.expires_in = Some(PRESIGN_EXPIRY);
+    let params = v4::SigningParams::builder()
+        .identity(identity)
+        .region(region)
+        .name("sts")
+        .time(now)
+        .settings(settings)
+        .build()
+        .map_err(|e| e.to_string())?
+        .into();
+    let headers = [("host", host.as_str()), (CLUSTER_ID_HEADER, cluster)];
+    let signable =
+        SignableRequest::new("GET", &url, headers.into_iter(), SignableBody::Bytes(&[])).map_err(|e| e.to_string())?;
+    let (instructions, _signature) = sign(signable, &params).map_err(|e| e.to_string())?.into_parts();
+    let mut request = http::Request::builder().uri(&url).body(()).map_err(|e| e.to_string())?;
+    instructions.apply_to_request_http1x(&mut request);
+    let presigned = request.uri().to_string();
+    Ok(format!("{TOKEN_PREFIX}{}", base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(presigned)))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use aws_credential_types::Credentials;
+
+    fn decode(token: &str) -> String {
+        let body = token.strip_prefix(TOKEN_PREFIX).expect("prefixed");
+        String::from_utf8(base64::engine::general_purpose::URL_SAFE_NO_PAD.decode(body).expect("base64url"))
+            .expect("utf-8")
+    }
+
+    #[test]
+    fn the_token_is_a_presigned_get_caller_identity_naming_the_cluster() {
+        let identity = Credentials::new("AKIDEXAMPLE", "secret", None, None, "test").into();
+        let token = presign(&identity, "eu-west-1", None, "prod", SystemTime::UNIX_EPOCH).expect("signs");
+        let url = decode(&token);
+        assert!(
+            url.starts_with("https://sts.eu-west-1.amazonaws.com/?Action=GetCallerIdentity&Version=2011-06-15&"),
+            "{url}"
+        );
+        for part in [
+            "X-Amz-Algorithm=AWS4-HMAC-SHA256",
+            "X-Amz-Credential=AKIDEXAMPLE%2F19700101%2Feu-west-1%2Fsts%2Faws4_request",
+            "X-Amz-Expires=60",
+            "X-Amz-SignedHeaders=host%3Bx-k8s-aws-id",
+            "X-Amz-Signature=",
+        ] {
+            assert!(url.contains(part), "{part} missing from {url}");
+        }
+        assert!(!token.contains('='), "base64url without padding");
+    }
+
+    #[test]
+    fn an_endpoint_override_is_where_the_url_points() {
+        let identity = Credentials::new("a", "b", Some("session".into()), None, "test").into();
+        let url = decode(
+            &presign(&identity, "us-east-1", Some("http://127.0.0.1:5000/"), "c", SystemTime::now()).expect("signs"),
+        );
+        assert!(url.starts_with("http://127.0.0.1:5000/?Action=GetCallerIdentity"), "{url}");
+        assert!(url.contains("X-Amz-Security-Token=session"), "{url}");
+    }
+}
