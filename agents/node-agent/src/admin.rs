@@ -1,7 +1,8 @@
 //! The admin HTTP listener: `/metrics` (Prometheus text), `/healthz` (the process answers),
 //! `/readyz` (the readiness gate's conditions, the same ones that lift the node taint) and
 //! `/flows?pod=NS/NAME&verdict=dropped|forwarded&follow=true` (hubble-style lines from the
-//! [`FlowLog`], the recent ones then, when following, each new one as it comes).
+//! [`FlowLog`], the recent ones then, when following, each new one as it comes; a 404 that says
+//! so when flow observability is off).
 
 use std::convert::Infallible;
 use std::net::SocketAddr;
@@ -20,6 +21,7 @@ use tokio::net::TcpListener;
 use tokio::sync::broadcast;
 use trellis_ebpf_common::Verdict;
 
+use crate::config::FLOW_OBSERVABILITY_ENV;
 use crate::flows::{FlowFilter, FlowLog, format_flow};
 use crate::metrics::Metrics;
 use crate::readiness::Readiness;
@@ -28,7 +30,8 @@ use crate::readiness::Readiness;
 pub struct Admin {
     pub metrics: Metrics,
     pub readiness: Arc<Readiness>,
-    pub flows: Arc<FlowLog>,
+    /// `None` when flow observability is off.
+    pub flows: Option<Arc<FlowLog>>,
 }
 
 /// What `/flows` was asked for.
@@ -125,39 +128,19 @@ impl Admin {
     fn respond(&self, request: &Request<Incoming>) -> Result<Response<Body>, hyper::http::Error> {
         let builder = Response::builder();
         if request.method() == Method::GET && request.uri().path() == "/flows" {
+            let Some(log) = &self.flows else {
+                let off = format!("flow observability is off on this agent ({FLOW_OBSERVABILITY_ENV}=false)\n");
+                return builder.status(StatusCode::NOT_FOUND).body(full(off));
+            };
             return match FlowQuery::parse(request.uri().query()) {
                 Ok(query) => {
-                    builder.header(hyper::header::CONTENT_TYPE, "text/plain; charset=utf-8").body(self.flows(query))
+                    builder.header(hyper::header::CONTENT_TYPE, "text/plain; charset=utf-8").body(flows(log, query))
                 }
                 Err(problem) => builder.status(StatusCode::BAD_REQUEST).body(full(format!("{problem}\n"))),
             };
         }
         let (status, content_type, body) = self.route(request.method(), request.uri().path());
         builder.status(status).header(hyper::header::CONTENT_TYPE, content_type).body(full(body))
-    }
-
-    /// The recent matching flows, then (following) each new matching one as it arrives.
-    pub fn flows(&self, query: FlowQuery) -> Body {
-        let line = |flow: &crate::flows::Flow| Bytes::from(format_flow(flow) + "\n");
-        let recent: Vec<Bytes> = self.flows.recent().iter().filter(|f| query.filter.matches(f)).map(line).collect();
-        // Subscribed before the recent ones are sent, so nothing falls between the two.
-        let follower = query.follow.then(|| self.flows.follow());
-        let recent = futures::stream::iter(recent);
-        let live = futures::stream::unfold((follower, query.filter), move |(follower, filter)| async move {
-            let mut receiver = follower?;
-            loop {
-                match receiver.recv().await {
-                    Ok(flow) if filter.matches(&flow) => return Some((line(&flow), (Some(receiver), filter))),
-                    Ok(_) => {}
-                    Err(broadcast::error::RecvError::Lagged(missed)) => {
-                        let note = Bytes::from(format!("# {missed} flows missed (reader too slow)\n"));
-                        return Some((note, (Some(receiver), filter)));
-                    }
-                    Err(broadcast::error::RecvError::Closed) => return None,
-                }
-            }
-        });
-        BodyExt::boxed(StreamBody::new(recent.chain(live).map(|bytes| Ok::<_, Infallible>(Frame::data(bytes)))))
     }
 
     /// Serves until the listener fails; each connection on its own task.
@@ -183,6 +166,30 @@ pub async fn bind(addr: SocketAddr) -> std::io::Result<TcpListener> {
     TcpListener::bind(addr).await
 }
 
+/// The recent matching flows, then (following) each new matching one as it arrives.
+fn flows(log: &FlowLog, query: FlowQuery) -> Body {
+    let line = |flow: &crate::flows::Flow| Bytes::from(format_flow(flow) + "\n");
+    let recent: Vec<Bytes> = log.recent().iter().filter(|f| query.filter.matches(f)).map(line).collect();
+    // Subscribed before the recent ones are sent, so nothing falls between the two.
+    let follower = query.follow.then(|| log.follow());
+    let recent = futures::stream::iter(recent);
+    let live = futures::stream::unfold((follower, query.filter), move |(follower, filter)| async move {
+        let mut receiver = follower?;
+        loop {
+            match receiver.recv().await {
+                Ok(flow) if filter.matches(&flow) => return Some((line(&flow), (Some(receiver), filter))),
+                Ok(_) => {}
+                Err(broadcast::error::RecvError::Lagged(missed)) => {
+                    let note = Bytes::from(format!("# {missed} flows missed (reader too slow)\n"));
+                    return Some((note, (Some(receiver), filter)));
+                }
+                Err(broadcast::error::RecvError::Closed) => return None,
+            }
+        }
+    });
+    BodyExt::boxed(StreamBody::new(recent.chain(live).map(|bytes| Ok::<_, Infallible>(Frame::data(bytes)))))
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -192,7 +199,7 @@ mod tests {
         let admin = Admin {
             metrics: Metrics::new(),
             readiness: Arc::new(Readiness::default()),
-            flows: Arc::new(FlowLog::new(8)),
+            flows: Some(Arc::new(FlowLog::new(8))),
         };
         assert_eq!(admin.route(&Method::GET, "/healthz").0, StatusCode::OK);
         let (status, _, body) = admin.route(&Method::GET, "/readyz");

@@ -24,7 +24,7 @@ use crate::datapath::{PolicySync, ServiceSync, Shared};
 use crate::ebpf::EbpfDatapath;
 use crate::flows::{FlowLog, FlowReader};
 use crate::kube::reflectors;
-use crate::kube::sync::{self, LocalEndpoint, Reconciler};
+use crate::kube::sync::{self, LocalEndpoint, Reconciler, ServiceOptions};
 use crate::metrics::Metrics;
 use crate::netns;
 use crate::readiness::{self, Readiness};
@@ -40,7 +40,9 @@ usage: trellis-agent run        the node agent; configured from the environment:
          TRELLIS_NODE_NAME (required), TRELLIS_IPAM_MODE=cluster-pool|eni, TRELLIS_POD_CIDR (cluster-pool),
          TRELLIS_POD_ADDRESSES (eni: addresses and prefixes, also read from the Node's trellis.io/pod-addresses),
          TRELLIS_CNI_SOCKET, TRELLIS_CNI_CONF_DIR, TRELLIS_STATE_DIR, TRELLIS_MTU, TRELLIS_ADMIN_ADDR,
-         TRELLIS_EBPF_OBJECT, TRELLIS_BPFFS, TRELLIS_MOUNT_BPFFS, TRELLIS_CGROUP
+         TRELLIS_EBPF_OBJECT, TRELLIS_BPFFS, TRELLIS_MOUNT_BPFFS, TRELLIS_CGROUP,
+         TRELLIS_KUBE_PROXY_REPLACEMENT=true|false, TRELLIS_LB_ALGORITHM=maglev|random,
+         TRELLIS_POLICY_ENFORCEMENT=default|always|never, TRELLIS_FLOW_OBSERVABILITY=true|false
        trellis-agent flows [--follow] [--pod NS/NAME] [--verdict dropped|forwarded] [--server ADDR:PORT]
                                  flows seen by the agent on this node (its admin listener, 127.0.0.1:9962)
        trellis-agent operator …  the IPAM operator (see `trellis-agent operator --help`)";
@@ -284,12 +286,27 @@ impl RunConfig {
 pub async fn run(config: RunConfig) -> Result<(), String> {
     let readiness = Arc::new(Readiness::default());
     let metrics = Metrics::new();
-    let mut datapath = EbpfDatapath::open(&config.datapath.ebpf).map_err(|e| e.to_string())?;
-    let flow_events = datapath.take_flow_events().map_err(|e| e.to_string())?;
+    let features = &config.datapath;
+    let mut datapath = if features.kube_proxy_replacement {
+        EbpfDatapath::open(&features.ebpf)
+    } else {
+        EbpfDatapath::open_without_socket_lb(&features.ebpf)
+    }
+    .map_err(|e| e.to_string())?;
+    let flow_events =
+        if features.flow_observability { Some(datapath.take_flow_events().map_err(|e| e.to_string())?) } else { None };
     let datapath = Shared::new(datapath);
     let sync = ServiceSync::start(datapath.clone()).map_err(|e| e.to_string())?;
-    let policy = PolicySync::start(datapath).map_err(|e| e.to_string())?;
+    let mut policy = PolicySync::start(datapath).map_err(|e| e.to_string())?;
+    policy.index_mut().set_enforcement(features.policy_enforcement);
     readiness.set_programs_attached();
+    tracing::info!(
+        kube_proxy_replacement = features.kube_proxy_replacement,
+        lb_algorithm = features.lb_algorithm.name(),
+        policy_enforcement = features.policy_enforcement.name(),
+        flow_observability = features.flow_observability,
+        "datapath loaded"
+    );
 
     let client = kube::Client::try_default().await.map_err(|e| format!("cannot reach Kubernetes: {e}"))?;
     let reflectors = reflectors::start(&client, &config.node_name);
@@ -320,20 +337,25 @@ pub async fn run(config: RunConfig) -> Result<(), String> {
     readiness.set_cni_config_installed();
     tracing::info!(path = %installed.display(), "CNI config installed");
 
-    let flows = Arc::new(FlowLog::new(FLOW_LOG_CAPACITY));
     let stop_flows = Arc::new(AtomicBool::new(false));
-    let flow_reader = {
-        let (flows, endpoints, stop) = (Arc::clone(&flows), Arc::clone(&endpoints), Arc::clone(&stop_flows));
-        std::thread::Builder::new()
-            .name("flow-reader".into())
-            .spawn(move || {
-                let names = |ip| endpoints.lock().unwrap_or_else(PoisonError::into_inner).pod_at(ip);
-                if let Err(error) = FlowReader::new(flow_events).run(&flows, &names, &stop) {
-                    tracing::error!(%error, "flow events stopped");
-                }
-            })
-            .map_err(|e| format!("flow reader thread: {e}"))?
+    let flow_reader = match flow_events {
+        Some(events) => {
+            let flows = Arc::new(FlowLog::new(FLOW_LOG_CAPACITY));
+            let (log, endpoints, stop) = (Arc::clone(&flows), Arc::clone(&endpoints), Arc::clone(&stop_flows));
+            let reader = std::thread::Builder::new()
+                .name("flow-reader".into())
+                .spawn(move || {
+                    let names = |ip| endpoints.lock().unwrap_or_else(PoisonError::into_inner).pod_at(ip);
+                    if let Err(error) = FlowReader::new(events).run(&log, &names, &stop) {
+                        tracing::error!(%error, "flow events stopped");
+                    }
+                })
+                .map_err(|e| format!("flow reader thread: {e}"))?;
+            Some((flows, reader))
+        }
+        None => None,
     };
+    let flows = flow_reader.as_ref().map(|(flows, _)| Arc::clone(flows));
     let admin = Admin { metrics: metrics.clone(), readiness: Arc::clone(&readiness), flows };
     let listener = admin::bind(config.admin_addr).await.map_err(|e| format!("admin {}: {e}", config.admin_addr))?;
     tokio::spawn(async move {
@@ -355,7 +377,11 @@ pub async fn run(config: RunConfig) -> Result<(), String> {
         }
     });
 
-    let reconciler = Reconciler::new(sync, policy, metrics, readiness);
+    let options = ServiceOptions {
+        kube_proxy_replacement: features.kube_proxy_replacement,
+        default_algorithm: features.lb_algorithm,
+    };
+    let reconciler = Reconciler::new(sync, policy, metrics, readiness).with_service_options(options);
     let cookies = Mutex::new(BTreeMap::new());
     let local_endpoints = || local_endpoints(&endpoints, &cookies);
     let syncing =
@@ -367,7 +393,9 @@ pub async fn run(config: RunConfig) -> Result<(), String> {
         _ = tokio::signal::ctrl_c() => Ok(()),
     };
     stop_flows.store(true, Ordering::Relaxed);
-    let _ = flow_reader.join();
+    if let Some((_, reader)) = flow_reader {
+        let _ = reader.join();
+    }
     outcome
 }
 
@@ -455,12 +483,14 @@ mod tests {
             (MTU_ENV, "9"),
             (ADMIN_ADDR_ENV, "nowhere"),
             ("TRELLIS_CGROUP", "cg"),
+            (crate::config::POLICY_ENFORCEMENT_ENV, "strict"),
         ])
-        .expect_err("six problems");
-        assert_eq!(problems.len(), 6, "{problems:#?}");
+        .expect_err("seven problems");
+        assert_eq!(problems.len(), 7, "{problems:#?}");
         assert!(problems.iter().any(|p| p.contains(NODE_NAME_ENV)), "{problems:#?}");
         assert!(problems.iter().any(|p| p.contains("\"bogus\"")), "{problems:#?}");
         assert!(problems.iter().any(|p| p.contains("TRELLIS_CGROUP")), "{problems:#?}");
+        assert!(problems.iter().any(|p| p.contains("TRELLIS_POLICY_ENFORCEMENT=\"strict\"")), "{problems:#?}");
         let problems = from(&[(NODE_NAME_ENV, "n")]).expect_err("no CIDR");
         assert_eq!(problems, vec![format!("{POD_CIDR_ENV} is required in cluster-pool mode")]);
     }

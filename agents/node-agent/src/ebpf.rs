@@ -138,6 +138,16 @@ impl EbpfDatapath {
     /// Loads and attaches the socket load balancer, or re-adopts the one a previous agent left
     /// pinned: its maps (with every Service in them) and its cgroup links.
     pub fn open(config: &EbpfConfig) -> Result<Self> {
+        Self::open_with(config, true)
+    }
+
+    /// Loads the datapath with the socket load balancer detached, for nodes where kube-proxy
+    /// translates Services: links a previous agent pinned are unpinned, which detaches them.
+    pub fn open_without_socket_lb(config: &EbpfConfig) -> Result<Self> {
+        Self::open_with(config, false)
+    }
+
+    fn open_with(config: &EbpfConfig, socket_lb: bool) -> Result<Self> {
         let caps = rustix::thread::capabilities(None).map_err(|e| EbpfDatapathError::Capabilities(e.into()))?;
         let missing = missing_capabilities(caps.effective);
         if !missing.is_empty() {
@@ -164,6 +174,16 @@ impl EbpfDatapath {
         let mut adopted = 0;
         for name in SOCK_LB_PROGRAMS {
             let path = pin_dir.join(format!("link_{name}"));
+            if !socket_lb {
+                match std::fs::remove_file(&path) {
+                    Ok(()) => tracing::info!(program = name, "socket load balancer detached"),
+                    Err(e) if e.kind() == io::ErrorKind::NotFound => {}
+                    Err(source) => {
+                        return Err(EbpfDatapathError::Io { what: "unpinning the cgroup link", path, source });
+                    }
+                }
+                continue;
+            }
             if path.exists() {
                 let link = PinnedLink::from_pin(&path).map_err(|source| EbpfDatapathError::AdoptLink {
                     name,

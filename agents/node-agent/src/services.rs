@@ -38,6 +38,26 @@ pub enum Algorithm {
     Random,
 }
 
+impl Algorithm {
+    /// Every name [`Algorithm::from_name`] accepts, as configuration and annotations spell them.
+    pub const NAMES: [&str; 2] = ["maglev", "random"];
+
+    pub fn from_name(name: &str) -> Option<Self> {
+        match name {
+            "maglev" => Some(Self::Maglev),
+            "random" => Some(Self::Random),
+            _ => None,
+        }
+    }
+
+    pub fn name(self) -> &'static str {
+        match self {
+            Self::Maglev => "maglev",
+            Self::Random => "random",
+        }
+    }
+}
+
 /// `namespace/name`, the identity of a Service.
 #[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
 pub struct ServiceName {
@@ -493,6 +513,14 @@ mod tests {
         let state = desired(&mut index);
         assert_eq!(state.services.get(&key([10, 96, 0, 12])).map(|v| v.backend_count), Some(0));
         assert!(state.service_backends.is_empty() && state.backends.is_empty());
+    }
+
+    #[test]
+    fn algorithm_names_round_trip() {
+        for name in Algorithm::NAMES {
+            assert_eq!(Algorithm::from_name(name).map(Algorithm::name), Some(name));
+        }
+        assert_eq!(Algorithm::from_name("Maglev"), None);
     }
 
     #[test]

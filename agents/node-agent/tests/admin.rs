@@ -1,5 +1,6 @@
 //! The admin listener and the `flows` client over a real TCP connection: recent flows with
-//! filters, then followed ones as they are pushed into the log; bad queries are refused.
+//! filters, then followed ones as they are pushed into the log; bad queries are refused, and an
+//! agent without flow observability says so.
 
 use std::net::{Ipv4Addr, SocketAddrV4};
 use std::sync::{Arc, Mutex};
@@ -40,7 +41,8 @@ async fn flows_are_served_filtered_and_followed() {
     let log = Arc::new(FlowLog::new(100));
     log.push(flow(1, Verdict::Forwarded));
     log.push(flow(2, Verdict::Dropped));
-    let admin = Admin { metrics: Metrics::new(), readiness: Arc::new(Readiness::default()), flows: Arc::clone(&log) };
+    let admin =
+        Admin { metrics: Metrics::new(), readiness: Arc::new(Readiness::default()), flows: Some(Arc::clone(&log)) };
     let listener = admin::bind("127.0.0.1:0".parse().expect("address")).await.expect("bind");
     let server = listener.local_addr().expect("bound address");
     let serving = tokio::spawn(admin.serve(listener));
@@ -93,13 +95,28 @@ async fn flows_are_served_filtered_and_followed() {
 
 #[tokio::test]
 async fn a_bad_query_is_refused_with_its_problems() {
-    let admin =
-        Admin { metrics: Metrics::new(), readiness: Arc::new(Readiness::default()), flows: Arc::new(FlowLog::new(1)) };
+    let admin = Admin {
+        metrics: Metrics::new(),
+        readiness: Arc::new(Readiness::default()),
+        flows: Some(Arc::new(FlowLog::new(1))),
+    };
     let listener = admin::bind("127.0.0.1:0".parse().expect("address")).await.expect("bind");
     let server = listener.local_addr().expect("bound address");
     let serving = tokio::spawn(admin.serve(listener));
     let bad = FlowQuery { filter: FlowFilter { pod: Some("no-namespace".into()), verdict: None }, follow: false };
     let error = fetch_flows(server, &bad, |_| {}).await.expect_err("refused");
     assert!(error.contains("400") && error.contains("NAMESPACE/NAME"), "{error}");
+    serving.abort();
+}
+
+#[tokio::test]
+async fn with_flow_observability_off_flows_says_so() {
+    let admin = Admin { metrics: Metrics::new(), readiness: Arc::new(Readiness::default()), flows: None };
+    let listener = admin::bind("127.0.0.1:0".parse().expect("address")).await.expect("bind");
+    let server = listener.local_addr().expect("bound address");
+    let serving = tokio::spawn(admin.serve(listener));
+    let error = fetch_flows(server, &FlowQuery::default(), |_| {}).await.expect_err("no flows");
+    assert!(error.contains("404") && error.contains("flow observability is off"), "{error}");
+    assert!(error.contains("TRELLIS_FLOW_OBSERVABILITY=false"), "{error}");
     serving.abort();
 }

@@ -16,7 +16,7 @@ use crate::datapath::{Datapath, PolicyDatapath, PolicySync, PolicySyncReport, Se
 use crate::metrics::{CounterSource, Metrics};
 use crate::policy::{Namespace, NetworkPolicy, Pod};
 use crate::readiness::Readiness;
-use crate::services::{Service, ServiceName};
+use crate::services::{Algorithm, Service, ServiceName};
 
 /// Bursts of events (a rollout touching many slices) become one sync.
 pub const DEBOUNCE: Duration = Duration::from_millis(100);
@@ -41,6 +41,22 @@ pub struct PolicyInputs {
     pub problems: Vec<PolicyProblem>,
 }
 
+/// How Services reach the socket load balancer.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct ServiceOptions {
+    /// `false`: kube-proxy serves Services, so nothing reaches the load balancer's maps (and
+    /// what an earlier agent programmed there is removed).
+    pub kube_proxy_replacement: bool,
+    /// The algorithm of Services that do not pick one by annotation.
+    pub default_algorithm: Algorithm,
+}
+
+impl Default for ServiceOptions {
+    fn default() -> Self {
+        Self { kube_proxy_replacement: true, default_algorithm: Algorithm::default() }
+    }
+}
+
 /// What the datapath should serve and enforce, from the cluster.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub struct Desired {
@@ -52,11 +68,14 @@ pub struct Desired {
 }
 
 impl Desired {
-    pub fn from_stores(stores: &Stores, local: &[LocalEndpoint]) -> Self {
+    pub fn from_stores(stores: &Stores, local: &[LocalEndpoint], default_algorithm: Algorithm) -> Self {
         let services = stores.services.state();
         let slices = stores.endpoint_slices.state();
-        let (services, problems) =
-            translate::services(services.iter().map(|s| s.as_ref()), slices.iter().map(|s| s.as_ref()));
+        let (services, problems) = translate::services(
+            services.iter().map(|s| s.as_ref()),
+            slices.iter().map(|s| s.as_ref()),
+            default_algorithm,
+        );
         let node_addrs = stores.node().map(|n| translate::node_addresses(&n)).unwrap_or_default();
 
         let local_by_pod: BTreeMap<(&str, &str), &LocalEndpoint> =
@@ -95,6 +114,7 @@ pub struct Reconciler<D, P> {
     sync: ServiceSync<D>,
     policy: PolicySync<P>,
     fed: BTreeMap<ServiceName, Service>,
+    options: ServiceOptions,
     metrics: Metrics,
     readiness: Arc<Readiness>,
 }
@@ -117,7 +137,15 @@ pub enum ReconcileError<D: std::error::Error, P: std::error::Error> {
 
 impl<D: Datapath + CounterSource, P: PolicyDatapath> Reconciler<D, P> {
     pub fn new(sync: ServiceSync<D>, policy: PolicySync<P>, metrics: Metrics, readiness: Arc<Readiness>) -> Self {
-        Self { sync, policy, fed: BTreeMap::new(), metrics, readiness }
+        Self { sync, policy, fed: BTreeMap::new(), options: ServiceOptions::default(), metrics, readiness }
+    }
+
+    pub fn with_service_options(self, options: ServiceOptions) -> Self {
+        Self { options, ..self }
+    }
+
+    pub fn service_options(&self) -> ServiceOptions {
+        self.options
     }
 
     pub fn datapath(&self) -> &D {
@@ -126,20 +154,24 @@ impl<D: Datapath + CounterSource, P: PolicyDatapath> Reconciler<D, P> {
 
     pub fn reconcile(&mut self, desired: Desired) -> Result<ReconcileReport, ReconcileError<D::Error, P::Error>> {
         let started = Instant::now();
-        let index = self.sync.index_mut();
-        for name in self.fed.keys() {
-            if !desired.services.contains_key(name) {
-                index.remove(name);
+        // Without kube-proxy replacement the service index stays empty: kube-proxy translates,
+        // and the first sync removes what an earlier agent left in the maps.
+        if self.options.kube_proxy_replacement {
+            let index = self.sync.index_mut();
+            for name in self.fed.keys() {
+                if !desired.services.contains_key(name) {
+                    index.remove(name);
+                }
             }
-        }
-        for (name, service) in &desired.services {
-            if self.fed.get(name) != Some(service) {
-                index.upsert(service.clone());
+            for (name, service) in &desired.services {
+                if self.fed.get(name) != Some(service) {
+                    index.upsert(service.clone());
+                }
             }
+            index.set_node_addresses(desired.node_addrs.iter().copied());
+            index.set_meshed_netns(desired.meshed_netns);
+            self.fed = desired.services;
         }
-        index.set_node_addresses(desired.node_addrs.iter().copied());
-        index.set_meshed_netns(desired.meshed_netns);
-        self.fed = desired.services;
         let policy_index = self.policy.index_mut();
         policy_index.set_node_addresses(desired.node_addrs);
         let PolicyInputs { pods, namespaces, policies, .. } = desired.policy;
@@ -183,8 +215,10 @@ pub async fn run<D: Datapath + CounterSource, P: PolicyDatapath>(
     }
     loop {
         changes.mark_unchanged();
-        let desired = Desired::from_stores(&stores, &local_endpoints());
-        for problem in &desired.problems {
+        let options = reconciler.service_options();
+        let desired = Desired::from_stores(&stores, &local_endpoints(), options.default_algorithm);
+        // Without kube-proxy replacement the agent serves no Service, so it has nothing to say of one.
+        for problem in desired.problems.iter().filter(|_| options.kube_proxy_replacement) {
             tracing::warn!(service = %format!("{}/{}", problem.service.namespace, problem.service.name), "{}", problem.message);
         }
         for problem in &desired.policy.problems {
@@ -284,5 +318,32 @@ mod tests {
         let text = metrics.encode();
         assert!(text.contains("trellis_agent_sync_duration_seconds_count 3"), "{text}");
         assert!(text.contains("trellis_agent_map_entries{map=\"backends\"} 1"), "{text}");
+    }
+
+    #[test]
+    fn without_kube_proxy_replacement_services_leave_the_maps_and_policy_still_syncs() {
+        let readiness = Arc::new(Readiness::default());
+        let mut previous = ServiceSync::start(FakeDatapath::default()).expect("fake");
+        previous.index_mut().upsert(service("a", 1, &[1, 2]));
+        previous.sync().expect("fake");
+        let left_behind = FakeDatapath { state: previous.into_datapath().state, applied: Vec::new() };
+
+        let sync = ServiceSync::start(left_behind).expect("fake");
+        let policy = PolicySync::start(FakePolicyDatapath::default()).expect("fake");
+        let options = ServiceOptions { kube_proxy_replacement: false, ..ServiceOptions::default() };
+        let mut reconciler =
+            Reconciler::new(sync, policy, Metrics::new(), Arc::clone(&readiness)).with_service_options(options);
+        let mut cluster = desired(&[service("a", 1, &[1, 2]), service("b", 2, &[3])]);
+        cluster.meshed_netns = [7].into();
+        let report = reconciler.reconcile(cluster.clone()).expect("fake");
+        assert_eq!(reconciler.datapath().state, crate::services::DatapathState::default());
+        assert!(report.services.changes > 0, "what the previous agent programmed goes");
+        assert_eq!(reconciler.reconcile(cluster).expect("fake").services.changes, 0);
+        // The node's address still is the host's identity to the policy programs.
+        assert_eq!(
+            reconciler.policy.programmed().identity_of(Ipv4Addr::new(10, 0, 0, 1)),
+            trellis_ebpf_common::identity::HOST
+        );
+        assert!(readiness.conditions().maps_synced);
     }
 }

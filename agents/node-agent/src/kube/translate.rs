@@ -11,7 +11,7 @@ use k8s_openapi::api::discovery::v1::EndpointSlice;
 
 use crate::services::{Algorithm, Protocol, Service, ServiceName, ServicePort};
 
-/// Picks how a Service's backends are chosen: `maglev` (the default) or `random`.
+/// Picks how a Service's backends are chosen, `maglev` or `random`, over the agent's default.
 pub const LB_ALGORITHM_ANNOTATION: &str = "trellis.io/lb-algorithm";
 /// The label EndpointSlice controllers put on a slice to name its Service.
 pub const SERVICE_NAME_LABEL: &str = "kubernetes.io/service-name";
@@ -31,10 +31,12 @@ pub struct Problem {
 
 /// The Services and their ready backends, keyed by name, from the reflectors' contents.
 /// ExternalName Services have no frontend and are left out; so is anything IPv6 (the socket
-/// load balancer serves IPv4).
+/// load balancer serves IPv4). A Service without the [`LB_ALGORITHM_ANNOTATION`] gets
+/// `default_algorithm`.
 pub fn services<'a>(
     services: impl IntoIterator<Item = &'a KubeService>,
     slices: impl IntoIterator<Item = &'a EndpointSlice>,
+    default_algorithm: Algorithm,
 ) -> (BTreeMap<ServiceName, Service>, Vec<Problem>) {
     let mut slices_by_service: BTreeMap<ServiceName, Vec<&EndpointSlice>> = BTreeMap::new();
     for slice in slices {
@@ -50,7 +52,7 @@ pub fn services<'a>(
         let (Some(namespace), Some(name)) = (&service.metadata.namespace, &service.metadata.name) else { continue };
         let key = ServiceName { namespace: namespace.clone(), name: name.clone() };
         let slices = slices_by_service.get(&key).map(Vec::as_slice).unwrap_or_default();
-        if let Some(translated) = service_from(key.clone(), service, slices, &mut problems) {
+        if let Some(translated) = service_from(key.clone(), service, slices, default_algorithm, &mut problems) {
             out.insert(key, translated);
         }
     }
@@ -61,6 +63,7 @@ fn service_from(
     name: ServiceName,
     service: &KubeService,
     slices: &[&EndpointSlice],
+    default_algorithm: Algorithm,
     problems: &mut Vec<Problem>,
 ) -> Option<Service> {
     let spec = service.spec.as_ref()?;
@@ -96,12 +99,12 @@ fn service_from(
         ports.push(ServicePort { protocol, port: number, node_port, backends: backends(port, protocol, slices) });
     }
     let algorithm = match annotation(service, LB_ALGORITHM_ANNOTATION) {
-        None | Some("maglev") => Algorithm::Maglev,
-        Some("random") => Algorithm::Random,
-        Some(other) => {
-            problem(format!("{LB_ALGORITHM_ANNOTATION}: {other:?} is neither \"maglev\" nor \"random\"; using maglev"));
-            Algorithm::Maglev
-        }
+        None => default_algorithm,
+        Some(text) => Algorithm::from_name(text).unwrap_or_else(|| {
+            let (accepted, default) = (Algorithm::NAMES.join(" or "), default_algorithm.name());
+            problem(format!("{LB_ALGORITHM_ANNOTATION}: {text:?} is neither {accepted}; using {default}"));
+            default_algorithm
+        }),
     };
     let affinity = (spec.session_affinity.as_deref() == Some("ClientIP")).then(|| {
         let seconds = spec
@@ -234,7 +237,7 @@ mod tests {
             ),
             web_slice("web-b", json!([{"addresses": ["10.244.1.5"], "conditions": {"ready": true}}])),
         ];
-        let (services, problems) = services([&web()], &slices);
+        let (services, problems) = services([&web()], &slices, Algorithm::Maglev);
         assert!(problems.is_empty(), "{problems:?}");
         let web = &services[&key("web")];
         assert_eq!(web.cluster_ip, Some(Ipv4Addr::new(10, 96, 1, 1)));
@@ -266,7 +269,7 @@ mod tests {
         v6.address_type = "IPv6".into();
         let mut unlabelled = web_slice("web-u", json!([{"addresses": ["10.244.1.8"]}]));
         unlabelled.metadata.labels = None;
-        let (services, _) = services([&web()], &[elsewhere, v6, unlabelled]);
+        let (services, _) = services([&web()], &[elsewhere, v6, unlabelled], Algorithm::Maglev);
         assert!(services[&key("web")].ports.iter().all(|p| p.backends.is_empty()));
     }
 
@@ -284,7 +287,7 @@ mod tests {
             "metadata": {"namespace": "shop", "name": "ext"},
             "spec": {"type": "ExternalName", "externalName": "example.com"},
         }));
-        let (services, _) = services([&plain, &headless, &external], &[]);
+        let (services, _) = services([&plain, &headless, &external], &[], Algorithm::Maglev);
         assert_eq!(services[&key("api")].ports[0].node_port, None);
         assert_eq!(services[&key("db")].cluster_ip, None);
         assert!(services[&key("db")].ports.is_empty());
@@ -306,7 +309,7 @@ mod tests {
             "metadata": {"namespace": "shop", "name": "odd", "annotations": {LB_ALGORITHM_ANNOTATION: "round-robin"}},
             "spec": {"clusterIP": "10.96.0.9", "sessionAffinity": "ClientIP", "ports": [{"port": 80}]},
         }));
-        let (services, problems) = services([&sticky, &defaulted], &[]);
+        let (services, problems) = services([&sticky, &defaulted], &[], Algorithm::Maglev);
         assert_eq!(services[&key("sticky")].algorithm, Algorithm::Random);
         assert_eq!(services[&key("sticky")].affinity, Some(Duration::from_secs(60)));
         assert_eq!(services[&key("sticky")].ports.len(), 1, "SCTP is left out");
@@ -317,6 +320,26 @@ mod tests {
         assert_eq!(messages.len(), 2, "{messages:?}");
         assert!(messages[0].0 == "sticky" && messages[0].1.contains("SCTP"), "{messages:?}");
         assert!(messages[1].0 == "odd" && messages[1].1.contains("round-robin"), "{messages:?}");
+    }
+
+    #[test]
+    fn the_configured_default_algorithm_yields_to_the_annotation() {
+        let annotated = |name: &str, algorithm: Option<&str>| {
+            let annotations = algorithm.map(|a| json!({LB_ALGORITHM_ANNOTATION: a})).unwrap_or(json!({}));
+            service(json!({
+                "metadata": {"namespace": "shop", "name": name, "annotations": annotations},
+                "spec": {"clusterIP": "10.96.0.20", "ports": [{"port": 80}]},
+            }))
+        };
+        let plain = annotated("plain", None);
+        let pinned = annotated("pinned", Some("maglev"));
+        let odd = annotated("odd", Some("least-conn"));
+        let (services, problems) = services([&plain, &pinned, &odd], &[], Algorithm::Random);
+        assert_eq!(services[&key("plain")].algorithm, Algorithm::Random);
+        assert_eq!(services[&key("pinned")].algorithm, Algorithm::Maglev);
+        assert_eq!(services[&key("odd")].algorithm, Algorithm::Random);
+        let [problem] = problems.as_slice() else { panic!("one problem: {problems:?}") };
+        assert!(problem.message.ends_with("using random"), "{}", problem.message);
     }
 
     #[test]

@@ -9,7 +9,7 @@ use trellis_ebpf_common::{
     POLICY_PREFIX_ANY_PORT, POLICY_PREFIX_ANY_PROTO, POLICY_PREFIX_FULL, PROTO_TCP, PROTO_UDP, PolicyKey, identity,
 };
 
-use super::{Cidr, Labels, Namespace, NetworkPolicy, Peer, Pod, PortRule, Rule};
+use super::{Cidr, Labels, Namespace, NetworkPolicy, Peer, Pod, PolicyEnforcement, PortRule, Rule};
 use crate::services::{IdAllocator, Protocol};
 
 /// The peer identity of a policy entry that allows every peer (the programs look up the
@@ -207,6 +207,7 @@ pub struct PolicyIndex {
     cidr_alloc: IdAllocator,
     /// Identities the maps held at adoption, by prefix, used once by the next computation.
     adopted: BTreeMap<Cidr, u32>,
+    enforcement: PolicyEnforcement,
 }
 
 impl Default for PolicyIndex {
@@ -227,7 +228,12 @@ impl PolicyIndex {
             pod_alloc: IdAllocator::with_range(identity::FIRST_POD, identity::FIRST_CIDR - 1),
             cidr_alloc: IdAllocator::with_range(identity::FIRST_CIDR, u32::MAX),
             adopted: BTreeMap::new(),
+            enforcement: PolicyEnforcement::Default,
         }
+    }
+
+    pub fn set_enforcement(&mut self, enforcement: PolicyEnforcement) {
+        self.enforcement = enforcement;
     }
 
     /// Takes over the identities of what is programmed (pods' /32s and policy CIDRs), so that a
@@ -367,8 +373,17 @@ impl PolicyIndex {
             else {
                 continue;
             };
-            let mut flags = 0;
-            for policy in self.policies.values().filter(|p| p.selects(&pod.namespace, &pod.labels)) {
+            let mut flags = match self.enforcement {
+                PolicyEnforcement::Always => ENDPOINT_ENFORCE_INGRESS | ENDPOINT_ENFORCE_EGRESS,
+                PolicyEnforcement::Default | PolicyEnforcement::Never => 0,
+            };
+            // Never still writes the endpoint, enforcing nothing: its veth's programs drop what
+            // they find no endpoint for, and its flows carry its identity.
+            let selecting = self
+                .policies
+                .values()
+                .filter(|p| self.enforcement != PolicyEnforcement::Never && p.selects(&pod.namespace, &pod.labels));
+            for policy in selecting {
                 let (ingress, egress) = policy.directions();
                 if ingress {
                     flags |= ENDPOINT_ENFORCE_INGRESS;

@@ -17,6 +17,41 @@ use crate::services::Protocol;
 
 pub type Labels = BTreeMap<String, String>;
 
+/// Which endpoints enforce policy, as Cilium's `enable-policy` decides it.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub enum PolicyEnforcement {
+    /// An endpoint enforces a direction once a NetworkPolicy selects it for that direction
+    /// (Kubernetes' semantics).
+    #[default]
+    Default,
+    /// Every endpoint enforces both directions: what no policy allows is denied.
+    Always,
+    /// No endpoint enforces anything, whatever the policies say.
+    Never,
+}
+
+impl PolicyEnforcement {
+    /// Every name [`PolicyEnforcement::from_name`] accepts.
+    pub const NAMES: [&str; 3] = ["default", "always", "never"];
+
+    pub fn from_name(name: &str) -> Option<Self> {
+        match name {
+            "default" => Some(Self::Default),
+            "always" => Some(Self::Always),
+            "never" => Some(Self::Never),
+            _ => None,
+        }
+    }
+
+    pub fn name(self) -> &'static str {
+        match self {
+            Self::Default => "default",
+            Self::Always => "always",
+            Self::Never => "never",
+        }
+    }
+}
+
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Operator {
     In,

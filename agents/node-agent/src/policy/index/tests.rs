@@ -1,5 +1,5 @@
 use super::*;
-use crate::policy::{LabelSelector, Namespace};
+use crate::policy::{LabelSelector, Namespace, PolicyEnforcement};
 use proptest::prelude::*;
 
 fn labels(pairs: &[(&str, &str)]) -> Labels {
@@ -80,6 +80,64 @@ fn unselected_pods_allow_everything_and_selected_ones_only_what_a_rule_allows() 
     let state = desired(&mut index);
     assert_eq!(state.allows(WEB, DIRECTION_INGRESS, Ipv4Addr::new(192, 168, 0, 1), PROTO_TCP, 1), Some(true));
     assert_eq!(state.allows(99, DIRECTION_INGRESS, ip(11), PROTO_TCP, 1), None);
+}
+
+#[test]
+fn always_enforces_every_endpoint_both_ways_and_policies_only_open_it() {
+    let mut index = lab();
+    index.set_enforcement(PolicyEnforcement::Always);
+    index.set_node_addresses([Ipv4Addr::new(192, 168, 0, 1)]);
+    let closed = desired(&mut index);
+    for endpoint in [WEB, 4, 5] {
+        assert_eq!(closed.allows(endpoint, DIRECTION_INGRESS, ip(12), PROTO_TCP, 8080), Some(false));
+        assert_eq!(closed.allows(endpoint, DIRECTION_EGRESS, ip(10), PROTO_UDP, 53), Some(false));
+        assert_eq!(closed.allows(endpoint, DIRECTION_EGRESS, Ipv4Addr::new(8, 8, 8, 8), PROTO_TCP, 443), Some(false));
+        // The node still reaches its pods (kubelet probes), as with a selecting policy.
+        assert_eq!(
+            closed.allows(endpoint, DIRECTION_INGRESS, Ipv4Addr::new(192, 168, 0, 1), PROTO_TCP, 8080),
+            Some(true)
+        );
+    }
+
+    index.upsert_policy(allow_from(vec![pods_peer("a")], vec![tcp(8080)]));
+    let state = desired(&mut index);
+    assert_eq!(state.allows(WEB, DIRECTION_INGRESS, ip(11), PROTO_TCP, 8080), Some(true));
+    assert_eq!(state.allows(WEB, DIRECTION_INGRESS, ip(12), PROTO_TCP, 8080), Some(false));
+    // The policy has no egress rules: under `default` web's egress would be open, not here.
+    assert_eq!(state.allows(WEB, DIRECTION_EGRESS, ip(11), PROTO_TCP, 80), Some(false));
+    // Neither does client-a's egress get opened by web's ingress allow (each side is checked).
+    assert_eq!(state.allows(4, DIRECTION_EGRESS, ip(10), PROTO_TCP, 8080), Some(false));
+}
+
+#[test]
+fn never_enforces_nothing_whatever_selects_the_endpoint() {
+    let mut index = lab();
+    index.set_enforcement(PolicyEnforcement::Never);
+    let mut deny_all = allow_from(Vec::new(), Vec::new());
+    deny_all.ingress.clear();
+    deny_all.policy_types = Some((true, true));
+    index.upsert_policy(deny_all);
+    let state = desired(&mut index);
+    assert_eq!(state.allows(WEB, DIRECTION_INGRESS, ip(12), PROTO_TCP, 8080), Some(true));
+    assert_eq!(state.allows(WEB, DIRECTION_EGRESS, Ipv4Addr::new(8, 8, 8, 8), PROTO_UDP, 53), Some(true));
+    assert!(state.policy.is_empty(), "{:?}", state.policy);
+    // The endpoints stay known: the programs need them, and flows name their identities.
+    assert_eq!(state.endpoints.len(), 3);
+    assert!(state.endpoints.values().all(|e| e.flags == 0));
+
+    // Back to `default`: the same policy isolates web.
+    index.set_enforcement(PolicyEnforcement::Default);
+    let state = desired(&mut index);
+    assert_eq!(state.allows(WEB, DIRECTION_INGRESS, ip(12), PROTO_TCP, 8080), Some(false));
+    assert_eq!(state.allows(4, DIRECTION_INGRESS, ip(12), PROTO_TCP, 8080), Some(true));
+}
+
+#[test]
+fn enforcement_names_round_trip() {
+    for name in PolicyEnforcement::NAMES {
+        assert_eq!(PolicyEnforcement::from_name(name).map(PolicyEnforcement::name), Some(name));
+    }
+    assert_eq!(PolicyEnforcement::from_name("Always"), None);
 }
 
 #[test]
