@@ -4,7 +4,7 @@ use std::collections::BTreeSet;
 
 use k8s_openapi::api::{apps::v1 as apps, core::v1 as core, policy::v1 as policy, rbac::v1 as rbac};
 use serde_json::Value;
-use trellis_manifests::node_agent::{self, IpamMode, RenderError, Settings};
+use trellis_manifests::node_agent::{self, IpamMode, LoadBalancerAlgorithm, PolicyEnforcement, RenderError, Settings};
 use trellis_manifests::{MANAGED_BY, MANAGED_BY_LABEL, OWNER_LABEL, object_key};
 
 fn base() -> Settings {
@@ -211,9 +211,14 @@ fn settings_read_from_json_take_the_defaults_for_what_they_leave_out() {
         "cluster_name": "c",
         "region": "r",
         "ipam": {"mode": "cluster-pool", "cluster_pool_cidr": "10.0.0.0/16"},
+        "load_balancer": {"algorithm": "random"},
+        "policy_enforcement": "never",
     }))
     .expect("settings");
     assert_eq!(settings.ipam.mode, IpamMode::ClusterPool);
+    assert_eq!(settings.load_balancer.algorithm, LoadBalancerAlgorithm::Random);
+    assert_eq!(settings.policy_enforcement, PolicyEnforcement::Never);
+    assert!(settings.kube_proxy_replacement && settings.flow_observability);
     assert_eq!((settings.namespace.as_str(), settings.operator_replicas), ("kube-system", 2));
     assert!(settings.ipam.prefix_delegation);
     assert!(serde_json::from_value::<Settings>(serde_json::json!({"bogus": 1})).is_err());

@@ -9,7 +9,7 @@ use std::path::Path;
 use k8s_openapi::api::core::v1::{Container, PodSpec, Toleration};
 use serde_json::Value;
 use trellis_agent::cli::{self, Command, RunConfig};
-use trellis_manifests::node_agent::{self, ADMIN_PORT, IpamMode, Settings};
+use trellis_manifests::node_agent::{self, ADMIN_PORT, IpamMode, LoadBalancerAlgorithm, PolicyEnforcement, Settings};
 
 const NODE_NAME: &str = "ip-10-0-1-4.ec2.internal";
 
@@ -54,10 +54,18 @@ fn variants() -> Vec<Settings> {
         }
         s.operator_replicas = 1 + (n % 3) as i32;
         s.log_level = node_agent::LOG_LEVELS[n as usize % node_agent::LOG_LEVELS.len()].into();
+        s.kube_proxy_replacement = (n / 7) % 2 == 0;
+        s.load_balancer.algorithm = ALGORITHMS[(n as usize / 11) % ALGORITHMS.len()];
+        s.policy_enforcement = ENFORCEMENTS[(n as usize / 5) % ENFORCEMENTS.len()];
+        s.flow_observability = (n / 13) % 2 == 0;
         out.push(s);
     }
     out
 }
+
+const ALGORITHMS: [LoadBalancerAlgorithm; 2] = [LoadBalancerAlgorithm::Maglev, LoadBalancerAlgorithm::Random];
+const ENFORCEMENTS: [PolicyEnforcement; 3] =
+    [PolicyEnforcement::Default, PolicyEnforcement::Always, PolicyEnforcement::Never];
 
 fn pod_spec(objects: &[Value], kind: &str) -> Option<PodSpec> {
     let object = objects.iter().find(|o| o["kind"] == kind)?;
@@ -138,6 +146,11 @@ fn every_agent_container_parses_with_trellis_agent_run() {
             (mode, parsed) => panic!("rendered {mode:?}, the agent read {parsed:?}"),
         }
         assert_eq!(config.admin_addr.port(), ADMIN_PORT, "the probes ask the admin listener");
+        let features = &config.datapath;
+        assert_eq!(features.kube_proxy_replacement, settings.kube_proxy_replacement);
+        assert_eq!(features.lb_algorithm.name(), settings.load_balancer.algorithm.as_str());
+        assert_eq!(features.policy_enforcement.name(), settings.policy_enforcement.as_str());
+        assert_eq!(features.flow_observability, settings.flow_observability);
         for probe in [&agent.startup_probe, &agent.liveness_probe, &agent.readiness_probe] {
             let port = &probe.as_ref().and_then(|p| p.http_get.as_ref()).expect("an HTTP probe").port;
             assert_eq!(*port, k8s_openapi::apimachinery::pkg::util::intstr::IntOrString::Int(ADMIN_PORT.into()));
@@ -152,6 +165,22 @@ fn every_agent_container_parses_with_trellis_agent_run() {
             .parse(filter)
             .unwrap_or_else(|e| panic!("RUST_LOG={filter:?} is no EnvFilter: {e}"));
     }
+}
+
+/// The settings' serialized names are the values the agent accepts, every one of them.
+#[test]
+fn the_datapath_choices_are_spelled_as_the_agent_reads_them() {
+    let names = |values: &[Value]| values.iter().map(|v| v.as_str().expect("a string").to_owned()).collect::<Vec<_>>();
+    let algorithms: Vec<Value> = ALGORITHMS.iter().map(|a| serde_json::to_value(a).expect("JSON")).collect();
+    assert_eq!(names(&algorithms), trellis_agent::services::Algorithm::NAMES);
+    assert!(ALGORITHMS.iter().zip(&algorithms).all(|(a, v)| v == a.as_str()));
+    let enforcements: Vec<Value> = ENFORCEMENTS.iter().map(|e| serde_json::to_value(e).expect("JSON")).collect();
+    assert_eq!(names(&enforcements), trellis_agent::policy::PolicyEnforcement::NAMES);
+    assert!(ENFORCEMENTS.iter().zip(&enforcements).all(|(e, v)| v == e.as_str()));
+    let defaults = base();
+    assert!(defaults.kube_proxy_replacement && defaults.flow_observability);
+    assert_eq!(defaults.load_balancer.algorithm.as_str(), trellis_agent::services::Algorithm::default().name());
+    assert_eq!(defaults.policy_enforcement.as_str(), trellis_agent::policy::PolicyEnforcement::default().name());
 }
 
 #[test]

@@ -13,7 +13,10 @@ use trellis_agent::cli::{
     ADMIN_ADDR_ENV, CNI_CONF_DIR_ENV, CNI_SOCKET_ENV, DEFAULT_CNI_CONF_DIR, DEFAULT_STATE_DIR, IPAM_MODE_ENV,
     NODE_NAME_ENV, POD_CIDR_ENV, PROGRAM, STATE_DIR_ENV,
 };
-use trellis_agent::config::{BPFFS_ENV, CGROUP_ENV, DEFAULT_BPFFS, DEFAULT_CGROUP};
+use trellis_agent::config::{
+    BPFFS_ENV, CGROUP_ENV, DEFAULT_BPFFS, DEFAULT_CGROUP, FLOW_OBSERVABILITY_ENV, KUBE_PROXY_REPLACEMENT_ENV,
+    LB_ALGORITHM_ENV, POLICY_ENFORCEMENT_ENV,
+};
 use trellis_agent::readiness::PLUGIN_TYPE;
 
 use super::{Component, IpamMode, Settings, api_server_env, labels, metadata, plain, requirements, selector, tolerate};
@@ -164,6 +167,10 @@ fn env(settings: &Settings) -> Vec<EnvVar> {
         // the host) reaches by the same path: the conflist tells it this path.
         plain(CNI_SOCKET_ENV, &format!("{DEFAULT_STATE_DIR}/agent.sock")),
         plain(ADMIN_ADDR_ENV, &format!("0.0.0.0:{ADMIN_PORT}")),
+        plain(KUBE_PROXY_REPLACEMENT_ENV, &settings.kube_proxy_replacement.to_string()),
+        plain(LB_ALGORITHM_ENV, settings.load_balancer.algorithm.as_str()),
+        plain(POLICY_ENFORCEMENT_ENV, settings.policy_enforcement.as_str()),
+        plain(FLOW_OBSERVABILITY_ENV, &settings.flow_observability.to_string()),
         // main.rs: EnvFilter::from_default_env().
         plain("RUST_LOG", &settings.log_level),
     ]);

@@ -23,7 +23,10 @@ use serde_json::Value;
 pub use agent::{ADMIN_PORT, IMAGE_CNI_PLUGIN};
 pub use iam::operator_iam_policy_json;
 pub use operator::operator_args;
-pub use settings::{DEFAULT_REPOSITORY, Image, Ipam, IpamMode, LOG_LEVELS, RenderError, Resources, Settings};
+pub use settings::{
+    DEFAULT_REPOSITORY, Image, Ipam, IpamMode, LOG_LEVELS, LoadBalancer, LoadBalancerAlgorithm, PolicyEnforcement,
+    RenderError, Resources, Settings,
+};
 
 use crate::{COMPONENT_LABEL, MANAGED_BY, MANAGED_BY_LABEL, NAME_LABEL, OWNER_LABEL, PART_OF_LABEL};
 

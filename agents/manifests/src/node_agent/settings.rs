@@ -38,6 +38,13 @@ pub struct Settings {
     /// the agent has programmed it, and the agent needs the API server to do so.
     pub k8s_service_host: Option<String>,
     pub k8s_service_port: u16,
+    /// The agent translates Services at the socket (Cilium's `kubeProxyReplacement`); `false`
+    /// leaves that to kube-proxy, which must then run on the nodes.
+    pub kube_proxy_replacement: bool,
+    pub load_balancer: LoadBalancer,
+    pub policy_enforcement: PolicyEnforcement,
+    /// The agent reads the datapath's flow events and serves them (`trellis-agent flows`).
+    pub flow_observability: bool,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -74,6 +81,57 @@ impl IpamMode {
         match self {
             Self::Eni => "eni",
             Self::ClusterPool => "cluster-pool",
+        }
+    }
+}
+
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct LoadBalancer {
+    /// For Services without the agent's `trellis.io/lb-algorithm` annotation.
+    pub algorithm: LoadBalancerAlgorithm,
+}
+
+/// How the agent picks a Service's backend (Cilium's `loadBalancer.algorithm`).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum LoadBalancerAlgorithm {
+    /// Consistent hashing: a backend change moves few connections.
+    #[default]
+    Maglev,
+    Random,
+}
+
+impl LoadBalancerAlgorithm {
+    /// The agent's `TRELLIS_LB_ALGORITHM` value.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Maglev => "maglev",
+            Self::Random => "random",
+        }
+    }
+}
+
+/// Which pods the agent enforces NetworkPolicy on (Cilium's `policyEnforcementMode`).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum PolicyEnforcement {
+    /// Pods some NetworkPolicy selects (Kubernetes' semantics).
+    #[default]
+    Default,
+    /// Every pod: what no NetworkPolicy allows is denied.
+    Always,
+    /// No pod, whatever the NetworkPolicies say.
+    Never,
+}
+
+impl PolicyEnforcement {
+    /// The agent's `TRELLIS_POLICY_ENFORCEMENT` value.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Default => "default",
+            Self::Always => "always",
+            Self::Never => "never",
         }
     }
 }
@@ -134,6 +192,10 @@ impl Default for Settings {
             operator_role_arn: None,
             k8s_service_host: None,
             k8s_service_port: 443,
+            kube_proxy_replacement: true,
+            load_balancer: LoadBalancer::default(),
+            policy_enforcement: PolicyEnforcement::default(),
+            flow_observability: true,
         }
     }
 }
