@@ -201,6 +201,14 @@ fn a_restarted_agent_re_adopts_the_pinned_datapath() {
     restarted.sync().expect("programming the maps");
     let answers = answered_by(&lab.client(&["tcp", &CLUSTER_IP.to_string(), "8080", "3"]));
     assert!(answers.iter().all(|a| *a == lab.backends[0].to_string()), "{answers:?}");
+
+    // Restarted with kube-proxy replacement off: the pins go, and with them the translation.
+    drop(restarted);
+    let without = EbpfDatapath::open_without_socket_lb(&lab.config()).expect("opening without the socket LB");
+    assert!(!without.pin_dir().join("link_connect4").exists());
+    // The lab's ClusterIP server is what answers a connection nothing translated.
+    let answers = answered_by(&lab.client(&["tcp", &CLUSTER_IP.to_string(), "80", "3"]));
+    assert!(answers.iter().all(|a| *a == format!("{CLUSTER_IP}:80")), "{answers:?}");
 }
 
 #[test]
