@@ -14,10 +14,11 @@ moto gaps this seed lives with (also in README.md next to this file):
 - IP choice is random across the whole CIDR (network/broadcast/reserved addresses included) and can
   repeat within one ENI or across ENIs. We never let moto pick secondary IPs here.
 - Attached ENIs can be deleted (real EC2: InvalidNetworkInterface.InUse).
-- EKS: the cluster is ACTIVE at once, its endpoint is a fake unreachable hostname and its CA is 1400
-  random characters (not PEM). We record them as moto returned them; the usable endpoint and CA come
-  from the Kubernetes emulator, which the local-cloud glue substitutes (see kubernetes_note).
-  EKS also does not validate subnet ids and echoes resourcesVpcConfig without vpcId.
+- EKS: the cluster is ACTIVE at once, and CreateCluster answers with a fake unreachable endpoint and a
+  CA of 1400 random characters (not PEM). We record them as moto returned them. Once the local cloud
+  has started the Kubernetes emulator, DescribeCluster answers with the emulator's URL and CA instead
+  (moto_serve.py, see kubernetes_note). EKS also does not validate subnet ids and echoes
+  resourcesVpcConfig without vpcId.
 - RunInstances gives eth0 DeleteOnTermination=false (real launches default to true) and
   ModifyNetworkInterfaceAttribute cannot change it; TerminateInstances leaves the ENI in-use.
 """
@@ -41,9 +42,10 @@ KUBERNETES_VERSION = "1.32"
 NODE_AMI_NAME = "amazon-eks-node-linux"
 
 KUBERNETES_NOTE = (
-    "endpoint and certificate_authority are moto's fake values (an unreachable hostname and a random "
-    "non-PEM string); the real API server is the Kubernetes emulator, whose URL, CA and token are in "
-    "the KUBECONFIG that local-cloud writes"
+    "endpoint and certificate_authority are what moto's CreateCluster returned: an unreachable hostname "
+    "and a random non-PEM string. The API server is the Kubernetes emulator: once it is up, DescribeCluster "
+    "answers with its URL and CA, and it takes EKS tokens, with creator_arn as the cluster's admin; "
+    "local-cloud also writes a KUBECONFIG for it with a static token"
 )
 
 
@@ -67,7 +69,7 @@ def main() -> None:
     def client(service):
         return boto3.client(service, endpoint_url=args.endpoint, config=config)
 
-    ec2, eks, iam = client("ec2"), client("eks"), client("iam")
+    ec2, eks, iam, sts = client("ec2"), client("eks"), client("iam"), client("sts")
     cluster = args.cluster
     cluster_tag = f"kubernetes.io/cluster/{cluster}"
 
@@ -221,6 +223,8 @@ def main() -> None:
                 "version": created["version"],
                 "status": created["status"],
                 "role_arn": role_arn,
+                # EKS makes whoever creates a cluster its admin.
+                "creator_arn": sts.get_caller_identity()["Arn"],
                 "endpoint": created["endpoint"],
                 "certificate_authority": created["certificateAuthority"]["data"],
                 "kubernetes_note": KUBERNETES_NOTE,

@@ -160,6 +160,14 @@ fn an_unknown_subnet_is_invalid_subnet_id_not_found() {
     assert!(response.body.contains("<Code>InvalidSubnetID.NotFound</Code>"), "{}", response.body);
 }
 
+/// The cluster's endpoint and CA (decoded) as boto3 reads them from DescribeCluster.
+const DESCRIBE_CLUSTER: &str = r#"
+import base64, json, sys, boto3
+endpoint, region, cluster = sys.argv[1:4]
+found = boto3.client("eks", endpoint_url=endpoint, region_name=region).describe_cluster(name=cluster)["cluster"]
+print(json.dumps({"endpoint": found["endpoint"], "ca": base64.b64decode(found["certificateAuthority"]["data"]).decode()}))
+"#;
+
 #[test]
 fn the_seed_creates_what_it_reports() {
     let moto = moto();
@@ -176,6 +184,7 @@ fn the_seed_creates_what_it_reports() {
     // moto's EKS endpoint is fake, so the seed records it as such.
     assert!(seed.cluster.endpoint.ends_with(".eks.amazonaws.com/"), "{}", seed.cluster.endpoint);
     assert!(seed.cluster.kubernetes_note.contains("Kubernetes emulator"));
+    assert_eq!(seed.cluster.creator_arn, "arn:aws:sts::123456789012:user/moto", "moto's identity for unknown keys");
 
     // ...and the same, found independently by tag through boto3.
     let found = python_json(DESCRIBE_BY_TAG, &[moto.endpoint(), &seed.region, &seed.cluster.name]);
@@ -211,6 +220,9 @@ async fn the_local_cloud_guard_publishes_its_env_and_stops_everything_on_drop() 
     let text = fs::read_to_string(&kubeconfig).expect("kubeconfig");
     assert!(text.contains(cloud.kube_url()), "{text}");
     assert!(cloud.kube_url().starts_with("https://127.0.0.1:"));
+    // EKS describes the cluster with the emulator as its API server.
+    let described = python_json(DESCRIBE_CLUSTER, &[cloud.endpoint(), cloud.region(), cloud.cluster_name()]);
+    assert_eq!(described, json!({"endpoint": cloud.kube_url(), "ca": cloud.kube_ca_pem()}));
     // The cluster's nodes are the seeded instances, as EKS names them.
     let node_type = cloud.kube().shared().store().registry().get("", "v1", "nodes").cloned().expect("nodes are served");
     let nodes = cloud.kube().shared().store().list(&node_type, None, &Default::default(), &Default::default());

@@ -182,6 +182,94 @@ mod tests {
         assert!(!token.contains('='), "base64url without padding");
     }
 
+    /// `aws eks get-token`'s presigning (awscli's customizations/eks/get_token.py):
+    /// botocore's presigned GetCallerIdentity, with the cluster moved from
+    /// the call's parameters into the signed `x-k8s-aws-id` header, at the
+    /// time given in seconds since the epoch.
+    const BOTOCORE_GET_TOKEN: &str = r#"
+import datetime, sys
+import botocore.auth, botocore.session
+region, cluster, key, secret, session_token, endpoint, epoch = sys.argv[1:8]
+sts = botocore.session.get_session().create_client(
+    "sts", region_name=region, endpoint_url=endpoint or None,
+    aws_access_key_id=key, aws_secret_access_key=secret, aws_session_token=session_token or None)
+def retrieve_cluster(params, context, **kwargs):
+    if "x-k8s-aws-id" in params:
+        context["x-k8s-aws-id"] = params.pop("x-k8s-aws-id")
+def inject_cluster(request, **kwargs):
+    if "x-k8s-aws-id" in request.context:
+        request.headers["x-k8s-aws-id"] = request.context["x-k8s-aws-id"]
+sts.meta.events.register("provide-client-params.sts.GetCallerIdentity", retrieve_cluster)
+sts.meta.events.register("before-sign.sts.GetCallerIdentity", inject_cluster)
+at = datetime.datetime.fromtimestamp(int(epoch), datetime.timezone.utc).replace(tzinfo=None)
+botocore.auth.get_current_datetime = lambda *args, **kwargs: at
+print(sts.generate_presigned_url(
+    "get_caller_identity", Params={"x-k8s-aws-id": cluster}, ExpiresIn=60, HttpMethod="GET"))
+"#;
+
+    /// Scheme, host and path, then each query parameter as written.
+    fn parts(url: &str) -> (String, std::collections::BTreeMap<String, String>) {
+        let (base, query) = url.split_once('?').unwrap_or((url, ""));
+        let params = query
+            .split('&')
+            .map(|pair| pair.split_once('=').unwrap_or((pair, "")))
+            .map(|(k, v)| (k.to_owned(), v.to_owned()))
+            .collect();
+        (base.to_owned(), params)
+    }
+
+    #[test]
+    fn the_token_is_the_url_botocore_presigns_for_aws_eks_get_token() {
+        let venv = trellis_acceptance::aws::Venv::ensure().expect("the project venv (python3 with venv and pip)");
+        let at = SystemTime::UNIX_EPOCH + Duration::from_secs(1_767_323_045); // 2026-01-02T03:04:05Z
+        let cases = [
+            ("eu-west-1", "prod", None, None),
+            ("us-east-1", "trellis-local", Some("FwoGZXIvYXdzEBYaD+session/token="), None),
+            ("us-east-1", "trellis-local", None, Some("http://127.0.0.1:5000")),
+        ];
+        for (region, cluster, session, endpoint) in cases {
+            let identity = Credentials::new(
+                "AKIDEXAMPLE",
+                "wJalrXUtnFEMI/K7MDENG+bPxRfiCYEXAMPLEKEY",
+                session.map(str::to_owned),
+                None,
+                "test",
+            )
+            .into();
+            let ours = decode(&presign(&identity, region, endpoint, cluster, at).expect("signs"));
+            let epoch = at.duration_since(SystemTime::UNIX_EPOCH).expect("after 1970").as_secs().to_string();
+            let output = std::process::Command::new(venv.python())
+                .args([
+                    "-c",
+                    BOTOCORE_GET_TOKEN,
+                    region,
+                    cluster,
+                    "AKIDEXAMPLE",
+                    "wJalrXUtnFEMI/K7MDENG+bPxRfiCYEXAMPLEKEY",
+                ])
+                .args([session.unwrap_or_default(), endpoint.unwrap_or_default(), epoch.as_str()])
+                // Nothing from a developer's AWS setup: no profile, endpoint or regional setting.
+                .env_clear()
+                .env("AWS_CONFIG_FILE", "/dev/null")
+                .env("AWS_SHARED_CREDENTIALS_FILE", "/dev/null")
+                .output()
+                .expect("runs the venv's python");
+            assert!(output.status.success(), "botocore: {}", String::from_utf8_lossy(&output.stderr));
+            let theirs = String::from_utf8_lossy(&output.stdout).trim().to_owned();
+
+            let ((our_base, mut our_params), (their_base, mut their_params)) = (parts(&ours), parts(&theirs));
+            assert_eq!(our_base, their_base, "scheme, host and path");
+            assert_eq!(our_params.get("X-Amz-SignedHeaders"), Some(&"host%3Bx-k8s-aws-id".to_owned()));
+            let (our_signature, their_signature) =
+                (our_params.remove("X-Amz-Signature"), their_params.remove("X-Amz-Signature"));
+            assert_eq!(our_params, their_params, "every parameter but the signature, names and values");
+            // The order may differ: aws-sigv4 writes X-Amz-Security-Token after
+            // the signature, botocore before it; neither STS nor the
+            // authenticator cares, and the signature covers it either way.
+            assert_eq!(our_signature, their_signature, "the same signature for the same key, time and request");
+        }
+    }
+
     #[test]
     fn an_endpoint_override_is_where_the_url_points() {
         let identity = Credentials::new("a", "b", Some("session".into()), None, "test").into();

@@ -9,7 +9,7 @@ use std::time::Duration;
 
 use base64::Engine;
 use bytes::Bytes;
-use http_body_util::{BodyExt, Full};
+use http_body_util::Full;
 use serde_json::{Value, json};
 
 use crate::api::Shared;
@@ -267,17 +267,12 @@ async fn post(target: &Endpoint, ca_bundle_b64: &str, review: &Value) -> Result<
         .await
         .map_err(|e| format!("dial tcp {}: {e}", target.connect))?;
     let tls = connector.connect(name, tcp).await.map_err(|e| format!("tls: {e}"))?;
-    let (mut sender, connection) =
-        hyper::client::conn::http1::handshake(hyper_util::rt::TokioIo::new(tls)).await.map_err(|e| e.to_string())?;
-    tokio::spawn(connection);
     let request = http::Request::post(&target.path)
         .header(http::header::HOST, target.server_name.as_str())
         .header(http::header::CONTENT_TYPE, "application/json")
         .body(Full::new(Bytes::from(serde_json::to_vec(review).unwrap_or_default())))
         .map_err(|e| e.to_string())?;
-    let response = sender.send_request(request).await.map_err(|e| e.to_string())?;
-    let status = response.status();
-    let body = response.into_body().collect().await.map_err(|e| e.to_string())?.to_bytes();
+    let (status, body) = crate::http::exchange(tls, request).await?;
     if !status.is_success() {
         return Err(format!("the server responded with {status}"));
     }

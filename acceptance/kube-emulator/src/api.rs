@@ -28,6 +28,8 @@ pub struct Shared {
     pub stall_rollouts: std::sync::atomic::AtomicBool,
     /// Service account tokens issued (see `tokens`).
     pub tokens: crate::tokens::Tokens,
+    /// EKS tokens are verified with STS when set (see `eks`).
+    pub eks: Option<crate::eks::Verifier>,
 }
 
 impl Shared {
@@ -143,7 +145,7 @@ async fn route(shared: &Arc<Shared>, req: Request<Incoming>) -> Result<Response<
     let segs: Vec<&str> = segments.iter().map(String::as_str).collect();
     // Authorization comes before routing, as in the apiserver: a request
     // the user may not make is refused even where nothing is served.
-    let user = crate::auth::user(shared, req.headers())?;
+    let user = crate::auth::user(shared, req.headers()).await?;
     let attributes = Attributes::of_request(req.method().as_str(), &path, req.uri().query());
     crate::auth::authorize(shared, &user, &attributes)?;
     if let ["healthz" | "livez" | "readyz"] = segs.as_slice() {

@@ -1,9 +1,10 @@
 //! Who a request is and whether it may: bearer-token authentication (the
-//! admin token, service account tokens from TokenRequest, anonymous when
-//! no token is presented, as with the apiserver's default
-//! `--anonymous-auth`), impersonation headers (`kubectl --as`), RBAC
-//! against the stored roles and bindings, and the reviews that ask the
-//! same questions over the API (`kubectl auth can-i`, `kubectl auth whoami`).
+//! admin token, service account tokens from TokenRequest, EKS tokens when
+//! the emulator stands in for an EKS cluster, anonymous when no token is
+//! presented, as with the apiserver's default `--anonymous-auth`),
+//! impersonation headers (`kubectl --as`), RBAC against the stored roles
+//! and bindings, and the reviews that ask the same questions over the API
+//! (`kubectl auth can-i`, `kubectl auth whoami`).
 
 use http::HeaderMap;
 use http::header::AUTHORIZATION;
@@ -27,14 +28,15 @@ pub const ADMIN_USER: &str = "kubernetes-admin";
 
 /// The user a request acts as: authenticated by its bearer token, then
 /// impersonating whoever its `Impersonate-*` headers name, if allowed.
-pub fn user(shared: &Shared, headers: &HeaderMap) -> Result<UserInfo, ApiError> {
-    let requester = authenticate(shared, headers)?;
+pub async fn user(shared: &Shared, headers: &HeaderMap) -> Result<UserInfo, ApiError> {
+    let requester = authenticate(shared, headers).await?;
     impersonate(shared, requester, headers)
 }
 
 /// A request without a bearer token is anonymous; one with a token the
-/// server does not know (or no longer honours) is refused with 401.
-fn authenticate(shared: &Shared, headers: &HeaderMap) -> Result<UserInfo, ApiError> {
+/// server does not know (or no longer honours) is refused with 401, which
+/// says no more than the apiserver's does about why.
+async fn authenticate(shared: &Shared, headers: &HeaderMap) -> Result<UserInfo, ApiError> {
     let header = headers.get(AUTHORIZATION).and_then(|v| v.to_str().ok()).unwrap_or_default().trim();
     let mut parts = header.splitn(3, ' ');
     let (Some(scheme), Some(token)) = (parts.next(), parts.next()) else { return Ok(UserInfo::anonymous()) };
@@ -44,6 +46,11 @@ fn authenticate(shared: &Shared, headers: &HeaderMap) -> Result<UserInfo, ApiErr
     if token == shared.token {
         let groups = vec![SUPERUSERS.to_owned(), AUTHENTICATED.to_owned()];
         return Ok(UserInfo { name: ADMIN_USER.to_owned(), groups, ..UserInfo::default() });
+    }
+    if let Some(eks) = &shared.eks
+        && token.starts_with(crate::eks::TOKEN_PREFIX)
+    {
+        return eks.authenticate(token).await.map_err(|_| ApiError::unauthorized());
     }
     crate::tokens::api_user(shared, token).ok_or_else(ApiError::unauthorized)
 }

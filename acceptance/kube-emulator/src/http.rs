@@ -94,6 +94,25 @@ pub async fn read_body(body: hyper::body::Incoming) -> Result<Bytes, ApiError> {
     }
 }
 
+/// One HTTP/1.1 exchange over `io` (TCP, or TLS over it) as a client:
+/// the answer's status and whole body.
+pub async fn exchange<I, B>(io: I, request: http::Request<B>) -> Result<(StatusCode, Bytes), String>
+where
+    I: tokio::io::AsyncRead + tokio::io::AsyncWrite + Send + Unpin + 'static,
+    B: hyper::body::Body + Send + 'static,
+    B::Data: Send,
+    B::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
+{
+    let (mut sender, connection) =
+        hyper::client::conn::http1::handshake(hyper_util::rt::TokioIo::new(io)).await.map_err(|e| e.to_string())?;
+    // Ends once the answer is read and the sender dropped.
+    tokio::spawn(connection);
+    let response = sender.send_request(request).await.map_err(|e| e.to_string())?;
+    let status = response.status();
+    let body = response.into_body().collect().await.map_err(|e| e.to_string())?.to_bytes();
+    Ok((status, body))
+}
+
 /// Parses a JSON or YAML body (apply patches and `kubectl apply` send
 /// either; JSON is YAML, but JSON errors read better).
 pub fn parse_document(bytes: &[u8], content_type: &str) -> Result<Value, ApiError> {

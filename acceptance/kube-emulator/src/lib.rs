@@ -2,7 +2,9 @@
 //! `kubectl` talk to it over HTTPS with a bearer token as they would to a
 //! real cluster, for everything Trellis uses. The admin token is a
 //! superuser; service account tokens from TokenRequest are held to RBAC
-//! (see `auth` and `rbac`), so a missing rule fails here as on EKS.
+//! (see `auth` and `rbac`), so a missing rule fails here as on EKS. With
+//! [`Options::eks`] it also takes the EKS tokens of the cluster it stands
+//! in for, verified with STS as EKS's authenticator does (see `eks`).
 
 pub mod admission;
 pub mod api;
@@ -10,6 +12,7 @@ pub mod auth;
 pub mod bootstrap_policy;
 pub mod controller;
 pub mod discovery;
+pub mod eks;
 pub mod error;
 mod http;
 pub mod openapi;
@@ -50,6 +53,9 @@ pub struct Options {
     pub history: usize,
     /// Workloads roll out but never become ready (a stuck rollout).
     pub stall_rollouts: bool,
+    /// Also authenticate EKS tokens (`aws eks get-token`'s), as the API
+    /// server of that EKS cluster would.
+    pub eks: Option<eks::EksAuthenticator>,
 }
 
 impl Default for Options {
@@ -60,6 +66,7 @@ impl Default for Options {
             token: uuid::Uuid::new_v4().simple().to_string(),
             history: DEFAULT_HISTORY,
             stall_rollouts: false,
+            eks: None,
         }
     }
 }
@@ -101,6 +108,8 @@ pub enum Error {
     Listen(#[from] std::io::Error),
     #[error("cannot create the serving certificate: {0}")]
     Tls(String),
+    #[error("cannot authenticate EKS tokens: {0}")]
+    Eks(String),
 }
 
 /// A running emulator; stops when shut down or dropped.
@@ -116,6 +125,7 @@ pub struct Emulator {
 impl Emulator {
     pub async fn start(options: Options) -> Result<Emulator, Error> {
         let cert = tls::serving_cert().map_err(Error::Tls)?;
+        let eks = options.eks.map(eks::Verifier::new).transpose().map_err(Error::Eks)?;
         let listener = TcpListener::bind(("127.0.0.1", options.port)).await?;
         let addr = listener.local_addr()?;
         let mut store = Store::new(options.history.max(1));
@@ -128,6 +138,7 @@ impl Emulator {
             token: options.token.clone(),
             stall_rollouts: std::sync::atomic::AtomicBool::new(options.stall_rollouts),
             tokens: tokens::Tokens::default(),
+            eks,
         });
         let mut tasks = JoinSet::new();
         tasks.spawn(controller::run(Arc::clone(&shared)));

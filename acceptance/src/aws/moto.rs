@@ -1,15 +1,18 @@
 //! Starting and stopping one moto server process.
 
-use std::collections::VecDeque;
-use std::io::{BufRead, BufReader};
+use std::collections::{BTreeMap, VecDeque};
+use std::io::{BufRead, BufReader, Write};
 use std::net::{Ipv4Addr, SocketAddr, TcpListener};
 use std::os::unix::process::CommandExt;
+use std::path::PathBuf;
 use std::process::{Child, ChildStdin, Command, ExitStatus, Stdio};
 use std::sync::{Arc, Mutex};
 use std::thread::{self, JoinHandle};
 use std::time::{Duration, Instant};
 
 use rustix::process::{Pid, Signal, kill_process_group};
+use serde_json::json;
+use tempfile::TempDir;
 
 use super::http::{self, HttpResponse};
 use super::{ACCESS_KEY_ID, Error, Venv, aws_dir};
@@ -24,6 +27,10 @@ const STOP_GRACE: Duration = Duration::from_secs(5);
 const PORT_ATTEMPTS: usize = 5;
 const STDERR_LINES: usize = 200;
 const POLL: Duration = Duration::from_millis(100);
+/// Names the file moto_serve.py reads EKS clusters' endpoints and CAs from.
+const EKS_CLUSTERS_ENV: &str = "TRELLIS_EKS_CLUSTERS";
+/// Names the file moto_serve.py reads the EC2 errors to answer with from.
+const EC2_FAULTS_ENV: &str = "TRELLIS_EC2_FAULTS";
 
 /// A running `moto_server` on a free loopback port. Dropping it stops the
 /// process (SIGTERM, then SIGKILL after a grace period) and reaps it; if our
@@ -33,7 +40,9 @@ const POLL: Duration = Duration::from_millis(100);
 pub struct MotoServer {
     endpoint: String,
     addr: SocketAddr,
+    // Before `overrides`: moto stops before its files go.
     process: Process,
+    overrides: Overrides,
     stderr: StderrTail,
     venv: Venv,
 }
@@ -46,13 +55,15 @@ impl MotoServer {
 
     /// Starts moto from an existing virtualenv and waits until it answers.
     pub fn start_in(venv: Venv) -> Result<MotoServer, Error> {
+        let overrides = Overrides::new()?;
         let mut attempt = 1;
         loop {
             let port = free_port()?;
-            match launch(&venv, port) {
+            match launch(&venv, port, &overrides) {
                 Ok((process, stderr)) => {
                     let addr = SocketAddr::from((Ipv4Addr::LOCALHOST, port));
-                    return Ok(MotoServer { endpoint: format!("http://{addr}"), addr, process, stderr, venv });
+                    let endpoint = format!("http://{addr}");
+                    return Ok(MotoServer { endpoint, addr, process, overrides, stderr, venv });
                 }
                 Err(Launch::PortTaken(_)) if attempt < PORT_ATTEMPTS => attempt += 1,
                 Err(Launch::PortTaken(error) | Launch::Failed(error)) => return Err(error),
@@ -103,6 +114,32 @@ impl MotoServer {
             .map_err(|source| Error::Http { endpoint: self.endpoint.clone(), source })
     }
 
+    /// Makes DescribeCluster of `cluster` answer with `endpoint` and the
+    /// base64 of `ca_pem`, as EKS describes a cluster whose API server that
+    /// is; moto's own are fakes (see acceptance/aws/moto_serve.py).
+    pub fn set_eks_cluster_endpoint(&self, cluster: &str, endpoint: &str, ca_pem: &str) -> Result<(), Error> {
+        let mut clusters = self.overrides.eks_clusters.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
+        clusters.insert(cluster.to_owned(), json!({"endpoint": endpoint, "certificateAuthorityPem": ca_pem}));
+        self.overrides.write(EKS_CLUSTERS_FILE, &clusters)
+    }
+
+    /// From now on, every EC2 `action` (`CreateNetworkInterface`, …) is
+    /// answered with the EC2 error `code` and `message` (HTTP 400, as EC2
+    /// answers a client error), until [`MotoServer::clear_ec2_faults`]. What
+    /// the SDK sees is EC2's error format; moto never runs the action.
+    pub fn inject_ec2_fault(&self, action: &str, code: &str, message: &str) -> Result<(), Error> {
+        let mut faults = self.overrides.ec2_faults.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
+        faults.insert(action.to_owned(), json!({"code": code, "message": message}));
+        self.overrides.write(EC2_FAULTS_FILE, &faults)
+    }
+
+    /// EC2 answers every action again.
+    pub fn clear_ec2_faults(&self) -> Result<(), Error> {
+        let mut faults = self.overrides.ec2_faults.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
+        faults.clear();
+        self.overrides.write(EC2_FAULTS_FILE, &faults)
+    }
+
     /// Stops moto now rather than at the end of the scope.
     pub fn stop(self) {}
 }
@@ -120,13 +157,15 @@ fn free_port() -> Result<u16, Error> {
     Ok(listener.local_addr().map_err(Error::NoPort)?.port())
 }
 
-fn launch(venv: &Venv, port: u16) -> Result<(Process, StderrTail), Launch> {
+fn launch(venv: &Venv, port: u16, overrides: &Overrides) -> Result<(Process, StderrTail), Launch> {
     let script = aws_dir().join("moto_serve.py");
     let python = venv.python();
     let mut child = Command::new(&python)
         .arg(&script)
         .args(["-H", "127.0.0.1", "-p", &port.to_string()])
         .env("PYTHONUNBUFFERED", "1")
+        .env(EKS_CLUSTERS_ENV, overrides.path(EKS_CLUSTERS_FILE))
+        .env(EC2_FAULTS_ENV, overrides.path(EC2_FAULTS_FILE))
         .stdin(Stdio::piped())
         .stdout(Stdio::null())
         .stderr(Stdio::piped())
@@ -178,6 +217,44 @@ fn launch(venv: &Venv, port: u16) -> Result<(Process, StderrTail), Launch> {
             )));
         }
         thread::sleep(POLL);
+    }
+}
+
+const EKS_CLUSTERS_FILE: &str = "eks-clusters.json";
+const EC2_FAULTS_FILE: &str = "ec2-faults.json";
+
+/// The files moto_serve.py reads at each call to answer as the local cloud
+/// is set up (see acceptance/aws/moto_serve.py), in a private directory
+/// that lives as long as the server, and what they hold.
+#[derive(Debug)]
+struct Overrides {
+    eks_clusters: Mutex<BTreeMap<String, serde_json::Value>>,
+    ec2_faults: Mutex<BTreeMap<String, serde_json::Value>>,
+    dir: TempDir,
+}
+
+impl Overrides {
+    fn new() -> Result<Overrides, Error> {
+        let dir = tempfile::Builder::new()
+            .prefix("trellis-moto-")
+            .tempdir()
+            .map_err(Error::io("create a temporary directory in", &std::env::temp_dir()))?;
+        Ok(Overrides { eks_clusters: Mutex::default(), ec2_faults: Mutex::default(), dir })
+    }
+
+    fn path(&self, file: &str) -> PathBuf {
+        self.dir.path().join(file)
+    }
+
+    /// Renamed into place, so moto reads either the old or the new whole file.
+    fn write(&self, file: &str, contents: &BTreeMap<String, serde_json::Value>) -> Result<(), Error> {
+        let path = self.path(file);
+        let bytes = serde_json::to_vec(contents).map_err(|e| Error::io("write", &path)(e.into()))?;
+        let mut temp =
+            tempfile::NamedTempFile::new_in(self.dir.path()).map_err(Error::io("create a file in", self.dir.path()))?;
+        temp.write_all(&bytes).map_err(Error::io("write", temp.path()))?;
+        temp.persist(&path).map_err(|e| Error::io("write", &path)(e.error))?;
+        Ok(())
     }
 }
 

@@ -51,10 +51,16 @@ pub struct SeededCluster {
     pub version: String,
     pub status: String,
     pub role_arn: String,
-    /// moto's fake, unreachable endpoint, kept for reference: the usable API
-    /// server is the Kubernetes emulator (see [`SeededCluster::kubernetes_note`]).
+    /// Who created the cluster (GetCallerIdentity of the seed's credentials),
+    /// which EKS makes the cluster's admin.
+    pub creator_arn: String,
+    /// The fake, unreachable endpoint moto's CreateCluster returned, kept
+    /// for reference: the API server is the Kubernetes emulator, and
+    /// DescribeCluster answers with its URL once the local cloud is up (see
+    /// [`SeededCluster::kubernetes_note`]).
     pub endpoint: String,
-    /// moto's random non-PEM stand-in for the cluster CA, kept for reference.
+    /// The random non-PEM stand-in for the cluster CA that CreateCluster
+    /// returned; DescribeCluster later answers with the emulator's CA.
     pub certificate_authority: String,
     /// Says the above in words, for whoever reads the JSON.
     pub kubernetes_note: String,

@@ -1,6 +1,7 @@
 //! The local cloud the demo and the end-to-end tests run against: moto for
 //! AWS, seeded with an EKS setting, and the Kubernetes emulator standing in
-//! for that cluster's API server.
+//! for that cluster's API server: DescribeCluster answers with its URL and
+//! CA, and it takes the cluster's EKS tokens, verified with moto's STS.
 //!
 //! ```no_run
 //! # async fn example() -> Result<(), trellis_acceptance::local_cloud::Error> {
@@ -80,7 +81,10 @@ impl LocalCloud {
     }
 
     /// Starts moto and seeds it, then the Kubernetes emulator with one node
-    /// per seeded instance; returns once both answer.
+    /// per seeded instance, which authenticates EKS tokens as the seeded
+    /// cluster's API server would (the seed's identity, its creator, is
+    /// admin); then points the cluster's endpoint and CA at the emulator.
+    /// Returns once both answer.
     pub async fn start_with(options: Options) -> Result<LocalCloud, Error> {
         // moto's launcher and the seed block on child processes (and, on a
         // cold machine, a pip install): keep them off the async workers. If
@@ -93,7 +97,14 @@ impl LocalCloud {
         })
         .await??;
 
-        let kube = Emulator::start(kube_emulator::Options { nodes: node_specs(&seed), ..Default::default() }).await?;
+        let eks = kube_emulator::eks::EksAuthenticator {
+            cluster_name: seed.cluster.name.clone(),
+            sts_endpoint: moto.endpoint().to_owned(),
+            admin_arns: vec![seed.cluster.creator_arn.clone()],
+        };
+        let options = kube_emulator::Options { nodes: node_specs(&seed), eks: Some(eks), ..Default::default() };
+        let kube = Emulator::start(options).await?;
+        moto.set_eks_cluster_endpoint(&seed.cluster.name, kube.url(), kube.ca_pem())?;
 
         let dir = tempfile::Builder::new()
             .prefix("trellis-local-cloud-")
@@ -131,8 +142,9 @@ impl LocalCloud {
     }
 
     /// Everything the seed created; its `cluster.endpoint` and
-    /// `cluster.certificate_authority` are moto's fakes, the usable ones are
-    /// [`LocalCloud::kube_url`] and [`LocalCloud::kube_ca_pem`].
+    /// `cluster.certificate_authority` are the fakes CreateCluster returned;
+    /// DescribeCluster now answers with [`LocalCloud::kube_url`] and
+    /// [`LocalCloud::kube_ca_pem`].
     pub fn seed(&self) -> &Seed {
         &self.seed
     }
