@@ -159,6 +159,21 @@ impl TestCase {
         check(&before);
     }
 
+    /// `terraform plan -refresh-only` with the last applied config, as a
+    /// pipeline's drift check runs it: the plan's `resource_drift` entries
+    /// (each with `address` and `change.before`/`change.after`). Nothing is
+    /// applied, so state and the remote objects stay as they are.
+    pub fn refresh_only_drift(&self) -> Vec<Value> {
+        let run = self.terraform.run(&self.work, "plan", &["-refresh-only", "-out=refresh.tfplan"]);
+        if !run.succeeded() {
+            self.terraform.fail("terraform plan -refresh-only failed", &run);
+        }
+        let shown = self.terraform.run_ok(&self.work, "show", &["-json", "refresh.tfplan"]);
+        let plan: Value = serde_json::from_str(&shown.stdout)
+            .unwrap_or_else(|e| self.terraform.fail(&format!("show -json is not JSON: {e}"), &shown));
+        plan["resource_drift"].as_array().cloned().unwrap_or_default()
+    }
+
     fn config_step(&mut self, hcl: &str, plan_only: bool, expect: Expect) {
         write(&self.work.join("main.tf"), hcl);
 

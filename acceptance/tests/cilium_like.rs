@@ -43,6 +43,21 @@ resource "kube_cilium_like" "net" {{
     )
 }
 
+/// `config` with the agent's resources and an extra toleration set: only
+/// the DaemonSet carries them.
+fn tuned(log_level: &str, pod_subnets: &str) -> String {
+    let extras = r#"  agent_resources {
+    limits = { memory = "1Gi" }
+  }
+  toleration {
+    key    = "dedicated"
+    value  = "network"
+    effect = "NoSchedule"
+  }
+"#;
+    config(log_level, pod_subnets).replacen("  ipam {", &format!("{extras}  ipam {{"), 1)
+}
+
 /// One pod subnet in each of the seeded nodes' zones.
 const SUBNETS: &str =
     r#""us-east-1a" = "100.64.192.0/20", "us-east-1b" = "100.64.208.0/20", "us-east-1c" = "100.64.224.0/20""#;
@@ -145,6 +160,29 @@ fn lifecycle_against_the_local_cloud() {
         }
     }));
 
+    // Resources and tolerations reach the DaemonSet alone; the requests
+    // keep their default.
+    let before = digests(&case.state());
+    case.step(Step::config(tuned("info", SUBNETS)).expect_actions(ADDR, &[Action::Update]).check(move |s| {
+        let after = digests(s);
+        let changed: Vec<&String> = after.keys().filter(|k| before.get(*k) != after.get(*k)).collect();
+        assert_eq!(changed, [DAEMONSET], "only the agent's DaemonSet changes");
+        assert_eq!(s.attr(ADDR, "agent_resources.requests.memory"), "400Mi", "the default request stays");
+    }));
+    let (ok, out) = kubectl(
+        &cloud,
+        &[
+            "get",
+            "daemonset",
+            "-n",
+            "kube-system",
+            "trellis-agent",
+            "-o",
+            "jsonpath={.spec.template.spec.containers[0].resources.limits.memory} {.spec.template.spec.tolerations[?(@.key==\"dedicated\")].effect}",
+        ],
+    );
+    assert!(ok && out.trim() == "1Gi NoSchedule", "{out}");
+
     // Drift: a managed field edited, and a managed object deleted.
     let (ok, out) = kubectl(
         &cloud,
@@ -162,8 +200,23 @@ fn lifecycle_against_the_local_cloud() {
     assert!(ok, "{out}");
     let (ok, out) = kubectl(&cloud, &["delete", "serviceaccount", "-n", "kube-system", "trellis-agent"]);
     assert!(ok, "{out}");
-    case.step(Step::plan_only(config("info", SUBNETS)).expect_actions(ADDR, &[Action::Update]));
-    case.step(Step::config(config("info", SUBNETS)).expect_actions(ADDR, &[Action::Update]));
+    // A pipeline's drift check reports both and changes nothing.
+    let recorded = digests(&case.state());
+    let drift = case.refresh_only_drift();
+    let ours: Vec<&Value> = drift.iter().filter(|d| d["address"] == ADDR).collect();
+    assert_eq!(ours.len(), 1, "the resource drifted: {drift:?}");
+    let after = &ours[0]["change"]["after"]["objects"];
+    assert!(after[OPERATOR].as_str().is_some_and(|d| d.starts_with("drifted:")), "the edit: {after}");
+    assert!(after.get("/v1/ServiceAccount/kube-system/trellis-agent").is_none(), "the deletion: {after}");
+    assert!(recorded.contains_key("/v1/ServiceAccount/kube-system/trellis-agent"));
+    assert_eq!(digests(&case.state()), recorded, "-refresh-only only reports: state is as it was");
+    let (ok, out) = kubectl(
+        &cloud,
+        &["get", "deployment", "-n", "kube-system", "trellis-operator", "-o", "jsonpath={.spec.replicas}"],
+    );
+    assert!(ok && out.trim() == "5", "and the cluster as it was: {out}");
+    case.step(Step::plan_only(tuned("info", SUBNETS)).expect_actions(ADDR, &[Action::Update]));
+    case.step(Step::config(tuned("info", SUBNETS)).expect_actions(ADDR, &[Action::Update]));
     let (ok, out) = kubectl(
         &cloud,
         &["get", "deployment", "-n", "kube-system", "trellis-operator", "-o", "jsonpath={.spec.replicas}"],
@@ -174,7 +227,7 @@ fn lifecycle_against_the_local_cloud() {
 
     // One pod subnet fewer: it goes with the ENIs in it, the resource stays.
     let two = r#""us-east-1a" = "100.64.192.0/20", "us-east-1b" = "100.64.208.0/20""#;
-    case.step(Step::config(config("info", two)).expect_actions(ADDR, &[Action::Update]));
+    case.step(Step::config(tuned("info", two)).expect_actions(ADDR, &[Action::Update]));
     let aws = trellis_aws_objects(&cloud);
     assert_eq!(aws["subnets"], serde_json::json!(["100.64.192.0/20", "100.64.208.0/20"]), "{aws}");
 
@@ -209,8 +262,98 @@ fn bad_pod_subnets_and_an_unknown_cluster_are_refused_at_plan() {
         Step::config(config("warn", SUBNETS).replace("cluster_name = \"trellis-local\"", "cluster_name = \"nope\""))
             .expect_error("no EKS cluster named \"nope\""),
     );
+    case.step(
+        Step::config(tuned("warn", SUBNETS).replace("\"1Gi\"", "\"lots\""))
+            .expect_error("agent_resources.limits.memory: \"lots\" is not a Kubernetes quantity")
+            .expect_error(r#"limits = { memory = "lots" }"#),
+    );
     assert!(case.state().is_empty(), "a failed plan leaves nothing in state");
     assert_eq!(trellis_aws_objects(&cloud)["subnets"], serde_json::json!([]));
+
+    // The provider block waits on a value made in the same run (as a
+    // cluster's endpoint would be): plan leaves the objects unknown and
+    // connects nowhere, apply then configures the provider and converges.
+    let later = format!(
+        "resource \"terraform_data\" \"cluster\" {{\n  input = {:?}\n}}\n{}",
+        cloud.kubeconfig_path().display().to_string(),
+        config("warn", SUBNETS).replace(
+            "provider \"kube\" {}",
+            "provider \"kube\" {\n  kubeconfig_path = terraform_data.cluster.output\n}"
+        )
+    );
+    case.step(Step::config(later).expect_actions(ADDR, &[Action::Create]).check(|s| {
+        assert!(s.attr(ADDR, "objects").as_object().is_some_and(|o| o.contains_key(DAEMONSET)));
+    }));
+    case.destroy_and_check(|_| {});
+    drop(case);
+    runtime.block_on(cloud.stop());
+}
+
+/// EC2 refusing, the Kubernetes API unreachable, then a rollout that never
+/// becomes ready: each apply fails naming the cause, state keeps what exists (the
+/// subnets, the applied objects), a re-apply converges, and destroy leaves
+/// nothing behind.
+#[test]
+fn faults_lose_nothing_and_a_reapply_converges() {
+    let runtime = tokio::runtime::Runtime::new().expect("tokio runtime");
+    let cloud = runtime.block_on(LocalCloud::start()).unwrap_or_else(|e| panic!("the local cloud must start: {e}"));
+    let mut case = TestCase::with_env(Launch::DevOverrides, cloud.env());
+    // The same cluster behind a port nothing listens on: the API server is down.
+    let kubeconfig = std::fs::read_to_string(cloud.kubeconfig_path()).expect("kubeconfig");
+    let down = case.scratch_dir().join("down.kubeconfig");
+    std::fs::write(&down, kubeconfig.replace(cloud.kube_url(), "https://127.0.0.1:1")).expect("write");
+    let with_kubeconfig = |path: &std::path::Path, extra: &str| {
+        config("warn", SUBNETS)
+            .replace(
+                "provider \"kube\" {}",
+                &format!("provider \"kube\" {{\n  kubeconfig_path = {:?}\n}}", path.display().to_string()),
+            )
+            .replace("  log_level    = \"warn\"\n", &format!("  log_level    = \"warn\"\n{extra}"))
+    };
+
+    // EC2 refuses the ENIs once the subnets exist.
+    let refusal = "InsufficientFreeAddressesInSubnet";
+    cloud.moto().inject_ec2_fault("CreateNetworkInterface", refusal, "injected: the subnet is full").expect("fault");
+    case.step(
+        Step::config(with_kubeconfig(cloud.kubeconfig_path(), ""))
+            .expect_error("Cannot pre-allocate pod addresses")
+            .expect_error(refusal),
+    );
+    assert_eq!(
+        case.state().attr(ADDR, "pod_subnet_ids").as_object().map(|m| m.len()),
+        Some(3),
+        "the subnets made before EC2 refused are in state"
+    );
+    let aws = trellis_aws_objects(&cloud);
+    assert_eq!((aws["subnets"].as_array().map(Vec::len), &aws["enis"]), (Some(3), &serde_json::json!([])), "{aws}");
+    cloud.moto().clear_ec2_faults().expect("faults cleared");
+
+    case.step(Step::config(with_kubeconfig(&down, "")).expect_error("Kubernetes API from kubeconfig"));
+    let partial = case.state();
+    assert_eq!(
+        partial.attr(ADDR, "pod_subnet_ids").as_object().map(|m| m.len()),
+        Some(3),
+        "the subnets made before the failure are in state"
+    );
+    assert_eq!(trellis_aws_objects(&cloud)["subnets"].as_array().map(Vec::len), Some(3));
+
+    cloud.kube().set_rollouts_stalled(true);
+    let impatient = "  timeouts {\n    create = \"3s\"\n  }\n";
+    case.step(
+        Step::config(with_kubeconfig(cloud.kubeconfig_path(), impatient))
+            .expect_error("Rollout not finished")
+            .expect_error(DAEMONSET),
+    );
+    assert!(owned_objects(&cloud).contains(&"daemonset.apps/trellis-agent".to_owned()), "the applied objects exist");
+    assert!(digests(&case.state()).contains_key(DAEMONSET), "and are recorded in state");
+
+    cloud.kube().set_rollouts_stalled(false);
+    case.step(Step::config(with_kubeconfig(cloud.kubeconfig_path(), impatient)));
+    assert_eq!(trellis_aws_objects(&cloud)["subnets"].as_array().map(Vec::len), Some(3), "no subnet is orphaned");
+
+    case.destroy_and_check(|_| {});
+    assert_eq!(owned_objects(&cloud), Vec::<String>::new());
+    assert_eq!(trellis_aws_objects(&cloud), serde_json::json!({"subnets": [], "enis": []}));
     drop(case);
     runtime.block_on(cloud.stop());
 }

@@ -8,11 +8,12 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use async_trait::async_trait;
+use k8s_openapi::api::core::v1::Toleration;
 use serde::{Deserialize, Serialize};
 use serde_json::Value as Json;
 use tfplugin::{
-    Attribute, AttributePath, Block, Diagnostic, Diagnostics, Failure, NestedBlock, Nesting, Plan, Resource, Schema,
-    Type, Validator, Value,
+    Attribute, AttributePath, Block, Diagnostic, Diagnostics, Failure, NestedBlock, Nesting, PathStep, Plan, Resource,
+    Schema, Type, Validator, Value,
 };
 use trellis_ipam::engine::{Demand, Engine};
 use trellis_manifests::node_agent::{self, Image, IpamMode};
@@ -52,6 +53,45 @@ pub struct IpamState {
     pub cluster_pool_cidr: Option<String>,
 }
 
+/// Kubernetes quantities by resource name, as in a container's `resources`.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+pub struct ResourcesState {
+    pub requests: Option<BTreeMap<String, String>>,
+    pub limits: Option<BTreeMap<String, String>>,
+}
+
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+pub struct TolerationState {
+    pub key: Option<String>,
+    pub operator: Option<String>,
+    pub value: Option<String>,
+    pub effect: Option<String>,
+    pub toleration_seconds: Option<i64>,
+}
+
+impl TolerationState {
+    fn to_kubernetes(&self) -> Toleration {
+        Toleration {
+            key: self.key.clone(),
+            operator: self.operator.clone(),
+            value: self.value.clone(),
+            effect: self.effect.clone(),
+            toleration_seconds: self.toleration_seconds,
+        }
+    }
+
+    fn from_kubernetes(t: &Toleration) -> Self {
+        TolerationState {
+            key: t.key.clone(),
+            // The API server's default, which the schema's default repeats.
+            operator: Some(t.operator.clone().unwrap_or_else(|| "Equal".to_owned())),
+            value: t.value.clone(),
+            effect: t.effect.clone(),
+            toleration_seconds: t.toleration_seconds,
+        }
+    }
+}
+
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
 pub struct TimeoutsState {
     pub create: Option<String>,
@@ -69,6 +109,9 @@ pub struct CiliumLikeState {
     pub wait: Option<bool>,
     pub image: Option<ImageState>,
     pub ipam: Option<IpamState>,
+    pub agent_resources: Option<ResourcesState>,
+    pub operator_resources: Option<ResourcesState>,
+    pub toleration: Option<Vec<TolerationState>>,
     pub timeouts: Option<TimeoutsState>,
     pub vpc_id: Option<String>,
     pub pod_subnet_ids: Option<BTreeMap<String, String>>,
@@ -181,7 +224,20 @@ fn settings(state: &CiliumLikeState, region: &str, endpoint: Option<String>) -> 
             .and_then(|n| i32::try_from(n).ok())
             .unwrap_or(defaults.operator_replicas),
         operator_role_arn: state.operator_role_arn.clone(),
+        agent_resources: resources(state.agent_resources.as_ref(), &defaults.agent_resources),
+        operator_resources: resources(state.operator_resources.as_ref(), &defaults.operator_resources),
+        tolerations: state.toleration.iter().flatten().map(TolerationState::to_kubernetes).collect(),
         ..defaults
+    }
+}
+
+/// A `resources` block over the component's defaults: an absent block or
+/// map keeps them, an empty map clears them.
+fn resources(block: Option<&ResourcesState>, defaults: &node_agent::Resources) -> node_agent::Resources {
+    let Some(block) = block else { return defaults.clone() };
+    node_agent::Resources {
+        requests: block.requests.clone().unwrap_or_else(|| defaults.requests.clone()),
+        limits: block.limits.clone().unwrap_or_else(|| defaults.limits.clone()),
     }
 }
 
@@ -202,7 +258,39 @@ fn ipam_settings(s: &node_agent::Settings) -> trellis_ipam::Settings {
 }
 
 fn render(settings: &node_agent::Settings) -> Result<Vec<Json>, Diagnostic> {
-    node_agent::render(settings).map_err(|e| Diagnostic::error("Invalid kube_cilium_like settings", e.to_string()))
+    node_agent::render(settings).map_err(|e| {
+        let diagnostic = Diagnostic::error("Invalid kube_cilium_like settings", e.to_string());
+        match e.setting() {
+            Some(setting) => diagnostic.at(setting_path(setting)),
+            None => diagnostic,
+        }
+    })
+}
+
+/// The attribute a manifests setting (`agent_resources.limits.memory`,
+/// `ipam.subnet_ids[2]`) comes from. Where the names part (the manifests'
+/// `tolerations` are the `toleration` blocks), the nearest attribute.
+fn setting_path(setting: &str) -> AttributePath {
+    let mut path = AttributePath::root();
+    for (depth, part) in setting.split('.').enumerate() {
+        let (name, index) = match part.split_once('[') {
+            Some((name, rest)) => (name, rest.trim_end_matches(']').parse::<i64>().ok()),
+            None => (part, None),
+        };
+        let step = match (depth, path.0.last()) {
+            // Quantities are map entries: requests and limits are maps.
+            (2, Some(PathStep::Attribute(map))) if map == "requests" || map == "limits" => {
+                PathStep::Key(name.to_owned())
+            }
+            (0, _) if name == "tolerations" => PathStep::Attribute("toleration".to_owned()),
+            _ => PathStep::Attribute(name.to_owned()),
+        };
+        path = path.then(step);
+        if let Some(i) = index {
+            path = path.then(PathStep::Index(i));
+        }
+    }
+    path
 }
 
 fn unavailable(u: Unavailable) -> Diagnostics {
@@ -466,6 +554,42 @@ impl Resource for CiliumLike {
             blocks: Vec::new(),
             deprecated: false,
         };
+        let resources = |whose: &str, defaults: node_agent::Resources| {
+            let quantities = |map: BTreeMap<String, String>| {
+                Value::Map(map.into_iter().map(|(name, q)| (name, Value::string(q))).collect())
+            };
+            Block {
+                description: format!(
+                    "Resource requests and limits of the {whose} container (`cpu`, `memory`, … → quantity); an empty map sets none."
+                ),
+                attributes: vec![
+                    Attribute::with_default("requests", Type::map(Type::String), quantities(defaults.requests))
+                        .describe("Requests, e.g. `{ memory = \"400Mi\" }`."),
+                    Attribute::with_default("limits", Type::map(Type::String), quantities(defaults.limits))
+                        .describe("Limits."),
+                ],
+                blocks: Vec::new(),
+                deprecated: false,
+            }
+        };
+        let defaults = node_agent::Settings::default();
+        let toleration = Block {
+            description: "A taint the agent tolerates besides its own (its readiness taint and the node conditions); as a pod's `tolerations` entry.".into(),
+            attributes: vec![
+                Attribute::optional("key", Type::String).describe("Taint key; empty with `Exists` tolerates every taint."),
+                Attribute::with_default("operator", Type::String, "Equal")
+                    .describe("`Equal` (key and value) or `Exists` (key only).")
+                    .validate(Validator::OneOf(&["Equal", "Exists"])),
+                Attribute::optional("value", Type::String).describe("Taint value, with `Equal`."),
+                Attribute::optional("effect", Type::String)
+                    .describe("`NoSchedule`, `PreferNoSchedule` or `NoExecute`; empty tolerates every effect.")
+                    .validate(Validator::OneOf(&["NoSchedule", "PreferNoSchedule", "NoExecute"])),
+                Attribute::optional("toleration_seconds", Type::Number)
+                    .describe("With `NoExecute`: how long the pod stays once tainted."),
+            ],
+            blocks: Vec::new(),
+            deprecated: false,
+        };
         let single = |name: &str, block: Block| NestedBlock {
             name: name.into(),
             nesting: Nesting::Single,
@@ -504,7 +628,14 @@ impl Resource for CiliumLike {
                     computed("agent_not_ready_taint", Type::String, "The taint the agent lifts once a node is ready; give it to node groups as a startup taint (`NoSchedule`)."),
                     computed("objects", Type::map(Type::String), "Digest of each Kubernetes object (`group/version/kind/namespace/name`): plan shows which objects change, and drift shows as `drifted:…`."),
                 ],
-                blocks: vec![single("ipam", ipam), single("image", image), single("timeouts", timeouts)],
+                blocks: vec![
+                    single("ipam", ipam),
+                    single("image", image),
+                    single("agent_resources", resources("agent", defaults.agent_resources)),
+                    single("operator_resources", resources("operator", defaults.operator_resources)),
+                    NestedBlock { name: "toleration".into(), nesting: Nesting::List, block: toleration, min_items: 0, max_items: 0 },
+                    single("timeouts", timeouts),
+                ],
                 deprecated: false,
             },
         }
@@ -590,6 +721,12 @@ impl Resource for CiliumLike {
     }
 
     async fn read(&self, current: CiliumLikeState, _: &mut ()) -> Result<Option<CiliumLikeState>, Diagnostics> {
+        // A provider block waiting on values from this same run (the
+        // cluster being replaced, say) cannot reach anything yet: keep what
+        // state says until it can.
+        if let Err(Unavailable::NotYetKnown(_)) = self.connections.settings() {
+            return Ok(Some(current));
+        }
         let mut state = current;
         let (settings, objects) = self.rendered(&state).await?;
         state.agent_not_ready_taint = Some(AGENT_NOT_READY_TAINT.to_owned());
@@ -688,7 +825,10 @@ impl Resource for CiliumLike {
         // Recorded under their keys; the read that follows import puts each
         // one's live digest there, so the next plan shows exactly the
         // objects whose managed fields differ from the configuration.
+        // Rendered without extra tolerations, the DaemonSet holds only the
+        // agent's own: any other live one came from the configuration.
         let (_, objects) = self.rendered(&state).await?;
+        state.toleration = Some(extra_tolerations(&agent, &objects));
         state.objects = Some(objects.iter().map(|o| (object_key(o), String::new())).collect());
         Ok((state, ()))
     }
@@ -715,6 +855,8 @@ fn adopt_live(
             .collect()
     };
     let agent_container = container(agent, "agent").unwrap_or_default();
+    let defaults = node_agent::Settings::default();
+    state.agent_resources = resources_block(&agent_container, &defaults.agent_resources);
     let agent_env = env_of(&agent_container);
     state.log_level = agent_env.get("RUST_LOG").cloned();
     // The default image is what a configuration without an image block runs.
@@ -731,6 +873,7 @@ fn adopt_live(
         Some(deployment) => {
             state.operator_replicas = deployment.pointer("/spec/replicas").and_then(Json::as_i64);
             let c = container(deployment, "operator").unwrap_or_default();
+            state.operator_resources = resources_block(&c, &defaults.operator_resources);
             let args: Vec<String> = serde_json::from_value(c["args"].clone()).unwrap_or_default();
             let env = env_of(&c);
             let parsed = trellis_ipam::operator::parse_with_env(args, |name| env.get(name).cloned()).map_err(|e| {
@@ -763,6 +906,27 @@ fn adopt_live(
     Ok(())
 }
 
+/// A container's requests and limits as a `resources` block: none where
+/// they are the defaults, which is what a configuration without the block
+/// deploys.
+fn resources_block(container: &Json, defaults: &node_agent::Resources) -> Option<ResourcesState> {
+    let quantities = |kind: &str| -> BTreeMap<String, String> {
+        serde_json::from_value(container["resources"][kind].clone()).unwrap_or_default()
+    };
+    let live = node_agent::Resources { requests: quantities("requests"), limits: quantities("limits") };
+    (live != *defaults).then_some(ResourcesState { requests: Some(live.requests), limits: Some(live.limits) })
+}
+
+/// The live agent's tolerations that are not its own, in their order.
+fn extra_tolerations(live: &Json, rendered: &[Json]) -> Vec<TolerationState> {
+    let tolerations = |daemon_set: &Json| -> Vec<Toleration> {
+        serde_json::from_value(daemon_set.pointer("/spec/template/spec/tolerations").cloned().unwrap_or_default())
+            .unwrap_or_default()
+    };
+    let own = rendered.iter().find(|o| o["kind"] == "DaemonSet").map(tolerations).unwrap_or_default();
+    tolerations(live).iter().filter(|t| !own.contains(t)).map(TolerationState::from_kubernetes).collect()
+}
+
 /// `repository:tag` or `repository@digest`, as the manifests write it.
 fn image_of(reference: &str) -> ImageState {
     if let Some((repository, digest)) = reference.split_once('@') {
@@ -788,6 +952,9 @@ fn planned_value(plan: &Plan<'_>) -> Value {
         "wait",
         "image",
         "ipam",
+        "agent_resources",
+        "operator_resources",
+        "toleration",
         "timeouts",
     ] {
         out.insert(name.to_owned(), plan.planned(name).clone());
@@ -821,6 +988,30 @@ mod tests {
             (Some("ghcr.io/trellis/trellis-agent"), Some("sha256:ab"))
         );
         assert_eq!(image_of("registry.local:5000/agent").tag, None);
+    }
+
+    #[test]
+    fn a_bad_setting_points_at_the_attribute_it_came_from() {
+        let attr = |n: &str| PathStep::Attribute(n.to_owned());
+        assert_eq!(
+            setting_path("agent_resources.limits.memory").0,
+            [attr("agent_resources"), attr("limits"), PathStep::Key("memory".into())]
+        );
+        assert_eq!(setting_path("ipam.subnet_ids[2]").0, [attr("ipam"), attr("subnet_ids"), PathStep::Index(2)]);
+        assert_eq!(setting_path("tolerations[0]").0, [attr("toleration"), PathStep::Index(0)]);
+        assert_eq!(setting_path("log_level").0, [attr("log_level")]);
+    }
+
+    #[test]
+    fn resources_blocks_override_the_defaults_per_map() {
+        let defaults = node_agent::Settings::default().agent_resources;
+        assert_eq!(resources(None, &defaults), defaults);
+        let limits: BTreeMap<String, String> = [("memory".into(), "1Gi".into())].into();
+        let block = ResourcesState { requests: None, limits: Some(limits.clone()) };
+        let merged = resources(Some(&block), &defaults);
+        assert_eq!((merged.requests, merged.limits), (defaults.requests.clone(), limits));
+        let cleared = ResourcesState { requests: Some(BTreeMap::new()), limits: None };
+        assert!(resources(Some(&cleared), &defaults).requests.is_empty(), "an empty map sets none");
     }
 
     #[test]
