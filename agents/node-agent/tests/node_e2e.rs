@@ -11,9 +11,8 @@ mod support;
 
 use std::io::{Read, Write};
 use std::net::{Ipv4Addr, SocketAddr, SocketAddrV4, TcpStream};
-use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use k8s_openapi::api::core::v1::{Namespace, Node, Pod, Service};
 use k8s_openapi::api::discovery::v1::EndpointSlice;
@@ -21,7 +20,7 @@ use k8s_openapi::api::networking::v1::NetworkPolicy;
 use kube::api::{Api, Patch, PatchParams, PostParams};
 use kube::config::{KubeConfigOptions, Kubeconfig};
 use serde_json::{Value, json};
-use support::{Bpffs, Cgroup, Netns, RoutedPod, Server, Spawned, answered_by, client_in, in_netns};
+use support::{AgentNode, Netns, RoutedPod, Server, answered_by, client_in, eventually, in_netns, taints};
 use trellis_agent::readiness::{TAINT_EFFECT, TAINT_KEY};
 
 const NODE: &str = "node-1";
@@ -35,55 +34,17 @@ const CLUSTER_IP: Ipv4Addr = Ipv4Addr::new(10, 96, 0, 10);
 const BACKEND_PORT: u16 = 8080;
 /// Four pod addresses: a fifth pod finds the node full.
 const POD_ADDRESSES: &str = "10.252.0.10,10.252.0.11,10.252.0.12,10.252.0.13";
-/// Only reached when something is broken.
-const PATIENCE: Duration = Duration::from_secs(60);
+/// What this test sets of the agent's environment; [`AgentNode::agent`] adds the node's paths.
+const AGENT_ENV: [(&str, &str); 5] = [
+    ("TRELLIS_NODE_NAME", NODE),
+    ("TRELLIS_IPAM_MODE", "eni"),
+    ("TRELLIS_POD_ADDRESSES", POD_ADDRESSES),
+    ("TRELLIS_ADMIN_ADDR", ADMIN),
+    ("RUST_LOG", "info"),
+];
 
-struct Node1 {
-    dir: tempfile::TempDir,
-    node: Netns,
-    cgroup: Cgroup,
-    bpffs: Bpffs,
-}
-
-impl Node1 {
-    fn socket(&self) -> PathBuf {
-        self.dir.path().join("agent.sock")
-    }
-
-    /// `trellis-agent run` inside the node namespace. `nsenter` rather than `ip netns exec`,
-    /// which would mount a new /sys and hide the cgroup the agent attaches to.
-    fn agent(&self, kubeconfig: &Path) -> Spawned {
-        let log = std::fs::File::create(self.dir.path().join("agent.log")).expect("agent log");
-        let child = Command::new("nsenter")
-            .arg(format!("--net={}", self.node.path().display()))
-            .arg(env!("CARGO_BIN_EXE_trellis-agent"))
-            .arg("run")
-            .env_clear()
-            .env("PATH", std::env::var_os("PATH").unwrap_or_default())
-            .env("KUBECONFIG", kubeconfig)
-            .env("TRELLIS_NODE_NAME", NODE)
-            .env("TRELLIS_IPAM_MODE", "eni")
-            .env("TRELLIS_POD_ADDRESSES", POD_ADDRESSES)
-            .env("TRELLIS_CNI_SOCKET", self.socket())
-            .env("TRELLIS_CNI_CONF_DIR", self.dir.path().join("net.d"))
-            .env("TRELLIS_STATE_DIR", self.dir.path().join("state"))
-            .env("TRELLIS_ADMIN_ADDR", ADMIN)
-            .env("TRELLIS_EBPF_OBJECT", support::object_path())
-            .env("TRELLIS_BPFFS", self.bpffs.dir.path())
-            .env("TRELLIS_MOUNT_BPFFS", "false")
-            .env("TRELLIS_CGROUP", &self.cgroup.path)
-            .env("RUST_LOG", "info")
-            .stdout(log.try_clone().expect("log"))
-            .stderr(log)
-            .spawn()
-            .expect("trellis-agent starts");
-        Spawned(child)
-    }
-
-    fn agent_log(&self) -> String {
-        std::fs::read_to_string(self.dir.path().join("agent.log")).unwrap_or_default()
-    }
-
+// The plugin as a runtime calls it and `trellis-agent flows`: only this test drives them.
+impl AgentNode {
     /// The plugin configuration as the runtime hands it over: the agent's conflist's plugin
     /// with the list's name and version.
     fn cni_conf(&self) -> Value {
@@ -135,47 +96,16 @@ fn pod_ip(result: &Value) -> Ipv4Addr {
     cidr.split('/').next().and_then(|a| a.parse().ok()).expect("IPv4/len")
 }
 
-async fn eventually(what: &str, log: impl Fn() -> String, mut check: impl AsyncFnMut() -> bool) {
-    let deadline = Instant::now() + PATIENCE;
-    while !check().await {
-        assert!(Instant::now() < deadline, "timed out waiting until {what}; agent log:\n{}", log());
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
-}
-
-async fn taints(nodes: &Api<Node>) -> Vec<String> {
-    let node = nodes.get(NODE).await.expect("node readable");
-    node.spec.and_then(|s| s.taints).unwrap_or_default().into_iter().map(|t| t.key).collect()
-}
-
 /// The agent's Prometheus text, or nothing while it is not listening.
 async fn metrics() -> String {
-    let Ok(stream) = tokio::net::TcpStream::connect(ADMIN).await else { return String::new() };
-    let Ok((mut sender, connection)) =
-        hyper::client::conn::http1::handshake(hyper_util::rt::TokioIo::new(stream)).await
-    else {
-        return String::new();
-    };
-    tokio::spawn(connection);
-    let request = hyper::Request::get("/metrics")
-        .header(hyper::header::HOST, ADMIN)
-        .body(http_body_util::Empty::<hyper::body::Bytes>::new())
-        .expect("request");
-    let Ok(response) = sender.send_request(request).await else { return String::new() };
-    let body = http_body_util::BodyExt::collect(response.into_body()).await.map(|b| b.to_bytes()).unwrap_or_default();
-    String::from_utf8_lossy(&body).into_owned()
+    support::admin_get(ADMIN, "/metrics").await.map(|(_, body)| body).unwrap_or_default()
 }
 
 #[test]
 fn the_agent_binary_networks_pods_balances_services_and_enforces_policy_from_the_cluster() {
     support::sweep_killed_runs();
     let id = support::unique();
-    let lab = Node1 {
-        dir: tempfile::tempdir().expect("tempdir"),
-        node: Netns::new(format!("trn-{id}")),
-        cgroup: Cgroup::new(&format!("trellis-test-{id}")),
-        bpffs: Bpffs::new(),
-    };
+    let lab = AgentNode::new(&id);
     in_netns(&lab.node, || std::fs::write("/proc/sys/net/ipv4/ip_forward", "1")).expect("forwarding on the node");
     // node-2: no agent of its own here, two pods routed by hand; the nodes route each other's
     // pod ranges over a veth pair, as the VPC routes between EKS nodes.
@@ -241,9 +171,9 @@ fn the_agent_binary_networks_pods_balances_services_and_enforces_policy_from_the
             let taint = json!({"spec": {"taints": [{"key": TAINT_KEY, "effect": TAINT_EFFECT}]}});
             nodes.patch(NODE, &PatchParams::default(), &Patch::Merge(&taint)).await.expect("taint the node");
 
-            let mut agent = Some(lab.agent(&kubeconfig));
+            let mut agent = Some(lab.agent(&kubeconfig, &AGENT_ENV));
             let log = || lab.agent_log();
-            eventually("the agent lifts the node's taint", log, async || taints(&nodes).await.is_empty()).await;
+            eventually("the agent lifts the node's taint", log, async || taints(&nodes, NODE).await.is_empty()).await;
 
             // The runtime wires the pods through the plugin; the kubelet reports their addresses.
             let api: Api<Pod> = Api::namespaced(client.clone(), "shop");
@@ -348,7 +278,7 @@ fn the_agent_binary_networks_pods_balances_services_and_enforces_policy_from_the
             // A restart keeps the datapath (pinned) and the new agent re-adopts it.
             drop(agent.take());
             assert_eq!(answered_by(&from(client_a, "2")).len(), 2, "no agent: the pinned datapath serves");
-            agent = Some(lab.agent(&kubeconfig));
+            agent = Some(lab.agent(&kubeconfig, &AGENT_ENV));
             eventually("the restarted agent serves metrics", log, async || {
                 metrics().await.contains("trellis_agent_map_entries{map=\"policy_endpoints\"} 4")
             })

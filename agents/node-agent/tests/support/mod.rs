@@ -472,3 +472,99 @@ pub fn answered_by(results: &[Value]) -> Vec<String> {
         .map(|r| r["backend"].as_str().map(str::to_owned).unwrap_or_else(|| panic!("no answer: {r}")))
         .collect()
 }
+
+/// Only reached when something is broken: generous for a loaded 2-core machine.
+pub const PATIENCE: Duration = Duration::from_secs(60);
+
+/// A node for the real `trellis-agent run`: its network namespace, and a directory (CNI
+/// config, state, socket, log), a cgroup and a bpffs of its own where the DaemonSet mounts
+/// the host's. Field order is drop order: the bpffs goes last, detaching the programs.
+pub struct AgentNode {
+    pub dir: tempfile::TempDir,
+    pub node: Netns,
+    pub cgroup: Cgroup,
+    pub bpffs: Bpffs,
+}
+
+impl AgentNode {
+    /// Named after `id` (from [`unique`]), so that [`sweep_killed_runs`] finds its leftovers.
+    pub fn new(id: &str) -> Self {
+        Self {
+            dir: tempfile::tempdir().expect("tempdir"),
+            node: Netns::new(format!("trn-{id}")),
+            cgroup: Cgroup::new(&format!("trellis-test-{id}")),
+            bpffs: Bpffs::new(),
+        }
+    }
+
+    /// `trellis-agent run` inside the node namespace, acting as `kubeconfig`'s user, with `env`
+    /// and then this node's paths and datapath object over whatever `env` says for them. Its
+    /// output goes to [`AgentNode::agent_log`], started afresh. `nsenter` rather than
+    /// `ip netns exec`, which would mount a new /sys and hide the cgroup the agent attaches to.
+    pub fn agent(&self, kubeconfig: &Path, env: &[(&str, &str)]) -> Spawned {
+        use trellis_agent::cli::{CNI_CONF_DIR_ENV, CNI_SOCKET_ENV, STATE_DIR_ENV};
+        use trellis_agent::config::{BPFFS_ENV, CGROUP_ENV, MOUNT_BPFFS_ENV};
+
+        let log = File::create(self.log_path()).expect("agent log");
+        let child = Command::new("nsenter")
+            .arg(format!("--net={}", self.node.path().display()))
+            .arg(env!("CARGO_BIN_EXE_trellis-agent"))
+            .arg("run")
+            .env_clear()
+            .env("PATH", std::env::var_os("PATH").unwrap_or_default())
+            .envs(env.iter().copied())
+            .env("KUBECONFIG", kubeconfig)
+            .env(CNI_SOCKET_ENV, self.dir.path().join("agent.sock"))
+            .env(CNI_CONF_DIR_ENV, self.dir.path().join("net.d"))
+            .env(STATE_DIR_ENV, self.dir.path().join("state"))
+            .env(OBJECT_ENV, object_path())
+            .env(BPFFS_ENV, self.bpffs.dir.path())
+            .env(MOUNT_BPFFS_ENV, "false")
+            .env(CGROUP_ENV, &self.cgroup.path)
+            .stdout(log.try_clone().expect("log"))
+            .stderr(log)
+            .spawn()
+            .expect("trellis-agent starts");
+        Spawned(child)
+    }
+
+    pub fn agent_log(&self) -> String {
+        std::fs::read_to_string(self.log_path()).unwrap_or_default()
+    }
+
+    fn log_path(&self) -> PathBuf {
+        self.dir.path().join("agent.log")
+    }
+}
+
+/// Polls `check` until it holds, failing with `log` (the agent's, say) after [`PATIENCE`].
+pub async fn eventually(what: &str, log: impl Fn() -> String, mut check: impl AsyncFnMut() -> bool) {
+    let deadline = std::time::Instant::now() + PATIENCE;
+    while !check().await {
+        assert!(std::time::Instant::now() < deadline, "timed out waiting until {what}; agent log:\n{}", log());
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
+/// The keys of `node`'s taints.
+pub async fn taints(nodes: &kube::Api<k8s_openapi::api::core::v1::Node>, node: &str) -> Vec<String> {
+    let node = nodes.get(node).await.unwrap_or_else(|e| panic!("node {node} readable: {e}"));
+    node.spec.and_then(|s| s.taints).unwrap_or_default().into_iter().map(|t| t.key).collect()
+}
+
+/// GETs `path` from the agent's admin listener at `addr`: the status and body, or nothing
+/// while it is not listening.
+pub async fn admin_get(addr: &str, path: &str) -> Option<(hyper::StatusCode, String)> {
+    let stream = tokio::net::TcpStream::connect(addr).await.ok()?;
+    let (mut sender, connection) =
+        hyper::client::conn::http1::handshake(hyper_util::rt::TokioIo::new(stream)).await.ok()?;
+    tokio::spawn(connection);
+    let request = hyper::Request::get(path)
+        .header(hyper::header::HOST, addr)
+        .body(http_body_util::Empty::<hyper::body::Bytes>::new())
+        .expect("request");
+    let response = sender.send_request(request).await.ok()?;
+    let status = response.status();
+    let body = http_body_util::BodyExt::collect(response.into_body()).await.ok()?.to_bytes();
+    Some((status, String::from_utf8_lossy(&body).into_owned()))
+}
