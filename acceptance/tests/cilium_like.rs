@@ -43,10 +43,16 @@ resource "kube_cilium_like" "net" {{
     )
 }
 
-/// `config` with the agent's resources and an extra toleration set: only
-/// the DaemonSet carries them.
+/// `config` with every datapath setting off its default, the agent's
+/// resources and an extra toleration: only the DaemonSet carries them.
 fn tuned(log_level: &str, pod_subnets: &str) -> String {
-    let extras = r#"  agent_resources {
+    let extras = r#"  kube_proxy_replacement = false
+  policy_enforcement     = "always"
+  flow_observability     = false
+  load_balancer {
+    algorithm = "random"
+  }
+  agent_resources {
     limits = { memory = "1Gi" }
   }
   toleration {
@@ -160,7 +166,7 @@ fn lifecycle_against_the_local_cloud() {
         }
     }));
 
-    // Resources and tolerations reach the DaemonSet alone; the requests
+    // The datapath settings, resources and tolerations reach the DaemonSet alone; the requests
     // keep their default.
     let before = digests(&case.state());
     case.step(Step::config(tuned("info", SUBNETS)).expect_actions(ADDR, &[Action::Update]).check(move |s| {
@@ -182,6 +188,27 @@ fn lifecycle_against_the_local_cloud() {
         ],
     );
     assert!(ok && out.trim() == "1Gi NoSchedule", "{out}");
+    let (ok, out) = kubectl(
+        &cloud,
+        &[
+            "get",
+            "daemonset",
+            "-n",
+            "kube-system",
+            "trellis-agent",
+            "-o",
+            r#"jsonpath={range .spec.template.spec.containers[0].env[*]}{.name}={.value}{"\n"}{end}"#,
+        ],
+    );
+    assert!(ok, "{out}");
+    for setting in [
+        "TRELLIS_KUBE_PROXY_REPLACEMENT=false",
+        "TRELLIS_POLICY_ENFORCEMENT=always",
+        "TRELLIS_FLOW_OBSERVABILITY=false",
+        "TRELLIS_LB_ALGORITHM=random",
+    ] {
+        assert!(out.lines().any(|l| l == setting), "the agent gets {setting}: {out}");
+    }
 
     // Drift: a managed field edited, and a managed object deleted.
     let (ok, out) = kubectl(

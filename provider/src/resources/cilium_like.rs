@@ -16,7 +16,7 @@ use tfplugin::{
     Schema, Type, Validator, Value,
 };
 use trellis_ipam::engine::{Demand, Engine};
-use trellis_manifests::node_agent::{self, Image, IpamMode};
+use trellis_manifests::node_agent::{self, Image, IpamMode, LoadBalancer, LoadBalancerAlgorithm, PolicyEnforcement};
 use trellis_manifests::{AGENT_NOT_READY_TAINT, object_key};
 
 use crate::connections::{Connections, Unavailable};
@@ -93,6 +93,11 @@ impl TolerationState {
 }
 
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+pub struct LoadBalancerState {
+    pub algorithm: Option<String>,
+}
+
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
 pub struct TimeoutsState {
     pub create: Option<String>,
     pub update: Option<String>,
@@ -104,6 +109,10 @@ pub struct CiliumLikeState {
     pub cluster_name: Option<String>,
     pub namespace: Option<String>,
     pub log_level: Option<String>,
+    pub kube_proxy_replacement: Option<bool>,
+    pub policy_enforcement: Option<String>,
+    pub flow_observability: Option<bool>,
+    pub load_balancer: Option<LoadBalancerState>,
     pub operator_replicas: Option<i64>,
     pub operator_role_arn: Option<String>,
     pub wait: Option<bool>,
@@ -227,6 +236,19 @@ fn settings(state: &CiliumLikeState, region: &str, endpoint: Option<String>) -> 
         agent_resources: resources(state.agent_resources.as_ref(), &defaults.agent_resources),
         operator_resources: resources(state.operator_resources.as_ref(), &defaults.operator_resources),
         tolerations: state.toleration.iter().flatten().map(TolerationState::to_kubernetes).collect(),
+        kube_proxy_replacement: state.kube_proxy_replacement.unwrap_or(defaults.kube_proxy_replacement),
+        policy_enforcement: match state.policy_enforcement.as_deref() {
+            Some("always") => PolicyEnforcement::Always,
+            Some("never") => PolicyEnforcement::Never,
+            _ => PolicyEnforcement::Default,
+        },
+        flow_observability: state.flow_observability.unwrap_or(defaults.flow_observability),
+        load_balancer: LoadBalancer {
+            algorithm: match state.load_balancer.as_ref().and_then(|lb| lb.algorithm.as_deref()) {
+                Some("random") => LoadBalancerAlgorithm::Random,
+                _ => LoadBalancerAlgorithm::Maglev,
+            },
+        },
         ..defaults
     }
 }
@@ -564,7 +586,7 @@ impl Resource for CiliumLike {
                 ),
                 attributes: vec![
                     Attribute::with_default("requests", Type::map(Type::String), quantities(defaults.requests))
-                        .describe("Requests, e.g. `{ memory = \"400Mi\" }`."),
+                        .describe("Requests."),
                     Attribute::with_default("limits", Type::map(Type::String), quantities(defaults.limits))
                         .describe("Limits."),
                 ],
@@ -573,6 +595,16 @@ impl Resource for CiliumLike {
             }
         };
         let defaults = node_agent::Settings::default();
+        let load_balancer = Block {
+            description: "How the agent picks a Service's backend (Cilium's `loadBalancer`).".into(),
+            attributes: vec![
+                Attribute::with_default("algorithm", Type::String, defaults.load_balancer.algorithm.as_str())
+                    .describe("`maglev`: consistent hashing per connection (the same backend for a socket's life, little churn when backends change); `random`: a uniform draw. A Service's `trellis.io/lb-algorithm` annotation overrides it.")
+                    .validate(Validator::OneOf(&["maglev", "random"])),
+            ],
+            blocks: Vec::new(),
+            deprecated: false,
+        };
         let toleration = Block {
             description: "A taint the agent tolerates besides its own (its readiness taint and the node conditions); as a pod's `tolerations` entry.".into(),
             attributes: vec![
@@ -614,6 +646,13 @@ impl Resource for CiliumLike {
                     Attribute::with_default("log_level", Type::String, "warn")
                         .describe("Log level of the node agent (its RUST_LOG).")
                         .validate(Validator::Custom { description: "error, warn, info, debug or trace", check: check_log_level }),
+                    Attribute::with_default("kube_proxy_replacement", Type::Bool, true)
+                        .describe("The agent translates Service addresses itself (socket-level load balancing), so kube-proxy can go. `false` leaves Services to kube-proxy; policy, the CNI and flows are unchanged."),
+                    Attribute::with_default("policy_enforcement", Type::String, "default")
+                        .describe("Cilium's modes: `default` enforces NetworkPolicy on the pods some policy selects; `always` on every pod, so a pod no policy allows anything reaches nothing and is reached by nothing (DNS included); `never` enforces nothing.")
+                        .validate(Validator::OneOf(&["default", "always", "never"])),
+                    Attribute::with_default("flow_observability", Type::Bool, true)
+                        .describe("The agent keeps recent flows for `trellis-agent flows` (Cilium's Hubble). `false`: it reads and keeps none."),
                     Attribute::with_default("operator_replicas", Type::Number, 2)
                         .describe("IPAM operator replicas; above 1 they spread over nodes and get a PodDisruptionBudget.")
                         .validate(Validator::IntegerBetween(1, 10)),
@@ -631,6 +670,7 @@ impl Resource for CiliumLike {
                 blocks: vec![
                     single("ipam", ipam),
                     single("image", image),
+                    single("load_balancer", load_balancer),
                     single("agent_resources", resources("agent", defaults.agent_resources)),
                     single("operator_resources", resources("operator", defaults.operator_resources)),
                     NestedBlock { name: "toleration".into(), nesting: Nesting::List, block: toleration, min_items: 0, max_items: 0 },
@@ -859,6 +899,16 @@ fn adopt_live(
     state.agent_resources = resources_block(&agent_container, &defaults.agent_resources);
     let agent_env = env_of(&agent_container);
     state.log_level = agent_env.get("RUST_LOG").cloned();
+    let datapath = trellis_agent::config::Config::from_env(|name| agent_env.get(name).cloned()).map_err(|e| {
+        Diagnostic::error("Cannot import kube_cilium_like", format!("the agent's environment does not parse: {e}"))
+    })?;
+    state.kube_proxy_replacement = Some(datapath.kube_proxy_replacement);
+    state.policy_enforcement = Some(datapath.policy_enforcement.name().to_owned());
+    state.flow_observability = Some(datapath.flow_observability);
+    // A configuration without the block plans it null: so is the default.
+    let algorithm = datapath.lb_algorithm.name();
+    state.load_balancer = (algorithm != defaults.load_balancer.algorithm.as_str())
+        .then(|| LoadBalancerState { algorithm: Some(algorithm.to_owned()) });
     // The default image is what a configuration without an image block runs.
     let default_image = node_agent::Settings::default().image.reference();
     state.image = agent_container["image"].as_str().filter(|r| *r != default_image).map(image_of);
@@ -947,6 +997,10 @@ fn planned_value(plan: &Plan<'_>) -> Value {
         "cluster_name",
         "namespace",
         "log_level",
+        "kube_proxy_replacement",
+        "policy_enforcement",
+        "flow_observability",
+        "load_balancer",
         "operator_replicas",
         "operator_role_arn",
         "wait",

@@ -238,6 +238,25 @@ impl Block {
     }
 }
 
+/// A default as it would be written in a configuration.
+fn hcl(value: &Value) -> String {
+    match value {
+        Value::String(s) => format!("{s:?}"),
+        Value::Number(n) => n.to_string(),
+        Value::Bool(b) => b.to_string(),
+        Value::Null => "null".to_owned(),
+        Value::List(items) | Value::Set(items) | Value::Tuple(items) => {
+            format!("[{}]", items.iter().map(hcl).collect::<Vec<_>>().join(", "))
+        }
+        Value::Map(entries) | Value::Object(entries) => {
+            let entries: Vec<String> = entries.iter().map(|(k, v)| format!("{k} = {}", hcl(v))).collect();
+            if entries.is_empty() { "{}".to_owned() } else { format!("{{ {} }}", entries.join(", ")) }
+        }
+        Value::Dynamic(_, inner) => hcl(inner),
+        Value::Unknown(_) => "(known after apply)".to_owned(),
+    }
+}
+
 impl Attribute {
     /// The description Terraform and the docs show, with the rules the
     /// value must follow and its default appended.
@@ -248,13 +267,7 @@ impl Attribute {
             text.push_str(&format!(" Must be {}.", rules.join(" and ")));
         }
         if let Some(d) = &self.default {
-            let shown = match d {
-                Value::String(s) => format!("`{s:?}`"),
-                Value::Number(n) => format!("`{n}`"),
-                Value::Bool(b) => format!("`{b}`"),
-                other => format!("`{other:?}`"),
-            };
-            text.push_str(&format!(" Defaults to {shown}."));
+            text.push_str(&format!(" Defaults to `{}`.", hcl(d)));
         }
         if self.requires_replace {
             text.push_str(" Changing it replaces the resource.");
