@@ -25,19 +25,25 @@ Two gaps of moto are closed here, so that the local cloud answers as AWS does:
   in the query) reaches S3's ListBuckets instead. Such a request gets the
   Authorization header its query stands for. moto checks no signature either way.
 
-And one thing moto cannot do at all, for tests of what a client does when EC2
+Two things moto cannot do at all. EKS add-ons (CreateAddon, DescribeAddon,
+ListAddons, DeleteAddon) are not implemented; they are served here from memory,
+as EKS answers them (JSON, ResourceNotFoundException as 404 with
+x-amzn-ErrorType), except that a deleted add-on is gone at once where EKS shows
+it DELETING for a while. And, for tests of what a client does when EC2
 refuses: when TRELLIS_EC2_FAULTS names a file, an EC2 action listed in it
 ({"<Action>": {"code": "...", "message": "..."}}, read at each call) is
 answered with that EC2 error, HTTP 400, without reaching moto.
 """
 
 import base64
+import datetime
 import io
 import json
 import os
+import re
 import sys
 import threading
-from urllib.parse import parse_qs
+from urllib.parse import parse_qs, unquote
 
 import moto.server
 from moto.eks.models import EKSBackend
@@ -115,6 +121,80 @@ def ec2_error(fault, start_response):
     return [xml]
 
 
+ADDON_PATH = re.compile(r"^/clusters/([^/]+)/addons(?:/([^/]+))?/?$")
+
+
+class Addons:
+    """EKS add-ons by cluster, in memory (see the module doc)."""
+
+    def __init__(self):
+        self.lock = threading.Lock()
+        self.by_cluster = {}
+
+    @staticmethod
+    def is_addon_call(environ):
+        return "/eks/" in environ.get("HTTP_AUTHORIZATION", "") and ADDON_PATH.match(environ.get("PATH_INFO", ""))
+
+    def __call__(self, environ, start_response):
+        match = ADDON_PATH.match(environ["PATH_INFO"])
+        cluster, name = unquote(match.group(1)), match.group(2) and unquote(match.group(2))
+        method = environ["REQUEST_METHOD"]
+        credential = environ.get("HTTP_AUTHORIZATION", "").split("Credential=")[-1].split("/")
+        region = credential[2] if len(credential) > 2 else "us-east-1"
+        with self.lock:
+            addons = self.by_cluster.setdefault(cluster, {})
+            if method == "GET" and name is None:
+                return json_response(start_response, 200, {"addons": sorted(addons), "nextToken": None})
+            if method == "POST" and name is None:
+                length = int(environ.get("CONTENT_LENGTH") or 0)
+                request = json.loads(environ["wsgi.input"].read(length) or b"{}")
+                name = request.get("addonName", "")
+                if name in addons:
+                    return eks_error(start_response, "ResourceInUseException", f"Addon already exists: {name}", 409)
+                now = datetime.datetime.now(datetime.timezone.utc).timestamp()
+                addons[name] = {
+                    "addonName": name,
+                    "clusterName": cluster,
+                    "status": "ACTIVE",
+                    "addonVersion": request.get("addonVersion") or "v1.0.0-eksbuild.1",
+                    "addonArn": f"arn:aws:eks:{region}:123456789012:addon/{cluster}/{name}/local",
+                    "createdAt": now,
+                    "modifiedAt": now,
+                    "health": {"issues": []},
+                    "tags": request.get("tags") or {},
+                }
+                return json_response(start_response, 200, {"addon": addons[name]})
+            if name not in addons:
+                return eks_error(start_response, "ResourceNotFoundException", f"No addon: {name} found in cluster: {cluster}", 404)
+            if method == "GET":
+                return json_response(start_response, 200, {"addon": addons[name]})
+            if method == "DELETE":
+                addon = dict(addons.pop(name), status="DELETING")
+                return json_response(start_response, 200, {"addon": addon})
+        return eks_error(start_response, "InvalidRequestException", f"{method} is not served here", 400)
+
+
+def json_response(start_response, status, body):
+    data = json.dumps(body).encode("utf-8")
+    reason = {200: "OK", 400: "Bad Request", 404: "Not Found", 409: "Conflict"}[status]
+    start_response(f"{status} {reason}", [("Content-Type", "application/json"), ("Content-Length", str(len(data)))])
+    return [data]
+
+
+def eks_error(start_response, error_type, message, status):
+    """An EKS error: its type in x-amzn-ErrorType, as the SDKs read it."""
+    data = json.dumps({"message": message}).encode("utf-8")
+    reason = {400: "Bad Request", 404: "Not Found", 409: "Conflict"}[status]
+    start_response(
+        f"{status} {reason}",
+        [("Content-Type", "application/json"), ("x-amzn-ErrorType", error_type), ("Content-Length", str(len(data)))],
+    )
+    return [data]
+
+
+ADDONS = Addons()
+
+
 class LocalCloudApplication(moto.server.DomainDispatcherApplication):
     """moto's dispatcher, which also routes presigned STS requests and answers
     with injected EC2 faults (see the module doc)."""
@@ -123,6 +203,8 @@ class LocalCloudApplication(moto.server.DomainDispatcherApplication):
         fault = ec2_fault(environ)
         if fault:
             return ec2_error(fault, start_response)
+        if Addons.is_addon_call(environ):
+            return ADDONS(environ, start_response)
         query = parse_qs(environ.get("QUERY_STRING", ""))
         credential = query.get("X-Amz-Credential", [""])[0]
         if "HTTP_AUTHORIZATION" not in environ and credential.split("/")[3:4] == ["sts"]:

@@ -180,6 +180,12 @@ def main() -> None:
         tags={"Name": cluster},
     )["cluster"]
 
+    # The add-ons an EKS cluster runs for networking and DNS, managed by EKS
+    # (moto_serve.py serves them; moto has none).
+    addons = ["vpc-cni", "kube-proxy", "coredns"]
+    for addon in addons:
+        eks.create_addon(clusterName=cluster, addonName=addon)
+
     images = ec2.describe_images(Filters=[{"Name": "name", "Values": [NODE_AMI_NAME]}])["Images"]
     if not images:
         sys.exit(f"moto has no image named {NODE_AMI_NAME}")
@@ -228,6 +234,7 @@ def main() -> None:
                 "endpoint": created["endpoint"],
                 "certificate_authority": created["certificateAuthority"]["data"],
                 "kubernetes_note": KUBERNETES_NOTE,
+                "addons": addons,
             },
             "vpc_id": vpc_id,
             "vpc_cidr": VPC_CIDR,

@@ -46,7 +46,8 @@ resource "kube_cilium_like" "net" {{
 /// `config` with every datapath setting off its default, the agent's
 /// resources and an extra toleration: only the DaemonSet carries them.
 fn tuned(log_level: &str, pod_subnets: &str) -> String {
-    let extras = r#"  kube_proxy_replacement = false
+    let extras = r#"  take_over_eks_networking = true
+  kube_proxy_replacement = false
   policy_enforcement     = "always"
   flow_observability     = false
   load_balancer {
@@ -98,6 +99,11 @@ print(json.dumps({
   "enis": sorted(n["NetworkInterfaceId"] for n in ec2.describe_network_interfaces(Filters=f)["NetworkInterfaces"]),
 }))
 "#;
+    boto3(cloud, script)
+}
+
+/// What a boto3 `script` prints as JSON, run against the local cloud.
+fn boto3<T: serde::de::DeserializeOwned>(cloud: &LocalCloud, script: &str) -> T {
     let venv = Venv::ensure().unwrap_or_else(|e| panic!("the moto venv must exist: {e}"));
     let out = Command::new(venv.python())
         .arg("-c")
@@ -107,6 +113,16 @@ print(json.dumps({
         .unwrap_or_else(|e| panic!("cannot run python: {e}"));
     assert!(out.status.success(), "boto3 failed: {}", String::from_utf8_lossy(&out.stderr));
     serde_json::from_slice(&out.stdout).unwrap_or_else(|e| panic!("boto3 printed no JSON: {e}"))
+}
+
+/// The EKS add-ons of the cluster, as boto3 lists them.
+fn addons(cloud: &LocalCloud) -> Vec<String> {
+    let script = r#"
+import boto3, json, os
+eks = boto3.client("eks", endpoint_url=os.environ["AWS_ENDPOINT_URL"], region_name=os.environ["AWS_REGION"])
+print(json.dumps(sorted(eks.list_addons(clusterName="trellis-local")["addons"])))
+"#;
+    boto3(cloud, script)
 }
 
 fn digests(s: &State) -> serde_json::Map<String, Value> {
@@ -169,12 +185,17 @@ fn lifecycle_against_the_local_cloud() {
     // The datapath settings, resources and tolerations reach the DaemonSet alone; the requests
     // keep their default.
     let before = digests(&case.state());
-    case.step(Step::config(tuned("info", SUBNETS)).expect_actions(ADDR, &[Action::Update]).check(move |s| {
-        let after = digests(s);
-        let changed: Vec<&String> = after.keys().filter(|k| before.get(*k) != after.get(*k)).collect();
-        assert_eq!(changed, [DAEMONSET], "only the agent's DaemonSet changes");
-        assert_eq!(s.attr(ADDR, "agent_resources.requests.memory"), "400Mi", "the default request stays");
-    }));
+    case.step(
+        Step::config(tuned("info", SUBNETS))
+            .expect_actions(ADDR, &[Action::Update])
+            .expect_warning("EKS's pod networking will be removed")
+            .check(move |s| {
+                let after = digests(s);
+                let changed: Vec<&String> = after.keys().filter(|k| before.get(*k) != after.get(*k)).collect();
+                assert_eq!(changed, [DAEMONSET], "only the agent's DaemonSet changes");
+                assert_eq!(s.attr(ADDR, "agent_resources.requests.memory"), "400Mi", "the default request stays");
+            }),
+    );
     let (ok, out) = kubectl(
         &cloud,
         &[
@@ -209,6 +230,12 @@ fn lifecycle_against_the_local_cloud() {
     ] {
         assert!(out.lines().any(|l| l == setting), "the agent gets {setting}: {out}");
     }
+
+    // EKS's VPC CNI is gone, add-on and DaemonSet; kube-proxy stays, since
+    // the agent leaves Services to it here.
+    let (ok, out) = kubectl(&cloud, &["get", "daemonset", "-n", "kube-system", "-o", "name"]);
+    assert!(ok && !out.contains("daemonset.apps/aws-node") && out.contains("daemonset.apps/kube-proxy"), "{out}");
+    assert_eq!(addons(&cloud), ["coredns", "kube-proxy"]);
 
     // Drift: a managed field edited, and a managed object deleted.
     let (ok, out) = kubectl(

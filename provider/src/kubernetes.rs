@@ -199,6 +199,14 @@ impl<'a> Session<'a> {
         self.prune(owner, keys, &BTreeSet::new()).await.map(|_| ())
     }
 
+    /// Deletes the object at `key`, whatever its labels: only for objects
+    /// the configuration names outright (EKS's networking it takes over).
+    /// One that is gone already is fine.
+    pub async fn delete_object(&mut self, key: &str) -> Result<(), Diagnostic> {
+        let r = ObjectRef::parse(key).ok_or_else(|| self.failed("delete", key, "bad key"))?;
+        self.delete(&r, key).await
+    }
+
     async fn delete(&mut self, r: &ObjectRef, key: &str) -> Result<(), Diagnostic> {
         let api = self.api(r).await?;
         match api.delete(&r.name, &DeleteParams::background()).await {

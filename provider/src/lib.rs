@@ -9,6 +9,7 @@ mod functions;
 mod kubernetes;
 mod pod_network;
 mod resources;
+mod take_over;
 
 use std::sync::Arc;
 

@@ -64,6 +64,8 @@ pub struct SeededCluster {
     pub certificate_authority: String,
     /// Says the above in words, for whoever reads the JSON.
     pub kubernetes_note: String,
+    /// The EKS add-ons the cluster runs (`vpc-cni`, `kube-proxy`, `coredns`).
+    pub addons: Vec<String>,
 }
 
 /// The node and pod subnet of one AZ.

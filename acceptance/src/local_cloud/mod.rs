@@ -47,6 +47,8 @@ pub enum Error {
     Kube(#[from] kube_emulator::Error),
     #[error("cannot {action} {}: {source}", path.display())]
     Io { action: &'static str, path: PathBuf, source: io::Error },
+    #[error("cannot run the EKS add-ons' DaemonSets in the Kubernetes emulator: {0}")]
+    Addons(String),
     #[error("the task starting moto did not finish: {0}")]
     Task(#[from] tokio::task::JoinError),
     #[error("cannot listen for signals: {0}")]
@@ -72,6 +74,39 @@ pub struct LocalCloud {
     seed: Seed,
     kubeconfig: PathBuf,
     _dir: TempDir,
+}
+
+/// The DaemonSets EKS's add-ons run in `kube-system`, by add-on.
+const ADDON_DAEMON_SETS: [(&str, &str); 2] = [("vpc-cni", "aws-node"), ("kube-proxy", "kube-proxy")];
+
+/// Puts in the API server what the seeded add-ons deploy on an EKS
+/// cluster: what a tool that takes over EKS's networking finds and removes.
+fn run_addon_daemon_sets(kube: &Emulator, addons: &[String]) -> Result<(), Error> {
+    let mut store = kube.shared().store();
+    let daemon_sets = store
+        .registry()
+        .get("apps", "v1", "daemonsets")
+        .cloned()
+        .ok_or_else(|| Error::Addons("the emulator serves no apps/v1 DaemonSets".into()))?;
+    for (addon, name) in ADDON_DAEMON_SETS.iter().filter(|(addon, _)| addons.iter().any(|a| a == addon)) {
+        let labels = serde_json::json!({"k8s-app": name});
+        let daemon_set = serde_json::json!({
+            "apiVersion": "apps/v1",
+            "kind": "DaemonSet",
+            "metadata": {"name": name, "namespace": "kube-system", "labels": {"k8s-app": name, "eks.amazonaws.com/addon": addon}},
+            "spec": {
+                "selector": {"matchLabels": labels},
+                "template": {
+                    "metadata": {"labels": labels},
+                    "spec": {"hostNetwork": true, "containers": [{"name": name, "image": format!("602401143452.dkr.ecr.us-east-1.amazonaws.com/eks/{name}")}]},
+                },
+            },
+        });
+        store
+            .create(&daemon_sets, Some("kube-system"), daemon_set)
+            .map_err(|e| Error::Addons(format!("DaemonSet kube-system/{name}: {e:?}")))?;
+    }
+    Ok(())
 }
 
 impl LocalCloud {
@@ -105,6 +140,7 @@ impl LocalCloud {
         let options = kube_emulator::Options { nodes: node_specs(&seed), eks: Some(eks), ..Default::default() };
         let kube = Emulator::start(options).await?;
         moto.set_eks_cluster_endpoint(&seed.cluster.name, kube.url(), kube.ca_pem())?;
+        run_addon_daemon_sets(&kube, &seed.cluster.addons)?;
 
         let dir = tempfile::Builder::new()
             .prefix("trellis-local-cloud-")

@@ -22,6 +22,7 @@ use trellis_manifests::{AGENT_NOT_READY_TAINT, object_key};
 use crate::connections::{Connections, Unavailable};
 use crate::kubernetes::{self, Session};
 use crate::pod_network::{self, POD_SUBNETS_TAG};
+use crate::take_over;
 
 const DEFAULT_TIMEOUT: Duration = Duration::from_secs(600);
 
@@ -115,6 +116,7 @@ pub struct CiliumLikeState {
     pub load_balancer: Option<LoadBalancerState>,
     pub operator_replicas: Option<i64>,
     pub operator_role_arn: Option<String>,
+    pub take_over_eks_networking: Option<bool>,
     pub wait: Option<bool>,
     pub image: Option<ImageState>,
     pub ipam: Option<IpamState>,
@@ -504,6 +506,13 @@ impl CiliumLike {
         if state.wait.unwrap_or(true) {
             let timeout = state.timeout(prior.is_some()).map_err(|d| fail(&state, d.into()))?;
             session.wait_rolled_out(&changed, timeout).await.map_err(|d| fail(&state, d.into()))?;
+            if state.take_over_eks_networking == Some(true) {
+                let eks = self.connections.eks().await.map_err(|u| fail(&state, unavailable(u)))?;
+                let replaced = take_over::replaced(settings.kube_proxy_replacement);
+                take_over::remove(eks, &mut session, state.cluster(), &replaced, timeout)
+                    .await
+                    .map_err(|d| fail(&state, d.into()))?;
+            }
         }
         Ok(state)
     }
@@ -658,6 +667,8 @@ impl Resource for CiliumLike {
                         .validate(Validator::IntegerBetween(1, 10)),
                     Attribute::optional("operator_role_arn", Type::String)
                         .describe("IAM role of the operator (IRSA: the ServiceAccount's `eks.amazonaws.com/role-arn`). Create it with `operator_iam_policy_json`."),
+                    Attribute::with_default("take_over_eks_networking", Type::Bool, false)
+                        .describe("Once the agent is ready on every node, remove EKS's `vpc-cni` add-on and, with `kube_proxy_replacement`, its `kube-proxy` add-on (or their `aws-node` and `kube-proxy` DaemonSets where they are self-managed), as Panfactum's `pf-eks-reset` does. Needs `wait`. Destroy does not bring them back."),
                     Attribute::with_default("wait", Type::Bool, true).describe("Wait for the agent and operator rollouts."),
                     computed("vpc_id", Type::String, "The cluster's VPC."),
                     computed("pod_subnet_ids", Type::map(Type::String), "Availability zone → id of each pod subnet created."),
@@ -705,6 +716,23 @@ impl Resource for CiliumLike {
                 Diagnostic::error("Conflicting pod subnet settings", "set pod_subnets (subnets this resource creates) or subnet_ids / subnet_tags (existing ones), not both")
                     .at(AttributePath::attribute("ipam").then_attribute("pod_subnets")),
             );
+        }
+        if state.take_over_eks_networking == Some(true) {
+            let at = AttributePath::attribute("take_over_eks_networking");
+            if state.wait == Some(false) {
+                plan.diagnostics.push(
+                    Diagnostic::error(
+                        "take_over_eks_networking needs wait",
+                        "EKS's networking goes only once the agent is ready on every node, which apply knows only when it waits: set wait = true",
+                    )
+                    .at(at),
+                );
+            } else if plan.prior().and_then(|p| p.get("take_over_eks_networking")) != Some(&Value::Bool(true)) {
+                let replaced = take_over::replaced(state.kube_proxy_replacement.unwrap_or(true));
+                plan.diagnostics.push(
+                    Diagnostic::warning("EKS's pod networking will be removed", take_over::warning(&replaced)).at(at),
+                );
+            }
         }
         if ipam.mode.as_deref() == Some("cluster-pool") && ipam.cluster_pool_cidr.is_none() {
             plan.diagnostics.push(
@@ -862,6 +890,9 @@ impl Resource for CiliumLike {
             });
         adopt_live(&mut state, &agent, operator.as_ref(), &subnets)?;
         state.operator_role_arn = role_arn;
+        // The VPC CNI's DaemonSet is on every EKS cluster until taken over.
+        let vpc_cni = format!("apps/v1/DaemonSet/kube-system/{}", take_over::VPC_CNI.daemon_set);
+        state.take_over_eks_networking = Some(session.get(&vpc_cni).await?.is_none());
         // Recorded under their keys; the read that follows import puts each
         // one's live digest there, so the next plan shows exactly the
         // objects whose managed fields differ from the configuration.
@@ -1003,6 +1034,7 @@ fn planned_value(plan: &Plan<'_>) -> Value {
         "load_balancer",
         "operator_replicas",
         "operator_role_arn",
+        "take_over_eks_networking",
         "wait",
         "image",
         "ipam",
