@@ -209,19 +209,35 @@ impl Connections {
     }
 
     async fn make_kube(&self, settings: &ProviderSettings) -> Result<Kube, Unavailable> {
+        let mut eks_token = None;
         let (config, source) = if let Some(host) = &settings.host {
             let config = direct_config(host, settings.cluster_ca_certificate.as_deref(), settings.token.clone())?;
             (config, format!("host {host}"))
         } else if let Some(cluster) = &settings.eks_cluster_name {
             let endpoint = crate::eks::describe_for_kubernetes(self.eks().await?, cluster).await?;
-            let token = crate::eks::token(self.aws().await?, cluster).await?;
-            let config = direct_config(&endpoint.url, Some(&endpoint.ca_pem), Some(token))
+            eks_token = Some(crate::eks::refreshing_token(self.aws().await?, cluster, EKS_TOKEN_REFRESH).await?);
+            let config = direct_config(&endpoint.url, Some(&endpoint.ca_pem), None)
                 .map_err(|u| u.retarget("eks_cluster_name"))?;
             (config, format!("EKS cluster {cluster} at {}", endpoint.url))
         } else {
             kubeconfig(settings).await?
         };
-        let client = kube::Client::try_from(config).map_err(|e| {
+        let client = match eks_token {
+            None => kube::Client::try_from(config),
+            Some(token) => kube::client::ClientBuilder::try_from(config).map(|builder| {
+                // The header the apiserver reads, from whatever token is current at each request.
+                let bearer =
+                    tower::util::MapRequestLayer::new(move |mut request: http::Request<kube::client::Body>| {
+                        let token = token.read().unwrap_or_else(std::sync::PoisonError::into_inner);
+                        if let Ok(value) = http::HeaderValue::from_str(&format!("Bearer {token}")) {
+                            request.headers_mut().insert(http::header::AUTHORIZATION, value);
+                        }
+                        request
+                    });
+                builder.with_layer(&bearer).build()
+            }),
+        }
+        .map_err(|e| {
             Diagnostic::error("Cannot set up the Kubernetes client", format!("from {source}: {e}"))
                 .at(AttributePath::attribute(source_attribute(settings)))
         })?;
@@ -237,6 +253,10 @@ impl Unavailable {
         }
     }
 }
+
+/// How often the EKS token is remade: a third of the 15 minutes EKS
+/// honours one.
+const EKS_TOKEN_REFRESH: std::time::Duration = std::time::Duration::from_secs(5 * 60);
 
 /// The attribute a Kubernetes connection problem is reported on.
 pub fn source_attribute(settings: &ProviderSettings) -> &'static str {

@@ -3,6 +3,7 @@
 //! STS `GetCallerIdentity` URL that names the cluster), with no exec plugin
 //! and no AWS CLI.
 
+use std::sync::{Arc, RwLock};
 use std::time::{Duration, SystemTime};
 
 use aws_config::SdkConfig;
@@ -111,6 +112,35 @@ pub async fn token(sdk: &SdkConfig, name: &str) -> Result<String, Unavailable> {
     let credentials = provider.provide_credentials().await.map_err(|e| failed(format!("AWS credentials: {e}")))?;
     let region = sdk.region().map(ToString::to_string).ok_or_else(|| failed("no AWS region".into()))?;
     presign(&credentials.into(), &region, sdk.endpoint_url(), name, SystemTime::now()).map_err(failed)
+}
+
+/// A token for cluster `name` that stays good: made now, then remade every
+/// `every` in the background for as long as the returned handle lives.
+/// EKS honours a token for 15 minutes from signing, and an apply waiting
+/// on rollouts can outlast that. A failed remake keeps the last token and
+/// is tried again at the next tick (a credentials hiccup must not end the
+/// apply while the last token is still good).
+pub async fn refreshing_token(
+    sdk: &SdkConfig,
+    name: &str,
+    every: Duration,
+) -> Result<Arc<RwLock<String>>, Unavailable> {
+    let current = Arc::new(RwLock::new(token(sdk, name).await?));
+    let (sdk, name, handle) = (sdk.clone(), name.to_owned(), Arc::downgrade(&current));
+    tokio::spawn(async move {
+        loop {
+            tokio::time::sleep(every).await;
+            let fresh = token(&sdk, &name).await;
+            let Some(current) = handle.upgrade() else { return };
+            match fresh {
+                Ok(token) => *current.write().unwrap_or_else(std::sync::PoisonError::into_inner) = token,
+                Err(e) => {
+                    tracing::warn!(cluster = %name, error = ?e, "cannot remake the EKS token; keeping the last one")
+                }
+            }
+        }
+    });
+    Ok(current)
 }
 
 /// The token for `cluster`: the presigned GetCallerIdentity URL, base64url
@@ -268,6 +298,27 @@ print(sts.generate_presigned_url(
             // authenticator cares, and the signature covers it either way.
             assert_eq!(our_signature, their_signature, "the same signature for the same key, time and request");
         }
+    }
+
+    #[tokio::test]
+    async fn the_token_is_remade_while_someone_holds_it() {
+        let sdk = SdkConfig::builder()
+            .region(aws_config::Region::new("us-east-1"))
+            .credentials_provider(aws_credential_types::provider::SharedCredentialsProvider::new(Credentials::new(
+                "AKIDEXAMPLE",
+                "secret",
+                None,
+                None,
+                "test",
+            )))
+            .build();
+        let token = refreshing_token(&sdk, "prod", Duration::from_millis(200)).await.expect("signs");
+        let first = token.read().expect("readable").clone();
+        // X-Amz-Date has whole seconds: a remade token differs after one.
+        tokio::time::sleep(Duration::from_millis(1300)).await;
+        let later = token.read().expect("readable").clone();
+        assert_ne!(first, later, "remade");
+        assert!(decode(&later).contains("X-Amz-SignedHeaders=host%3Bx-k8s-aws-id"), "{}", decode(&later));
     }
 
     #[test]
