@@ -285,6 +285,11 @@ fn lifecycle_against_the_local_cloud() {
     let aws = trellis_aws_objects(&cloud);
     assert_eq!(aws["subnets"], serde_json::json!(["100.64.192.0/20", "100.64.208.0/20"]), "{aws}");
 
+    // Another cluster is another resource: plan replaces it (and, planning
+    // only, touches nothing: the next steps see the same stack).
+    let elsewhere = tuned("info", two).replace("cluster_name = \"trellis-local\"", "cluster_name = \"other\"");
+    case.step(Step::plan_only(elsewhere).expect_actions(ADDR, &[Action::Delete, Action::Create]));
+
     // Import rebuilds the inputs from the live workloads and the subnets' tags.
     case.step(Step::import(ADDR, "trellis-local/kube-system"));
 
