@@ -285,9 +285,23 @@ fn lifecycle_against_the_local_cloud() {
     let aws = trellis_aws_objects(&cloud);
     assert_eq!(aws["subnets"], serde_json::json!(["100.64.192.0/20", "100.64.208.0/20"]), "{aws}");
 
-    // Another cluster is another resource: plan replaces it (and, planning
-    // only, touches nothing: the next steps see the same stack).
-    let elsewhere = tuned("info", two).replace("cluster_name = \"trellis-local\"", "cluster_name = \"other\"");
+    // Another cluster is another resource: plan replaces it, and checks the
+    // replacement's subnets against that cluster (planning only, so the next
+    // steps see the same stack). Its subnets stand beside this one's until
+    // the destroy half runs, so they must not overlap them.
+    let script = format!(
+        r#"
+import boto3, json, os
+eks = boto3.client("eks", endpoint_url=os.environ["AWS_ENDPOINT_URL"], region_name=os.environ["AWS_REGION"])
+eks.create_cluster(name="other", roleArn={role:?}, resourcesVpcConfig={{"subnetIds": {subnets:?}}})
+print("{{}}")
+"#,
+        role = cloud.seed().cluster.role_arn,
+        subnets = cloud.seed().node_subnet_ids(),
+    );
+    boto3::<Value>(&cloud, &script);
+    let elsewhere = tuned("info", r#""us-east-1a" = "100.64.240.0/20""#)
+        .replace("cluster_name = \"trellis-local\"", "cluster_name = \"other\"");
     case.step(Step::plan_only(elsewhere).expect_actions(ADDR, &[Action::Delete, Action::Create]));
 
     // Import rebuilds the inputs from the live workloads and the subnets' tags.
