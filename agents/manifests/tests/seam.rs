@@ -148,8 +148,8 @@ fn every_agent_container_parses_with_trellis_agent_run() {
         assert_eq!(config.admin_addr.port(), ADMIN_PORT, "the probes ask the admin listener");
         let features = &config.datapath;
         assert_eq!(features.kube_proxy_replacement, settings.kube_proxy_replacement);
-        assert_eq!(features.lb_algorithm.name(), settings.load_balancer.algorithm.as_str());
-        assert_eq!(features.policy_enforcement.name(), settings.policy_enforcement.as_str());
+        assert_eq!(features.lb_algorithm.name(), settings.load_balancer.algorithm.name());
+        assert_eq!(features.policy_enforcement.name(), settings.policy_enforcement.name());
         assert_eq!(features.flow_observability, settings.flow_observability);
         for probe in [&agent.startup_probe, &agent.liveness_probe, &agent.readiness_probe] {
             let port = &probe.as_ref().and_then(|p| p.http_get.as_ref()).expect("an HTTP probe").port;
@@ -173,14 +173,12 @@ fn the_datapath_choices_are_spelled_as_the_agent_reads_them() {
     let names = |values: &[Value]| values.iter().map(|v| v.as_str().expect("a string").to_owned()).collect::<Vec<_>>();
     let algorithms: Vec<Value> = ALGORITHMS.iter().map(|a| serde_json::to_value(a).expect("JSON")).collect();
     assert_eq!(names(&algorithms), trellis_agent::services::Algorithm::NAMES);
-    assert!(ALGORITHMS.iter().zip(&algorithms).all(|(a, v)| v == a.as_str()));
+    assert!(ALGORITHMS.iter().zip(&algorithms).all(|(a, v)| v == a.name()));
     let enforcements: Vec<Value> = ENFORCEMENTS.iter().map(|e| serde_json::to_value(e).expect("JSON")).collect();
     assert_eq!(names(&enforcements), trellis_agent::policy::PolicyEnforcement::NAMES);
-    assert!(ENFORCEMENTS.iter().zip(&enforcements).all(|(e, v)| v == e.as_str()));
+    assert!(ENFORCEMENTS.iter().zip(&enforcements).all(|(e, v)| v == e.name()));
     let defaults = base();
     assert!(defaults.kube_proxy_replacement && defaults.flow_observability);
-    assert_eq!(defaults.load_balancer.algorithm.as_str(), trellis_agent::services::Algorithm::default().name());
-    assert_eq!(defaults.policy_enforcement.as_str(), trellis_agent::policy::PolicyEnforcement::default().name());
 }
 
 #[test]

@@ -28,8 +28,10 @@ impl Protocol {
     }
 }
 
-/// How a socket's backend is chosen among a Service's backends.
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+/// How a socket's backend is chosen among a Service's backends. Serialized
+/// by [`Algorithm::name`] (the manifests' settings hold it).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+#[serde(rename_all = "lowercase")]
 pub enum Algorithm {
     /// Hash of the socket over the Service's Maglev table (stable per socket).
     #[default]

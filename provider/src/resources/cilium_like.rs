@@ -607,7 +607,7 @@ impl Resource for CiliumLike {
         let load_balancer = Block {
             description: "How the agent picks a Service's backend (Cilium's `loadBalancer`).".into(),
             attributes: vec![
-                Attribute::with_default("algorithm", Type::String, defaults.load_balancer.algorithm.as_str())
+                Attribute::with_default("algorithm", Type::String, defaults.load_balancer.algorithm.name())
                     .describe("`maglev`: consistent hashing per connection (the same backend for a socket's life, little churn when backends change); `random`: a uniform draw. A Service's `trellis.io/lb-algorithm` annotation overrides it.")
                     .validate(Validator::OneOf(&["maglev", "random"])),
             ],
@@ -938,7 +938,7 @@ fn adopt_live(
     state.flow_observability = Some(datapath.flow_observability);
     // A configuration without the block plans it null: so is the default.
     let algorithm = datapath.lb_algorithm.name();
-    state.load_balancer = (algorithm != defaults.load_balancer.algorithm.as_str())
+    state.load_balancer = (algorithm != defaults.load_balancer.algorithm.name())
         .then(|| LoadBalancerState { algorithm: Some(algorithm.to_owned()) });
     // The default image is what a configuration without an image block runs.
     let default_image = node_agent::Settings::default().image.reference();

@@ -168,8 +168,8 @@ fn env(settings: &Settings) -> Vec<EnvVar> {
         plain(CNI_SOCKET_ENV, &format!("{DEFAULT_STATE_DIR}/agent.sock")),
         plain(ADMIN_ADDR_ENV, &format!("0.0.0.0:{ADMIN_PORT}")),
         plain(KUBE_PROXY_REPLACEMENT_ENV, &settings.kube_proxy_replacement.to_string()),
-        plain(LB_ALGORITHM_ENV, settings.load_balancer.algorithm.as_str()),
-        plain(POLICY_ENFORCEMENT_ENV, settings.policy_enforcement.as_str()),
+        plain(LB_ALGORITHM_ENV, settings.load_balancer.algorithm.name()),
+        plain(POLICY_ENFORCEMENT_ENV, settings.policy_enforcement.name()),
         plain(FLOW_OBSERVABILITY_ENV, &settings.flow_observability.to_string()),
         // main.rs: EnvFilter::from_default_env().
         plain("RUST_LOG", &settings.log_level),

@@ -7,6 +7,9 @@ use ipnet::Ipv4Net;
 use k8s_openapi::api::core::v1::Toleration;
 use serde::{Deserialize, Serialize};
 use thiserror::Error;
+// The agent's own choices, so that what the manifests can say is what the agent reads.
+pub use trellis_agent::policy::PolicyEnforcement;
+pub use trellis_agent::services::Algorithm as LoadBalancerAlgorithm;
 
 pub const DEFAULT_REPOSITORY: &str = "ghcr.io/trellis/trellis-agent";
 pub const LOG_LEVELS: [&str; 5] = ["error", "warn", "info", "debug", "trace"];
@@ -90,50 +93,6 @@ impl IpamMode {
 pub struct LoadBalancer {
     /// For Services without the agent's `trellis.io/lb-algorithm` annotation.
     pub algorithm: LoadBalancerAlgorithm,
-}
-
-/// How the agent picks a Service's backend (Cilium's `loadBalancer.algorithm`).
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(rename_all = "lowercase")]
-pub enum LoadBalancerAlgorithm {
-    /// Consistent hashing: a backend change moves few connections.
-    #[default]
-    Maglev,
-    Random,
-}
-
-impl LoadBalancerAlgorithm {
-    /// The agent's `TRELLIS_LB_ALGORITHM` value.
-    pub fn as_str(self) -> &'static str {
-        match self {
-            Self::Maglev => "maglev",
-            Self::Random => "random",
-        }
-    }
-}
-
-/// Which pods the agent enforces NetworkPolicy on (Cilium's `policyEnforcementMode`).
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(rename_all = "lowercase")]
-pub enum PolicyEnforcement {
-    /// Pods some NetworkPolicy selects (Kubernetes' semantics).
-    #[default]
-    Default,
-    /// Every pod: what no NetworkPolicy allows is denied.
-    Always,
-    /// No pod, whatever the NetworkPolicies say.
-    Never,
-}
-
-impl PolicyEnforcement {
-    /// The agent's `TRELLIS_POLICY_ENFORCEMENT` value.
-    pub fn as_str(self) -> &'static str {
-        match self {
-            Self::Default => "default",
-            Self::Always => "always",
-            Self::Never => "never",
-        }
-    }
 }
 
 /// The operator's allocation settings (Cilium's names where Cilium has them) and the pool of

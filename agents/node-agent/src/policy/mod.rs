@@ -18,7 +18,9 @@ use crate::services::Protocol;
 pub type Labels = BTreeMap<String, String>;
 
 /// Which endpoints enforce policy, as Cilium's `enable-policy` decides it.
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+/// Serialized by [`PolicyEnforcement::name`] (the manifests' settings hold it).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+#[serde(rename_all = "lowercase")]
 pub enum PolicyEnforcement {
     /// An endpoint enforces a direction once a NetworkPolicy selects it for that direction
     /// (Kubernetes' semantics).
