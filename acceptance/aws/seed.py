@@ -58,6 +58,8 @@ def main() -> None:
     parser.add_argument("--endpoint", required=True)
     parser.add_argument("--region", default="us-east-1")
     parser.add_argument("--cluster", default="trellis-local")
+    # More nodes round-robin over the AZs and instance types (benchmarks at scale).
+    parser.add_argument("--nodes", type=int, default=len(NODE_TYPES))
     args = parser.parse_args()
 
     # moto accepts any credentials; set fake ones so a developer's real profile is never used.
@@ -192,7 +194,8 @@ def main() -> None:
     ami_id = images[0]["ImageId"]
 
     instances = []
-    for index, (zone, instance_type) in enumerate(zip(zones, NODE_TYPES), start=1):
+    placements = [(zones[i % len(zones)], NODE_TYPES[i % len(NODE_TYPES)]) for i in range(args.nodes)]
+    for index, (zone, instance_type) in enumerate(placements, start=1):
         name = f"{cluster}-node-{index}"
         instance = ec2.run_instances(
             ImageId=ami_id,

@@ -13,11 +13,13 @@ use super::{
 pub struct SeedOptions {
     pub region: String,
     pub cluster: String,
+    /// Node instances, round-robin over the AZs and the three instance types.
+    pub nodes: usize,
 }
 
 impl Default for SeedOptions {
     fn default() -> Self {
-        SeedOptions { region: DEFAULT_REGION.to_owned(), cluster: DEFAULT_CLUSTER.to_owned() }
+        SeedOptions { region: DEFAULT_REGION.to_owned(), cluster: DEFAULT_CLUSTER.to_owned(), nodes: 3 }
     }
 }
 
@@ -120,6 +122,7 @@ pub fn seed_with(moto: &MotoServer, options: &SeedOptions) -> Result<Seed, Error
     command
         .arg(aws_dir().join("seed.py"))
         .args(["--endpoint", moto.endpoint(), "--region", &options.region, "--cluster", &options.cluster])
+        .args(["--nodes", &options.nodes.to_string()])
         // Fake credentials, and nothing from the developer's AWS setup that
         // could send a call elsewhere.
         .env("AWS_ACCESS_KEY_ID", ACCESS_KEY_ID)

@@ -16,12 +16,13 @@ use tokio::signal::unix::{SignalKind, signal};
 use super::{Error, LocalCloud, Options, render_env_file, write_atomically};
 
 pub const USAGE: &str = "\
-usage: local-cloud up --env-file FILE [--region REGION] [--cluster NAME]
+usage: local-cloud up --env-file FILE [--region REGION] [--cluster NAME] [--nodes N]
 
 Starts moto (AWS) seeded with an EKS setting and the Kubernetes emulator, writes
 FILE with `export` lines for them (AWS_ENDPOINT_URL, AWS_REGION, credentials,
 KUBECONFIG, TRELLIS_CLUSTER_NAME, TRELLIS_VPC_ID, TRELLIS_POD_CIDR, TRELLIS_AZS),
 and runs until SIGTERM or Ctrl-C, which stop everything and remove FILE.
+--nodes: node instances (default 3), round-robin over the AZs and instance types.
 
 Environment: TRELLIS_VENV (default <repo>/.venv), TRELLIS_PYTHON (default python3).";
 
@@ -58,6 +59,14 @@ impl Command {
                 "--env-file" => env_file = Some(PathBuf::from(value()?)),
                 "--region" => options.seed.region = utf8(value()?, &flag)?,
                 "--cluster" => options.seed.cluster = utf8(value()?, &flag)?,
+                "--nodes" => {
+                    let text = utf8(value()?, &flag)?;
+                    options.seed.nodes = text
+                        .parse()
+                        .ok()
+                        .filter(|n| (1..=500).contains(n))
+                        .ok_or_else(|| format!("--nodes {text:?} is not a count from 1 to 500"))?;
+                }
                 _ => return Err(format!("unknown argument {flag:?}")),
             }
         }
@@ -196,6 +205,11 @@ mod tests {
         assert!(parse(&["down"]).is_err());
         assert!(parse(&["up"]).is_err());
         assert!(parse(&["up", "--env-file"]).is_err());
+        assert!(parse(&["up", "--env-file", "x", "--nodes", "0"]).is_err());
+        match parse(&["up", "--env-file", "x", "--nodes=100"]) {
+            Ok(Command::Up { options, .. }) => assert_eq!(options.seed.nodes, 100),
+            other => panic!("{other:?}"),
+        }
         assert!(parse(&["up", "--env-file", "x", "--verbose"]).is_err());
         assert_eq!(parse(&["up", "--help"]), Ok(Command::Help));
     }
