@@ -83,6 +83,22 @@ def describe_clusters_as_configured() -> None:
     EKSBackend.describe_cluster = describe_cluster
 
 
+def refuse_deleting_used_subnets() -> None:
+    """DeleteSubnet of a subnet that still holds network interfaces fails with
+    DependencyViolation, as in EC2; moto deletes it and leaves the ENIs dangling."""
+    from moto.ec2.exceptions import DependencyViolationError
+    from moto.ec2.models.subnets import SubnetBackend
+
+    delete = SubnetBackend.delete_subnet
+
+    def delete_subnet(self, subnet_id):
+        if any(eni.subnet.id == subnet_id for eni in self.enis.values()):
+            raise DependencyViolationError(f"The subnet '{subnet_id}' has dependencies and cannot be deleted.")
+        return delete(self, subnet_id)
+
+    SubnetBackend.delete_subnet = delete_subnet
+
+
 def read_json(path):
     """The file's JSON object, or an empty one while it is not written."""
     try:
@@ -219,6 +235,7 @@ class LocalCloudApplication(moto.server.DomainDispatcherApplication):
 if __name__ == "__main__":
     threading.Thread(target=exit_when_parent_is_gone, name="parent-watch", daemon=True).start()
     describe_clusters_as_configured()
+    refuse_deleting_used_subnets()
     # moto.server.main builds its application from this name.
     moto.server.DomainDispatcherApplication = LocalCloudApplication
     moto.server.main(sys.argv[1:])

@@ -279,8 +279,32 @@ fn lifecycle_against_the_local_cloud() {
     let (ok, out) = kubectl(&cloud, &["get", "serviceaccount", "-n", "kube-system", "trellis-agent"]);
     assert!(ok, "the deleted ServiceAccount is back: {out}");
 
-    // One pod subnet fewer: it goes with the ENIs in it, the resource stays.
+    // One pod subnet fewer: it goes with the ENIs in it, the resource stays;
+    // but not while an ENI Trellis did not make is in it, which is named.
     let two = r#""us-east-1a" = "100.64.192.0/20", "us-east-1b" = "100.64.208.0/20""#;
+    let leaving = case.state().attr_str(ADDR, "pod_subnet_ids.us-east-1c").to_owned();
+    let foreign: String = boto3(
+        &cloud,
+        &format!(
+            r#"
+import boto3, json, os
+ec2 = boto3.client("ec2", endpoint_url=os.environ["AWS_ENDPOINT_URL"], region_name=os.environ["AWS_REGION"])
+print(json.dumps(ec2.create_network_interface(SubnetId={leaving:?})["NetworkInterface"]["NetworkInterfaceId"]))
+"#
+        ),
+    );
+    case.step(Step::config(tuned("info", two)).expect_error("Pod subnets still in use").expect_error(foreign.as_str()));
+    boto3::<Value>(
+        &cloud,
+        &format!(
+            r#"
+import boto3, os
+ec2 = boto3.client("ec2", endpoint_url=os.environ["AWS_ENDPOINT_URL"], region_name=os.environ["AWS_REGION"])
+ec2.delete_network_interface(NetworkInterfaceId={foreign:?})
+print("{{}}")
+"#
+        ),
+    );
     case.step(Step::config(tuned("info", two)).expect_actions(ADDR, &[Action::Update]));
     let aws = trellis_aws_objects(&cloud);
     assert_eq!(aws["subnets"], serde_json::json!(["100.64.192.0/20", "100.64.208.0/20"]), "{aws}");

@@ -460,9 +460,15 @@ impl CiliumLike {
         // Subnets an update no longer asks for, with Trellis's ENIs in them
         // (pods holding their addresses lose them, as the plan's change says).
         let engine = Engine::new(ec2, ipam_settings(&settings));
-        pod_network::delete_subnets(ec2.client(), &engine, &state.owner(), &state.pod_subnets())
-            .await
-            .map_err(|d| fail(&state, d.into()))?;
+        if let Err(d) = pod_network::delete_subnets(ec2.client(), &engine, &state.owner(), &state.pod_subnets()).await {
+            // Subnets that should have gone may still be there: state keeps
+            // the pod subnets asked for before, so the next plan shows the
+            // change again and its apply retries, instead of planning nothing.
+            if let (Some(before), Some(ipam)) = (prior.and_then(|p| p.ipam.as_ref()), state.ipam.as_mut()) {
+                ipam.pod_subnets.clone_from(&before.pod_subnets);
+            }
+            return Err(fail(&state, d.into()));
+        }
         // Addresses move only when the allocation settings do; otherwise the
         // operator keeps the nodes supplied and `nodes` stays as planned.
         if prior.is_none_or(|p| p.ipam != state.ipam) {
