@@ -4,10 +4,7 @@
 //! `AWS_ENDPOINT_URL`, credentials and `KUBECONFIG` in the environment.
 //! Kubernetes objects are checked with the real `kubectl`, AWS with boto3.
 
-use std::process::Command;
-
 use serde_json::Value;
-use trellis_acceptance::aws::Venv;
 use trellis_acceptance::local_cloud::LocalCloud;
 use trellis_acceptance::{Action, Launch, State, Step, TestCase};
 
@@ -69,21 +66,11 @@ fn tuned(log_level: &str, pod_subnets: &str) -> String {
 const SUBNETS: &str =
     r#""us-east-1a" = "100.64.192.0/20", "us-east-1b" = "100.64.208.0/20", "us-east-1c" = "100.64.224.0/20""#;
 
-fn kubectl(cloud: &LocalCloud, args: &[&str]) -> (bool, String) {
-    let out = Command::new("kubectl")
-        .arg("--kubeconfig")
-        .arg(cloud.kubeconfig_path())
-        .args(args)
-        .output()
-        .unwrap_or_else(|e| panic!("kubectl must be on PATH for these tests (they never skip): {e}"));
-    (out.status.success(), format!("{}{}", String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr)))
-}
-
 /// Names of objects of `kinds` carrying the owner label.
 fn owned_objects(cloud: &LocalCloud) -> Vec<String> {
     let kinds =
         "serviceaccounts,clusterroles,clusterrolebindings,daemonsets,deployments,poddisruptionbudgets,configmaps";
-    let (ok, out) = kubectl(cloud, &["get", kinds, "-A", "-l", OWNER_SELECTOR, "-o", "name"]);
+    let (ok, out) = cloud.kubectl(&["get", kinds, "-A", "-l", OWNER_SELECTOR, "-o", "name"]);
     assert!(ok, "kubectl get failed: {out}");
     out.lines().map(str::to_owned).filter(|l| !l.is_empty()).collect()
 }
@@ -99,20 +86,7 @@ print(json.dumps({
   "enis": sorted(n["NetworkInterfaceId"] for n in ec2.describe_network_interfaces(Filters=f)["NetworkInterfaces"]),
 }))
 "#;
-    boto3(cloud, script)
-}
-
-/// What a boto3 `script` prints as JSON, run against the local cloud.
-fn boto3<T: serde::de::DeserializeOwned>(cloud: &LocalCloud, script: &str) -> T {
-    let venv = Venv::ensure().unwrap_or_else(|e| panic!("the moto venv must exist: {e}"));
-    let out = Command::new(venv.python())
-        .arg("-c")
-        .arg(script)
-        .envs(cloud.env())
-        .output()
-        .unwrap_or_else(|e| panic!("cannot run python: {e}"));
-    assert!(out.status.success(), "boto3 failed: {}", String::from_utf8_lossy(&out.stderr));
-    serde_json::from_slice(&out.stdout).unwrap_or_else(|e| panic!("boto3 printed no JSON: {e}"))
+    cloud.boto3(script)
 }
 
 /// The EKS add-ons of the cluster, as boto3 lists them.
@@ -122,7 +96,7 @@ import boto3, json, os
 eks = boto3.client("eks", endpoint_url=os.environ["AWS_ENDPOINT_URL"], region_name=os.environ["AWS_REGION"])
 print(json.dumps(sorted(eks.list_addons(clusterName="trellis-local")["addons"])))
 "#;
-    boto3(cloud, script)
+    cloud.boto3(script)
 }
 
 fn digests(s: &State) -> serde_json::Map<String, Value> {
@@ -157,18 +131,15 @@ fn lifecycle_against_the_local_cloud() {
     assert!(aws["enis"].as_array().is_some_and(|e| e.len() >= 3), "one ENI per node at least: {aws}");
     let created = owned_objects(&cloud);
     assert!(created.contains(&"daemonset.apps/trellis-agent".to_owned()), "{created:?}");
-    let (ok, out) = kubectl(
-        &cloud,
-        &[
-            "get",
-            "daemonset",
-            "-n",
-            "kube-system",
-            "trellis-agent",
-            "-o",
-            "jsonpath={.metadata.managedFields[*].manager}",
-        ],
-    );
+    let (ok, out) = cloud.kubectl(&[
+        "get",
+        "daemonset",
+        "-n",
+        "kube-system",
+        "trellis-agent",
+        "-o",
+        "jsonpath={.metadata.managedFields[*].manager}",
+    ]);
     assert!(ok && out.contains("trellis"), "applied with field manager trellis: {out}");
 
     // An update in place that changes the workloads' env and nothing else.
@@ -196,9 +167,7 @@ fn lifecycle_against_the_local_cloud() {
                 assert_eq!(s.attr(ADDR, "agent_resources.requests.memory"), "400Mi", "the default request stays");
             }),
     );
-    let (ok, out) = kubectl(
-        &cloud,
-        &[
+    let (ok, out) = cloud.kubectl(&[
             "get",
             "daemonset",
             "-n",
@@ -209,18 +178,15 @@ fn lifecycle_against_the_local_cloud() {
         ],
     );
     assert!(ok && out.trim() == "1Gi NoSchedule", "{out}");
-    let (ok, out) = kubectl(
-        &cloud,
-        &[
-            "get",
-            "daemonset",
-            "-n",
-            "kube-system",
-            "trellis-agent",
-            "-o",
-            r#"jsonpath={range .spec.template.spec.containers[0].env[*]}{.name}={.value}{"\n"}{end}"#,
-        ],
-    );
+    let (ok, out) = cloud.kubectl(&[
+        "get",
+        "daemonset",
+        "-n",
+        "kube-system",
+        "trellis-agent",
+        "-o",
+        r#"jsonpath={range .spec.template.spec.containers[0].env[*]}{.name}={.value}{"\n"}{end}"#,
+    ]);
     assert!(ok, "{out}");
     for setting in [
         "TRELLIS_KUBE_PROXY_REPLACEMENT=false",
@@ -233,26 +199,23 @@ fn lifecycle_against_the_local_cloud() {
 
     // EKS's VPC CNI is gone, add-on and DaemonSet; kube-proxy stays, since
     // the agent leaves Services to it here.
-    let (ok, out) = kubectl(&cloud, &["get", "daemonset", "-n", "kube-system", "-o", "name"]);
+    let (ok, out) = cloud.kubectl(&["get", "daemonset", "-n", "kube-system", "-o", "name"]);
     assert!(ok && !out.contains("daemonset.apps/aws-node") && out.contains("daemonset.apps/kube-proxy"), "{out}");
     assert_eq!(addons(&cloud), ["coredns", "kube-proxy"]);
 
     // Drift: a managed field edited, and a managed object deleted.
-    let (ok, out) = kubectl(
-        &cloud,
-        &[
-            "patch",
-            "deployment",
-            "-n",
-            "kube-system",
-            "trellis-operator",
-            "--type=merge",
-            "-p",
-            r#"{"spec":{"replicas":5}}"#,
-        ],
-    );
+    let (ok, out) = cloud.kubectl(&[
+        "patch",
+        "deployment",
+        "-n",
+        "kube-system",
+        "trellis-operator",
+        "--type=merge",
+        "-p",
+        r#"{"spec":{"replicas":5}}"#,
+    ]);
     assert!(ok, "{out}");
-    let (ok, out) = kubectl(&cloud, &["delete", "serviceaccount", "-n", "kube-system", "trellis-agent"]);
+    let (ok, out) = cloud.kubectl(&["delete", "serviceaccount", "-n", "kube-system", "trellis-agent"]);
     assert!(ok, "{out}");
     // A pipeline's drift check reports both and changes nothing.
     let recorded = digests(&case.state());
@@ -264,47 +227,51 @@ fn lifecycle_against_the_local_cloud() {
     assert!(after.get("/v1/ServiceAccount/kube-system/trellis-agent").is_none(), "the deletion: {after}");
     assert!(recorded.contains_key("/v1/ServiceAccount/kube-system/trellis-agent"));
     assert_eq!(digests(&case.state()), recorded, "-refresh-only only reports: state is as it was");
-    let (ok, out) = kubectl(
-        &cloud,
-        &["get", "deployment", "-n", "kube-system", "trellis-operator", "-o", "jsonpath={.spec.replicas}"],
-    );
+    let (ok, out) = cloud.kubectl(&[
+        "get",
+        "deployment",
+        "-n",
+        "kube-system",
+        "trellis-operator",
+        "-o",
+        "jsonpath={.spec.replicas}",
+    ]);
     assert!(ok && out.trim() == "5", "and the cluster as it was: {out}");
     case.step(Step::plan_only(tuned("info", SUBNETS)).expect_actions(ADDR, &[Action::Update]));
     case.step(Step::config(tuned("info", SUBNETS)).expect_actions(ADDR, &[Action::Update]));
-    let (ok, out) = kubectl(
-        &cloud,
-        &["get", "deployment", "-n", "kube-system", "trellis-operator", "-o", "jsonpath={.spec.replicas}"],
-    );
+    let (ok, out) = cloud.kubectl(&[
+        "get",
+        "deployment",
+        "-n",
+        "kube-system",
+        "trellis-operator",
+        "-o",
+        "jsonpath={.spec.replicas}",
+    ]);
     assert!(ok && out.trim() == "2", "the edit is repaired: {out}");
-    let (ok, out) = kubectl(&cloud, &["get", "serviceaccount", "-n", "kube-system", "trellis-agent"]);
+    let (ok, out) = cloud.kubectl(&["get", "serviceaccount", "-n", "kube-system", "trellis-agent"]);
     assert!(ok, "the deleted ServiceAccount is back: {out}");
 
     // One pod subnet fewer: it goes with the ENIs in it, the resource stays;
     // but not while an ENI Trellis did not make is in it, which is named.
     let two = r#""us-east-1a" = "100.64.192.0/20", "us-east-1b" = "100.64.208.0/20""#;
     let leaving = case.state().attr_str(ADDR, "pod_subnet_ids.us-east-1c").to_owned();
-    let foreign: String = boto3(
-        &cloud,
-        &format!(
-            r#"
+    let foreign: String = cloud.boto3(&format!(
+        r#"
 import boto3, json, os
 ec2 = boto3.client("ec2", endpoint_url=os.environ["AWS_ENDPOINT_URL"], region_name=os.environ["AWS_REGION"])
 print(json.dumps(ec2.create_network_interface(SubnetId={leaving:?})["NetworkInterface"]["NetworkInterfaceId"]))
 "#
-        ),
-    );
+    ));
     case.step(Step::config(tuned("info", two)).expect_error("Pod subnets still in use").expect_error(foreign.as_str()));
-    boto3::<Value>(
-        &cloud,
-        &format!(
-            r#"
+    cloud.boto3::<Value>(&format!(
+        r#"
 import boto3, os
 ec2 = boto3.client("ec2", endpoint_url=os.environ["AWS_ENDPOINT_URL"], region_name=os.environ["AWS_REGION"])
 ec2.delete_network_interface(NetworkInterfaceId={foreign:?})
 print("{{}}")
 "#
-        ),
-    );
+    ));
     case.step(Step::config(tuned("info", two)).expect_actions(ADDR, &[Action::Update]));
     let aws = trellis_aws_objects(&cloud);
     assert_eq!(aws["subnets"], serde_json::json!(["100.64.192.0/20", "100.64.208.0/20"]), "{aws}");
@@ -323,7 +290,7 @@ print("{{}}")
         role = cloud.seed().cluster.role_arn,
         subnets = cloud.seed().node_subnet_ids(),
     );
-    boto3::<Value>(&cloud, &script);
+    cloud.boto3::<Value>(&script);
     let elsewhere = tuned("info", r#""us-east-1a" = "100.64.240.0/20""#)
         .replace("cluster_name = \"trellis-local\"", "cluster_name = \"other\"");
     case.step(Step::plan_only(elsewhere).expect_actions(ADDR, &[Action::Delete, Action::Create]));

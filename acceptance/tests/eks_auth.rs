@@ -5,9 +5,6 @@
 //! emulator verifies with moto's STS as EKS's authenticator does, mapping
 //! the cluster's creator to its admin and anyone else to their ARN.
 
-use std::process::Command;
-
-use trellis_acceptance::aws::Venv;
 use trellis_acceptance::local_cloud::LocalCloud;
 use trellis_acceptance::{Action, Launch, Step, TestCase};
 
@@ -55,38 +52,25 @@ fn aws_only_env(cloud: &LocalCloud, credentials: Option<(&str, &str)>) -> Vec<(&
     env
 }
 
+/// `kubectl` as the cluster's admin, which must succeed: its output.
 fn kubectl(cloud: &LocalCloud, args: &[&str]) -> String {
-    let out = Command::new("kubectl")
-        .arg("--kubeconfig")
-        .arg(cloud.kubeconfig_path())
-        .args(args)
-        .output()
-        .unwrap_or_else(|e| panic!("kubectl must be on PATH for these tests (they never skip): {e}"));
-    let text = format!("{}{}", String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr));
-    assert!(out.status.success(), "kubectl {args:?} failed: {text}");
+    let (ok, text) = cloud.kubectl(args);
+    assert!(ok, "kubectl {args:?} failed: {text}");
     text
 }
 
 /// An IAM user with an access key, made in moto with the seed's
 /// credentials: its ARN, key id and secret.
 fn iam_user(cloud: &LocalCloud, name: &str) -> (String, String, String) {
-    let script = r#"
-import boto3, json, os, sys
+    cloud.boto3(&format!(
+        r#"
+import boto3, json, os
 iam = boto3.client("iam", endpoint_url=os.environ["AWS_ENDPOINT_URL"], region_name=os.environ["AWS_REGION"])
-user = iam.create_user(UserName=sys.argv[1])["User"]
-key = iam.create_access_key(UserName=sys.argv[1])["AccessKey"]
+user = iam.create_user(UserName={name:?})["User"]
+key = iam.create_access_key(UserName={name:?})["AccessKey"]
 print(json.dumps([user["Arn"], key["AccessKeyId"], key["SecretAccessKey"]]))
-"#;
-    let venv = Venv::ensure().unwrap_or_else(|e| panic!("the moto venv must exist: {e}"));
-    let out = Command::new(venv.python())
-        .arg("-c")
-        .arg(script)
-        .arg(name)
-        .envs(cloud.env())
-        .output()
-        .unwrap_or_else(|e| panic!("cannot run python: {e}"));
-    assert!(out.status.success(), "boto3 failed: {}", String::from_utf8_lossy(&out.stderr));
-    serde_json::from_slice(&out.stdout).unwrap_or_else(|e| panic!("boto3 printed no [arn, key, secret]: {e}"))
+"#
+    ))
 }
 
 /// The seed's identity created the cluster, so its token is the cluster's

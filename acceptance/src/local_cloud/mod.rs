@@ -226,6 +226,35 @@ impl LocalCloud {
         ]
     }
 
+    /// Runs the real `kubectl` against this cloud's API server: whether it
+    /// succeeded, and its stdout and stderr. Panics when kubectl cannot run
+    /// at all, since the tests that use it must not skip.
+    pub fn kubectl(&self, args: &[&str]) -> (bool, String) {
+        let out = std::process::Command::new("kubectl")
+            .arg("--kubeconfig")
+            .arg(&self.kubeconfig)
+            .args(args)
+            .output()
+            .unwrap_or_else(|e| panic!("kubectl must be on PATH for these tests (they never skip): {e}"));
+        (
+            out.status.success(),
+            format!("{}{}", String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr)),
+        )
+    }
+
+    /// What a boto3 `script` run with this cloud's [`LocalCloud::env`] (in
+    /// the project venv's python) prints as JSON; panics when it fails.
+    pub fn boto3<T: serde::de::DeserializeOwned>(&self, script: &str) -> T {
+        let out = std::process::Command::new(self.moto.venv().python())
+            .arg("-c")
+            .arg(script)
+            .envs(self.env())
+            .output()
+            .unwrap_or_else(|e| panic!("cannot run the venv's python: {e}"));
+        assert!(out.status.success(), "boto3 failed: {}", String::from_utf8_lossy(&out.stderr));
+        serde_json::from_slice(&out.stdout).unwrap_or_else(|e| panic!("boto3 printed no JSON: {e}"))
+    }
+
     /// Stops the emulator, then moto (SIGTERM, reaped), then removes the
     /// kubeconfig.
     pub async fn stop(self) {
