@@ -7,6 +7,7 @@
 set -euo pipefail
 root=$(cd "$(dirname "$0")/.." && pwd)
 source "$root/scripts/target-dir.sh"
+source "$root/scripts/local-provider.sh"
 command -v hyperfine >/dev/null || { apt-get update -qq && apt-get install -y -qq hyperfine >/dev/null; }
 command -v terraform >/dev/null || { echo "bench-cilium-like.sh: terraform must be on PATH" >&2; exit 1; }
 runs=${RUNS:-10}
@@ -14,28 +15,14 @@ runs=${RUNS:-10}
 cargo build --release --locked -q -p terraform-provider-kube -p trellis-acceptance \
   --bin terraform-provider-kube --bin local-cloud --manifest-path "$root/Cargo.toml"
 work=$(mktemp -d)
-cloud=
-stop_cloud() { [ -n "$cloud" ] && kill -TERM "$cloud" 2>/dev/null && wait "$cloud" 2>/dev/null || true; cloud=; }
-trap 'stop_cloud; rm -rf "$work"' EXIT
-mkdir -p "$work/bin"
-cp "$CARGO_TARGET_DIR/release/terraform-provider-kube" "$work/bin/"
-cat > "$work/dev.tfrc" <<TFRC
-provider_installation {
-  dev_overrides { "trellis/kube" = "$work/bin" }
-  direct {}
-}
-TFRC
-export TF_CLI_CONFIG_FILE=$work/dev.tfrc CHECKPOINT_DISABLE=1 TF_IN_AUTOMATION=1 TF_INPUT=0
+trap 'stop_local_cloud; rm -rf "$work"' EXIT
+use_built_provider release "$work"
 
 for nodes in ${NODES:-3 100}; do
   dir=$work/$nodes
   mkdir -p "$dir/kube" "$dir/data"
-  "$CARGO_TARGET_DIR/release/local-cloud" up --nodes "$nodes" --env-file "$dir/cloud.env" >"$dir/cloud.log" 2>&1 &
-  cloud=$!
-  for _ in $(seq 1 1800); do [ -f "$dir/cloud.env" ] && break; sleep 0.2; done
-  [ -f "$dir/cloud.env" ] || { echo "local-cloud did not come up:" >&2; cat "$dir/cloud.log" >&2; exit 1; }
-  # shellcheck disable=SC1091
-  . "$dir/cloud.env"
+  # Seeding 100 instances takes moto a while.
+  LOCAL_CLOUD_PATIENCE=360 start_local_cloud release "$dir/cloud.env" --nodes "$nodes"
   # As examples/local: single addresses, since moto keeps no /28 prefixes.
   cat > "$dir/kube/main.tf" <<'HCL'
 terraform {
@@ -73,5 +60,5 @@ print(f"{sys.argv[2]:>3} nodes: apply (wait off) {int(sys.argv[3]) / 1000:6.1f} 
       f"terraform_data {d:6.1f} ms (min {spread['terraform_data'][0]:.1f}, max {spread['terraform_data'][1]:.1f}), ratio {k / d:.2f}")
 PY
   (cd "$dir/kube" && terraform destroy -auto-approve -input=false >/dev/null)
-  stop_cloud
+  stop_local_cloud
 done

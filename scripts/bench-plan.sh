@@ -6,6 +6,7 @@
 set -euo pipefail
 root=$(cd "$(dirname "$0")/.." && pwd)
 source "$root/scripts/target-dir.sh"
+source "$root/scripts/local-provider.sh"
 command -v hyperfine >/dev/null || { apt-get update -qq && apt-get install -y -qq hyperfine >/dev/null; }
 command -v terraform >/dev/null || { echo "bench-plan.sh: terraform must be on PATH" >&2; exit 1; }
 runs=${RUNS:-10}
@@ -13,20 +14,13 @@ runs=${RUNS:-10}
 cargo build --release --locked -q -p terraform-provider-kube --manifest-path "$root/Cargo.toml"
 work=$(mktemp -d)
 trap 'rm -rf "$work"' EXIT
-mkdir -p "$work/bin" "$work/kube" "$work/data"
-cp "$CARGO_TARGET_DIR/release/terraform-provider-kube" "$work/bin/"
-cat > "$work/dev.tfrc" <<TFRC
-provider_installation {
-  dev_overrides { "trellis/kube" = "$work/bin" }
-  direct {}
-}
-TFRC
+mkdir -p "$work/kube" "$work/data"
+use_built_provider release "$work"
 printf 'terraform {\n  required_providers {\n    kube = { source = "trellis/kube" }\n  }\n}\n' > "$work/kube/main.tf"
 for i in $(seq -w 1 200); do
   printf 'resource "kube_trust_anchor" "r%s" {\n  trust_domain = "mesh-%s.local"\n}\n' "$i" "$i" >> "$work/kube/main.tf"
   printf 'resource "terraform_data" "r%s" {\n  input = { index = %d, name = "res-%s" }\n}\n' "$i" "$((10#$i))" "$i" >> "$work/data/main.tf"
 done
-export TF_CLI_CONFIG_FILE=$work/dev.tfrc CHECKPOINT_DISABLE=1 TF_IN_AUTOMATION=1 TF_INPUT=0
 (cd "$work/data" && terraform init -input=false >/dev/null)
 
 plan='terraform plan -input=false -no-color'

@@ -8,6 +8,7 @@
 set -euo pipefail
 root=$(cd "$(dirname "$0")/.." && pwd)
 source "$root/scripts/target-dir.sh"
+source "$root/scripts/local-provider.sh"
 work=${TRELLIS_DEMO_DIR:-$HOME/.cache/trellis-demo}
 keep=false
 [ "${1:-}" = --keep ] && keep=true
@@ -20,30 +21,13 @@ done
 # what it compiles.
 cargo build --locked -p terraform-provider-kube -p trellis-acceptance --bin terraform-provider-kube --bin local-cloud \
   --manifest-path "$root/Cargo.toml"
-rm -rf "$work" && mkdir -p "$work/bin"
-cp "$CARGO_TARGET_DIR/debug/terraform-provider-kube" "$work/bin/"
+rm -rf "$work" && mkdir -p "$work"
+use_built_provider debug "$work"
 cp "$root"/examples/local/*.tf "$work/"
-cat > "$work/dev.tfrc" <<TFRC
-provider_installation {
-  dev_overrides { "trellis/kube" = "$work/bin" }
-  direct {}
-}
-TFRC
 
-"$CARGO_TARGET_DIR/debug/local-cloud" up --env-file "$work/local-cloud.env" &
-cloud=$!
-stop_cloud() { kill -TERM "$cloud" 2>/dev/null && wait "$cloud" 2>/dev/null || true; }
-$keep || trap stop_cloud EXIT
-for _ in $(seq 1 600); do
-  [ -f "$work/local-cloud.env" ] && break
-  kill -0 "$cloud" 2>/dev/null || { echo "demo.sh: local-cloud exited before it was ready" >&2; exit 1; }
-  sleep 0.2
-done
-[ -f "$work/local-cloud.env" ] || { echo "demo.sh: local-cloud did not become ready" >&2; exit 1; }
-# shellcheck disable=SC1091
-. "$work/local-cloud.env"
+$keep || trap stop_local_cloud EXIT
+start_local_cloud debug "$work/local-cloud.env"
 
-export TF_CLI_CONFIG_FILE=$work/dev.tfrc CHECKPOINT_DISABLE=1 TF_IN_AUTOMATION=1 TF_INPUT=0
 export TF_VAR_aws_endpoint=$AWS_ENDPOINT_URL TF_VAR_region=$AWS_REGION TF_VAR_kubeconfig=$KUBECONFIG
 cd "$work"
 terraform apply -auto-approve
