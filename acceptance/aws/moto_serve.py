@@ -43,6 +43,7 @@ import os
 import re
 import sys
 import threading
+from http import HTTPStatus
 from urllib.parse import parse_qs, unquote
 
 import moto.server
@@ -133,8 +134,7 @@ def ec2_error(fault, start_response):
         f"<Response><Errors><Error><Code>{fault['code']}</Code><Message>{fault['message']}</Message></Error>"
         "</Errors><RequestID>trellis-injected-fault</RequestID></Response>"
     ).encode("utf-8")
-    start_response("400 Bad Request", [("Content-Type", "text/xml;charset=UTF-8"), ("Content-Length", str(len(xml)))])
-    return [xml]
+    return respond(start_response, 400, "text/xml;charset=UTF-8", xml)
 
 
 ADDON_PATH = re.compile(r"^/clusters/([^/]+)/addons(?:/([^/]+))?/?$")
@@ -190,22 +190,23 @@ class Addons:
         return eks_error(start_response, "InvalidRequestException", f"{method} is not served here", 400)
 
 
-def json_response(start_response, status, body):
-    data = json.dumps(body).encode("utf-8")
-    reason = {200: "OK", 400: "Bad Request", 404: "Not Found", 409: "Conflict"}[status]
-    start_response(f"{status} {reason}", [("Content-Type", "application/json"), ("Content-Length", str(len(data)))])
+def respond(start_response, status, content_type, data, headers=()):
+    """One WSGI answer: status with its reason phrase, the body's type and length."""
+    start_response(
+        f"{status} {HTTPStatus(status).phrase}",
+        [("Content-Type", content_type), ("Content-Length", str(len(data))), *headers],
+    )
     return [data]
+
+
+def json_response(start_response, status, body):
+    return respond(start_response, status, "application/json", json.dumps(body).encode("utf-8"))
 
 
 def eks_error(start_response, error_type, message, status):
     """An EKS error: its type in x-amzn-ErrorType, as the SDKs read it."""
     data = json.dumps({"message": message}).encode("utf-8")
-    reason = {400: "Bad Request", 404: "Not Found", 409: "Conflict"}[status]
-    start_response(
-        f"{status} {reason}",
-        [("Content-Type", "application/json"), ("x-amzn-ErrorType", error_type), ("Content-Length", str(len(data)))],
-    )
-    return [data]
+    return respond(start_response, status, "application/json", data, [("x-amzn-ErrorType", error_type)])
 
 
 ADDONS = Addons()
