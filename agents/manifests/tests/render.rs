@@ -1,5 +1,7 @@
 //! What every rendered object must be, whatever the settings, and which settings are refused.
 
+mod support;
+
 use std::collections::BTreeSet;
 
 use k8s_openapi::api::{apps::v1 as apps, core::v1 as core, policy::v1 as policy, rbac::v1 as rbac};
@@ -7,14 +9,7 @@ use serde_json::Value;
 use trellis_manifests::node_agent::{self, IpamMode, LoadBalancerAlgorithm, PolicyEnforcement, RenderError, Settings};
 use trellis_manifests::{MANAGED_BY, MANAGED_BY_LABEL, OWNER_LABEL, object_key};
 
-fn base() -> Settings {
-    Settings {
-        owner: "trellis-local.kube-system".into(),
-        cluster_name: "trellis-local".into(),
-        region: "us-east-1".into(),
-        ..Settings::default()
-    }
-}
+use support::base;
 
 fn cluster_pool() -> Settings {
     let mut settings = base();

@@ -2,6 +2,8 @@
 //! real configuration parser of the binary it runs, so a manifest that sets a variable the
 //! binary no longer reads, or lacks one it needs, fails here and not on a cluster.
 
+mod support;
+
 use std::cell::RefCell;
 use std::collections::{BTreeMap, BTreeSet};
 use std::path::Path;
@@ -11,16 +13,9 @@ use serde_json::Value;
 use trellis_agent::cli::{self, Command, RunConfig};
 use trellis_manifests::node_agent::{self, ADMIN_PORT, IpamMode, LoadBalancerAlgorithm, PolicyEnforcement, Settings};
 
-const NODE_NAME: &str = "ip-10-0-1-4.ec2.internal";
+use support::base;
 
-fn base() -> Settings {
-    Settings {
-        owner: "trellis-local.kube-system".into(),
-        cluster_name: "trellis-local".into(),
-        region: "us-east-1".into(),
-        ..Settings::default()
-    }
-}
+const NODE_NAME: &str = "ip-10-0-1-4.ec2.internal";
 
 /// Every option the resource can set, on and off, in both modes: bit `i` of `n` turns option
 /// `i` on, so each one meets each other one on and off.
