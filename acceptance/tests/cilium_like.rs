@@ -331,6 +331,14 @@ fn bad_pod_subnets_and_an_unknown_cluster_are_refused_at_plan() {
             .expect_error("agent_resources.limits.memory: \"lots\" is not a Kubernetes quantity")
             .expect_error(r#"limits = { memory = "lots" }"#),
     );
+    case.step(
+        Step::config(config("warn", SUBNETS).replace(
+            "    pre_allocate          = 4\n",
+            "    pre_allocate          = 4\n    min_allocate          = 1000\n",
+        ))
+        .expect_error("min_allocate above what the node can hold")
+        .expect_error("fewer than min_allocate = 1000"),
+    );
     assert!(case.state().is_empty(), "a failed plan leaves nothing in state");
     assert_eq!(trellis_aws_objects(&cloud)["subnets"], serde_json::json!([]));
 
